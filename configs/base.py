@@ -1,0 +1,41 @@
+"""Defaults shared by every config: data, optimizer, training loop, sampling.
+
+Not a job by itself: presets start from `get_base_config()` and set the model.
+Every key a run can take appears here, so overrides of unknown keys fail.
+"""
+
+import ml_collections
+
+
+def get_base_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+
+  # Architecture: see lm/models.py ModelConfig for what each key means.
+  config.model = ml_collections.ConfigDict(dict(
+      family='decoder', vocab_size=2048, d_model=256, num_layers=4,
+      num_heads=4, num_kv_heads=0, head_dim=0, d_ff=1024, activation='gelu',
+      gated_mlp=False, norm='layernorm', norm_position='pre', norm_eps=1e-5,
+      position='learned', max_len=256, rotary_theta=10_000.0,
+      tie_embeddings=True, use_bias=True, dropout_rate=0.0, init_std=0.02,
+      dtype='float32', param_dtype='float32'))
+
+  config.data = ml_collections.ConfigDict(dict(
+      name='shakespeare',
+      data_dir='',  # '' means the tfds default (~/tensorflow_datasets)
+      tokenizer='sentencepiece',  # or 'byte'
+      vocab_size=2048,  # SentencePiece vocabulary trained on the train split
+      seq_len=256, batch_size=32, eval_batch_size=32, shuffle_seed=0))
+
+  config.optim = ml_collections.ConfigDict(dict(
+      name='adamw', learning_rate=3e-3, warmup_steps=100, min_lr_ratio=0.1,
+      b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, clip_norm=1.0))
+
+  config.train = ml_collections.ConfigDict(dict(
+      num_steps=1000, seed=0, log_every=50, eval_every=500,
+      checkpoint_every=500, keep_checkpoints=3))
+
+  # Samples printed at the end of training.
+  config.sample = ml_collections.ConfigDict(dict(
+      prompts=('ROMEO:\n', 'JULIET:\n'), max_new_tokens=96, temperature=0.8,
+      top_k=40, top_p=1.0, seed=0))
+  return config

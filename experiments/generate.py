@@ -1,0 +1,55 @@
+r"""Continues a prompt with the latest checkpoint of a workdir.
+
+  python -m experiments.generate --workdir=workdirs/default --prompt="ROMEO:" \
+      [--max_new_tokens=200 --temperature=0.8 --top_k=40 --top_p=0.95]
+
+--temperature=0 is greedy decoding. Decoding is jit-compiled: one prefill
+call over the prompt, then a KV-cache loop of one token per step.
+"""
+
+from absl import flags
+
+from experiments import cli
+from lm import checkpoint
+from lm import decode
+from lm import models
+from lm import train
+from lm.data import tokenizers
+
+_WORKDIR = flags.DEFINE_string('workdir', None, 'A workdir written by '
+                               'experiments/train.py.', required=True)
+_PROMPT = flags.DEFINE_string('prompt', None, 'Text to continue.',
+                              required=True)
+_MAX_NEW_TOKENS = flags.DEFINE_integer('max_new_tokens', 200,
+                                       'How many tokens to add at most.')
+_TEMPERATURE = flags.DEFINE_float('temperature', 0.8, '0 means greedy.')
+_TOP_K = flags.DEFINE_integer('top_k', 0, 'Sample among the k most likely '
+                              'tokens; 0 disables.')
+_TOP_P = flags.DEFINE_float('top_p', 1.0, 'Nucleus sampling mass; 1 disables.')
+_SEED = flags.DEFINE_integer('seed', 0, 'Sampling seed.')
+
+
+def main(argv):
+  if len(argv) > 1:
+    cli.fail(f'unexpected arguments {argv[1:]}; flags look like --name=value')
+  if not _PROMPT.value:
+    cli.fail('--prompt is empty; give some text to continue, e.g. '
+             '--prompt="ROMEO:"')
+  cli.setup_jax()
+  workdir = _WORKDIR.value
+  config = train.load_config(workdir)
+  model_config = models.ModelConfig.from_config(config.model)
+  tokenizer = tokenizers.load_tokenizer(workdir)
+  params, step = checkpoint.load_params(
+      workdir, models.abstract_params(models.build_model(model_config)))
+  sampling = decode.SamplingConfig(
+      max_new_tokens=_MAX_NEW_TOKENS.value, temperature=_TEMPERATURE.value,
+      top_k=_TOP_K.value, top_p=_TOP_P.value)
+  text = decode.complete(model_config, params, tokenizer, [_PROMPT.value],
+                         sampling, _SEED.value)[0]
+  print(f'[{workdir} at step {step}]')
+  print(_PROMPT.value + text)
+
+
+if __name__ == '__main__':
+  cli.run(main)

@@ -1,0 +1,1 @@
+"""lm: a JAX/Flax research codebase for Transformer language models."""

@@ -1,0 +1,86 @@
+"""orbax checkpoints of a workdir: params, optimizer/RNG state, data iterator.
+
+Three items per step, so that inference restores params alone:
+  params  the model parameters (what generate, evaluate and convert read)
+  state   step, optimizer state and RNG key
+  data    the grain iterator's state (JSON), so a resumed run sees the same
+          batches an uninterrupted one would
+Saves are asynchronous; orbax writes each step to a temporary folder and
+renames it when complete, so a crash never leaves a half-written step that
+looks finished.
+"""
+
+import os
+from typing import Any
+
+import orbax.checkpoint as ocp
+
+from lm.errors import UsageError
+
+_ITEMS = ('params', 'state', 'data')
+
+
+def checkpoint_dir(workdir: str) -> str:
+  return os.path.join(os.path.abspath(workdir), 'checkpoints')
+
+
+class Checkpointer:
+  """A thin CheckpointManager over `<workdir>/checkpoints`."""
+
+  def __init__(self, workdir: str, *, max_to_keep: int = 3,
+               async_save: bool = True, read_only: bool = False):
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep, enable_async_checkpointing=async_save,
+        create=not read_only, read_only=read_only)
+    self._manager = ocp.CheckpointManager(
+        checkpoint_dir(workdir), item_names=_ITEMS, options=options)
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def save(self, step: int, params: Any, state: Any,
+           data_state: dict | None) -> None:
+    items = {'params': ocp.args.StandardSave(params),
+             'state': ocp.args.StandardSave(state)}
+    if data_state is not None:
+      items['data'] = ocp.args.JsonSave(data_state)
+    self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+
+  def restore(self, step: int, abstract_params: Any, abstract_state: Any
+              ) -> tuple[Any, Any, dict | None]:
+    """Params, state and data-iterator state (None if none was saved)."""
+    items = {'params': ocp.args.StandardRestore(abstract_params),
+             'state': ocp.args.StandardRestore(abstract_state)}
+    has_data = 'data' in self._manager.item_metadata(step)
+    if has_data:
+      items['data'] = ocp.args.JsonRestore()
+    restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+    return (restored['params'], restored['state'],
+            restored['data'] if has_data else None)
+
+  def restore_params(self, abstract_params: Any, step: int | None = None):
+    step = self.latest_step() if step is None else step
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        params=ocp.args.StandardRestore(abstract_params)))
+    return restored['params']
+
+  def wait(self) -> None:
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.close()
+
+
+def load_params(workdir: str, abstract_params: Any) -> tuple[Any, int]:
+  """The latest params of a workdir, for inference; (params, step)."""
+  if not os.path.isdir(checkpoint_dir(workdir)):
+    raise UsageError(f'{workdir} has no checkpoints; train into it first '
+                     '(python -m experiments.train --workdir=...)')
+  checkpointer = Checkpointer(workdir, read_only=True)
+  step = checkpointer.latest_step()
+  if step is None:
+    raise UsageError(f'{workdir} has no complete checkpoint; train into it '
+                     'first (python -m experiments.train --workdir=...)')
+  params = checkpointer.restore_params(abstract_params, step)
+  checkpointer.close()
+  return params, step

@@ -1,0 +1,153 @@
+"""Sampling from a decoder-only model: jit-compiled prefill + KV-cache decode.
+
+Prompts of different lengths share a batch: they are right-padded, each row
+keeps its own position, and the cache is written at each row's positions.
+Prefill runs the whole padded prompt in one call; then a `lax.while_loop`
+feeds one token per row per step until every row has produced EOS or
+`max_new_tokens` tokens.
+"""
+
+import dataclasses
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lm import models
+from lm.errors import UsageError
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+  """temperature 0 is greedy; top_k 0 and top_p 1 disable those filters."""
+
+  max_new_tokens: int = 64
+  temperature: float = 1.0
+  top_k: int = 0
+  top_p: float = 1.0
+
+  def validate(self):
+    if self.max_new_tokens <= 0:
+      raise UsageError(f'max_new_tokens must be positive, got '
+                       f'{self.max_new_tokens}')
+    if self.temperature < 0:
+      raise UsageError(f'temperature must be >= 0, got {self.temperature}')
+    if self.top_k < 0:
+      raise UsageError(f'top_k must be >= 0, got {self.top_k}')
+    if not 0 < self.top_p <= 1:
+      raise UsageError(f'top_p must be in (0, 1], got {self.top_p}')
+
+
+def sample_logits(logits_BV, rng, sampling: SamplingConfig):
+  """Draws one token per row after temperature, top-k and top-p filtering."""
+  if sampling.temperature == 0:
+    return jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
+  logits_BV = logits_BV.astype(jnp.float32) / sampling.temperature
+  if sampling.top_k:
+    kth_B1 = jax.lax.top_k(logits_BV, sampling.top_k)[0][:, -1:]
+    logits_BV = jnp.where(logits_BV < kth_B1, -jnp.inf, logits_BV)
+  if sampling.top_p < 1:
+    sorted_BV = jnp.sort(logits_BV, axis=-1)[:, ::-1]
+    probs_BV = jax.nn.softmax(sorted_BV, axis=-1)
+    # Keep the smallest prefix whose mass reaches top_p (always >= 1 token).
+    mass_before_BV = jnp.cumsum(probs_BV, axis=-1) - probs_BV
+    keep_BV = mass_before_BV < sampling.top_p
+    threshold_B1 = jnp.min(jnp.where(keep_BV, sorted_BV, jnp.inf), axis=-1,
+                           keepdims=True)
+    logits_BV = jnp.where(logits_BV < threshold_B1, -jnp.inf, logits_BV)
+  return jax.random.categorical(rng, logits_BV).astype(jnp.int32)
+
+
+def complete(model_config: models.ModelConfig, params: Any, tokenizer,
+             prompts: list[str], sampling: SamplingConfig, seed: int = 0
+             ) -> list[str]:
+  """Text in, text out: each prompt's continuation (without the prompt)."""
+  if any(not p for p in prompts):
+    raise UsageError('a prompt is empty; give some text to continue')
+  new_tokens = generate(
+      models.build_model(model_config), params,
+      [tokenizer.encode(p) for p in prompts], sampling=sampling,
+      rng=jax.random.PRNGKey(seed), eos_id=tokenizer.eos_id,
+      pad_id=tokenizer.pad_id, max_len=model_config.context_limit)
+  return [tokenizer.decode(t) for t in new_tokens]
+
+
+def generate(model: nn.Module, params: Any, prompts: list[list[int]], *,
+             sampling: SamplingConfig, rng: jax.Array, eos_id: int | None,
+             pad_id: int = 0, max_len: int | None = None) -> list[list[int]]:
+  """Continues each prompt; returns the new tokens of each (EOS excluded)."""
+  sampling.validate()
+  if not prompts or any(len(p) == 0 for p in prompts):
+    raise UsageError('every prompt needs at least one token; got an empty one')
+  prompt_len = max(len(p) for p in prompts)
+  cache_len = prompt_len + sampling.max_new_tokens
+  if max_len is not None and cache_len > max_len:
+    raise UsageError(
+        f'prompt ({prompt_len} tokens) + max_new_tokens '
+        f'({sampling.max_new_tokens}) = {cache_len} exceeds the model\'s '
+        f'context of {max_len} tokens; shorten one of them')
+  tokens_BP = np.full((len(prompts), prompt_len), pad_id, np.int32)
+  for row, prompt in enumerate(prompts):
+    tokens_BP[row, :len(prompt)] = prompt
+  lengths_B = np.array([len(p) for p in prompts], np.int32)
+  new_BN, count_B = _generate_jit(model, sampling, -1 if eos_id is None else
+                                  eos_id, params, tokens_BP, lengths_B, rng)
+  new_BN, count_B = np.asarray(new_BN), np.asarray(count_B)
+  return [new_BN[row, :count_B[row]].tolist() for row in range(len(prompts))]
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _generate_jit(model, sampling, eos_id, params, tokens_BP, lengths_B, rng):
+  batch, prompt_len = tokens_BP.shape
+  max_new = sampling.max_new_tokens
+  cache = init_cache(model, batch, prompt_len + max_new)
+
+  def step(cache, tokens_BL, positions_BL):
+    logits_BLV, updated = model.apply(
+        {'params': params, 'cache': cache}, tokens_BL, positions_BL,
+        decode=True, mutable=['cache'])
+    return logits_BLV, updated['cache']
+
+  positions_BP = jnp.broadcast_to(jnp.arange(prompt_len), tokens_BP.shape)
+  logits_BPV, cache = step(cache, tokens_BP, positions_BP)
+  last_BV = jnp.take_along_axis(logits_BPV, (lengths_B - 1)[:, None, None],
+                                axis=1)[:, 0]
+  rng, first_rng = jax.random.split(rng)
+  token_B = sample_logits(last_BV, first_rng, sampling)
+  out_BN = jnp.zeros((batch, max_new), jnp.int32).at[:, 0].set(token_B)
+  done_B = token_B == eos_id
+  # count_B: how many new tokens each row keeps (its EOS not included).
+  count_B = jnp.where(done_B, 0, 1)
+
+  def cond(carry):
+    i, _, _, done_B, _, _ = carry
+    return (i < max_new) & ~jnp.all(done_B)
+
+  def body(carry):
+    i, out_BN, count_B, done_B, cache, rng = carry
+    positions_B1 = (lengths_B + i - 1)[:, None]
+    previous_B1 = jax.lax.dynamic_slice_in_dim(out_BN, i - 1, 1, axis=1)
+    logits_B1V, cache = step(cache, previous_B1, positions_B1)
+    rng, step_rng = jax.random.split(rng)
+    token_B = sample_logits(logits_B1V[:, 0], step_rng, sampling)
+    token_B = jnp.where(done_B, eos_id if eos_id >= 0 else 0, token_B)
+    out_BN = jax.lax.dynamic_update_slice(out_BN, token_B[:, None], (0, i))
+    newly_done_B = token_B == eos_id
+    count_B = count_B + jnp.where(done_B | newly_done_B, 0, 1)
+    return i + 1, out_BN, count_B, done_B | newly_done_B, cache, rng
+
+  _, out_BN, count_B, _, _, _ = jax.lax.while_loop(
+      cond, body, (jnp.int32(1), out_BN, count_B, done_B, cache, rng))
+  return out_BN, count_B
+
+
+def init_cache(model: nn.Module, batch: int, cache_len: int):
+  """A zeroed KV cache holding `cache_len` positions for `batch` rows."""
+  shapes = jax.eval_shape(
+      lambda: model.init(jax.random.key(0),
+                         jnp.zeros((batch, cache_len), jnp.int32),
+                         decode=True)['cache'])
+  return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)

@@ -1,0 +1,222 @@
+"""Linen building blocks shared by every Transformer family.
+
+Embeddings, norms, feed-forward and attention (multi-head, grouped-query and
+multi-query, rotary positions, KV cache). Every parameter is created with
+logical axis names; `lm/sharding.py` maps them to mesh axes.
+
+Shape letters in names: B batch, L query length, S key length, D model width,
+N query heads, K key/value heads, H head width, F feed-forward width, V vocab.
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Dtype = Any
+
+
+def logical(init, axes):
+  """An initializer that tags its parameter with logical axis names."""
+  return nn.with_logical_partitioning(init, axes)
+
+
+class Embed(nn.Module):
+  """Token embedding; `attend` reuses the table as a tied output layer."""
+
+  num_embeddings: int
+  features: int
+  init_std: float = 0.02
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  axes: tuple[str, str] = ('vocab', 'embed')
+
+  def setup(self):
+    self.embedding = self.param(
+        'embedding',
+        logical(nn.initializers.normal(self.init_std), self.axes),
+        (self.num_embeddings, self.features), self.param_dtype)
+
+  def __call__(self, ids):
+    return jnp.take(self.embedding, ids, axis=0).astype(self.dtype)
+
+  def attend(self, x_BLD):
+    return jnp.einsum('bld,vd->blv', x_BLD, self.embedding.astype(self.dtype))
+
+
+def make_norm(kind: str, eps: float, dtype: Dtype, param_dtype: Dtype,
+              name: str) -> nn.Module:
+  """LayerNorm (scale and bias) or RMSNorm (scale only)."""
+  ones = logical(nn.initializers.ones, ('embed',))
+  if kind == 'layernorm':
+    return nn.LayerNorm(
+        epsilon=eps, dtype=dtype, param_dtype=param_dtype, scale_init=ones,
+        bias_init=logical(nn.initializers.zeros, ('embed',)), name=name)
+  if kind == 'rmsnorm':
+    return nn.RMSNorm(epsilon=eps, dtype=dtype, param_dtype=param_dtype,
+                      scale_init=ones, name=name)
+  raise ValueError(f'unknown norm {kind!r}')
+
+
+def sinusoidal_positions(positions_BL, features: int, dtype: Dtype):
+  """The fixed sin/cos table of Vaswani et al. (2017), at given positions."""
+  half = features // 2
+  inv_freq = np.exp(-np.log(10_000.0) * np.arange(half) / half)
+  angles_BLh = positions_BL[..., None].astype(jnp.float32) * inv_freq
+  return jnp.concatenate(
+      [jnp.sin(angles_BLh), jnp.cos(angles_BLh)], axis=-1).astype(dtype)
+
+
+def apply_rotary(x_BLNH, positions_BL, theta: float):
+  """Rotary position embedding (Su et al.), halves convention of HF Llama."""
+  head_dim = x_BLNH.shape[-1]
+  inv_freq = 1.0 / theta ** (np.arange(0, head_dim, 2) / head_dim)
+  angles_BLh = positions_BL[..., None].astype(jnp.float32) * inv_freq
+  sin, cos = jnp.sin(angles_BLh)[:, :, None], jnp.cos(angles_BLh)[:, :, None]
+  x1, x2 = jnp.split(x_BLNH.astype(jnp.float32), 2, axis=-1)
+  rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1)
+  return rotated.astype(x_BLNH.dtype)
+
+
+ACTIVATIONS = {
+    'relu': nn.relu,
+    'gelu': nn.gelu,  # tanh approximation, as GPT-2
+    'gelu_exact': lambda x: nn.gelu(x, approximate=False),
+    'silu': nn.silu,
+}
+
+
+class Mlp(nn.Module):
+  """Feed-forward block: act(x W_in) W_out, or gated: (act(x W_0) * x W_1) W_out.
+
+  `activation` is 'relu', 'gelu', 'gelu_exact' or 'silu'; `gated` turns
+  'silu' into SwiGLU and 'gelu' into GeGLU (Shazeer, 2020).
+  """
+
+  d_ff: int
+  activation: str = 'gelu'
+  gated: bool = False
+  use_bias: bool = True
+  dropout_rate: float = 0.0
+  init_std: float = 0.02
+  out_init_std: float = 0.02
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_BLD, deterministic: bool = True):
+    d_model = x_BLD.shape[-1]
+
+    def dense(features, axes, std, name):
+      return nn.Dense(
+          features, use_bias=self.use_bias, dtype=self.dtype,
+          param_dtype=self.param_dtype,
+          kernel_init=logical(nn.initializers.normal(std), axes),
+          bias_init=logical(nn.initializers.zeros, axes[-1:]), name=name)
+
+    act = ACTIVATIONS[self.activation]
+    if self.gated:
+      h_BLF = act(dense(self.d_ff, ('embed', 'mlp'), self.init_std, 'wi_0')(
+          x_BLD)) * dense(self.d_ff, ('embed', 'mlp'), self.init_std, 'wi_1')(
+              x_BLD)
+    else:
+      h_BLF = act(dense(self.d_ff, ('embed', 'mlp'), self.init_std, 'wi')(
+          x_BLD))
+    h_BLF = nn.with_logical_constraint(h_BLF, ('batch', 'length', 'mlp'))
+    h_BLF = nn.Dropout(self.dropout_rate)(h_BLF, deterministic=deterministic)
+    return dense(d_model, ('mlp', 'embed'), self.out_init_std, 'wo')(h_BLF)
+
+
+class Attention(nn.Module):
+  """Multi-head attention with `num_kv_heads` key/value heads (GQA/MQA).
+
+  Self-attention when `kv_BSD` is None, cross-attention otherwise. With
+  `decode=True` keys and values go into the 'cache' collection at each row's
+  own positions, so prefill and one-token steps share this code and prompts
+  of different lengths share a batch.
+  """
+
+  num_heads: int
+  num_kv_heads: int
+  head_dim: int
+  causal: bool = True
+  rotary_theta: float | None = None
+  use_bias: bool = True
+  init_std: float = 0.02
+  out_init_std: float = 0.02
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_BLD, positions_BL, *, kv_BSD=None, mask_BLS=None,
+               decode: bool = False):
+    d_model = x_BLD.shape[-1]
+
+    def project(x, heads, axes, name):
+      return nn.DenseGeneral(
+          (heads, self.head_dim), use_bias=self.use_bias, dtype=self.dtype,
+          param_dtype=self.param_dtype,
+          kernel_init=logical(nn.initializers.normal(self.init_std), axes),
+          bias_init=logical(nn.initializers.zeros, axes[1:]), name=name)(x)
+
+    source_BSD = x_BLD if kv_BSD is None else kv_BSD
+    q_BLNH = project(x_BLD, self.num_heads, ('embed', 'heads', 'head_dim'),
+                     'query')
+    k_BSKH = project(source_BSD, self.num_kv_heads,
+                     ('embed', 'kv_heads', 'head_dim'), 'key')
+    v_BSKH = project(source_BSD, self.num_kv_heads,
+                     ('embed', 'kv_heads', 'head_dim'), 'value')
+    if self.rotary_theta is not None:
+      q_BLNH = apply_rotary(q_BLNH, positions_BL, self.rotary_theta)
+      k_BSKH = apply_rotary(k_BSKH, positions_BL, self.rotary_theta)
+
+    key_positions_BS = positions_BL
+    if decode and kv_BSD is None:
+      k_BSKH, v_BSKH, key_positions_BS = self._update_cache(
+          k_BSKH, v_BSKH, positions_BL)
+
+    allowed_BLS = None
+    if self.causal:
+      allowed_BLS = key_positions_BS[:, None, :] <= positions_BL[:, :, None]
+    if mask_BLS is not None:
+      allowed_BLS = mask_BLS if allowed_BLS is None else allowed_BLS & mask_BLS
+    out_BLNH = jax.nn.dot_product_attention(
+        q_BLNH, k_BSKH, v_BSKH,
+        mask=None if allowed_BLS is None else allowed_BLS[:, None])
+    out_BLNH = nn.with_logical_constraint(
+        out_BLNH, ('batch', 'length', 'heads', 'head_dim'))
+    return nn.DenseGeneral(
+        d_model, axis=(-2, -1), use_bias=self.use_bias, dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        kernel_init=logical(nn.initializers.normal(self.out_init_std),
+                            ('heads', 'head_dim', 'embed')),
+        bias_init=logical(nn.initializers.zeros, ('embed',)),
+        name='out')(out_BLNH)
+
+  def _update_cache(self, k_BLKH, v_BLKH, positions_BL):
+    """Writes this call's keys/values at each row's positions; returns all.
+
+    The cache's length is fixed by the first (initializing) call. Slots not
+    yet written hold stale values, but they sit at positions later than any
+    query that can see them, so the causal mask hides them.
+    """
+    cached_k = self.variable('cache', 'cached_key', jnp.zeros, k_BLKH.shape,
+                             k_BLKH.dtype)
+    cached_v = self.variable('cache', 'cached_value', jnp.zeros, v_BLKH.shape,
+                             v_BLKH.dtype)
+    if self.is_initializing():
+      return k_BLKH, v_BLKH, positions_BL
+    write = jax.vmap(
+        lambda cache, new, start: jax.lax.dynamic_update_slice(
+            cache, new, (start, 0, 0)))
+    starts_B = positions_BL[:, 0]
+    cached_k.value = write(cached_k.value, k_BLKH.astype(cached_k.value.dtype),
+                           starts_B)
+    cached_v.value = write(cached_v.value, v_BLKH.astype(cached_v.value.dtype),
+                           starts_B)
+    batch, cache_len = cached_k.value.shape[:2]
+    key_positions_BS = jnp.broadcast_to(jnp.arange(cache_len), (batch,
+                                                               cache_len))
+    return cached_k.value, cached_v.value, key_positions_BS

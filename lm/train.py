@@ -1,0 +1,273 @@
+"""Training: TrainState, train_step, eval_step and the loop.
+
+`train_and_evaluate(config, workdir)` is the whole run: build the data and
+model, resume from the workdir's latest checkpoint if there is one, train to
+`config.train.num_steps`, evaluating and checkpointing on the way, and
+return the final validation metrics. Log lines go to the `log` callback
+(the library prints nothing); scalars and text go to TensorBoard files in
+`<workdir>/tensorboard`.
+"""
+
+import functools
+import json
+import math
+import os
+import time
+from typing import Any, Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import tensorboardX
+
+from lm import checkpoint
+from lm import metrics
+from lm import models
+from lm import optim
+from lm.data import pipeline
+from lm.errors import UsageError
+
+CONFIG_FILE = 'config.json'
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a step changes. The RNG is a raw uint32 key (serializable)."""
+
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  rng: jax.Array
+
+  def checkpoint_items(self):
+    return self.params, {'step': self.step, 'opt_state': self.opt_state,
+                         'rng': self.rng}
+
+
+# ----------------------------------------------------------------- steps ----
+
+
+def train_step(state: TrainState, batch, *, model, optimizer, schedule):
+  """One AdamW update on a batch of {'inputs','targets','weights'}."""
+  dropout_rng = jax.random.fold_in(state.rng, state.step)
+
+  def loss_fn(params):
+    logits_BLV = model.apply({'params': params}, batch['inputs'],
+                             deterministic=False, rngs={'dropout': dropout_rng})
+    nll_BL = metrics.token_nll(logits_BLV, batch['targets'])
+    weights_BL = batch['weights']
+    loss = jnp.sum(nll_BL * weights_BL) / jnp.maximum(jnp.sum(weights_BL), 1)
+    correct = jnp.argmax(logits_BLV, -1) == batch['targets']
+    accuracy = jnp.sum(correct * weights_BL) / jnp.maximum(
+        jnp.sum(weights_BL), 1)
+    return loss, accuracy
+
+  (loss, accuracy), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state.params)
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  step_metrics = {'loss': loss, 'token_accuracy': accuracy,
+                  'grad_norm': optax.tree.norm(grads),
+                  'learning_rate': schedule(state.step)}
+  return state.replace(step=state.step + 1, params=params,
+                       opt_state=opt_state), step_metrics
+
+
+def eval_step(params, batch, token_bytes_V, *, model):
+  logits_BLV = model.apply({'params': params}, batch['inputs'])
+  return metrics.lm_sums(logits_BLV, batch['targets'], batch['weights'],
+                         token_bytes_V)
+
+
+def evaluate(eval_fn, params, batches, token_bytes_V) -> dict[str, float]:
+  """Loss, perplexity, bits per byte and accuracy over all `batches`."""
+  totals = None
+  for batch in batches:
+    sums = eval_fn(params, batch, token_bytes_V)
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+  if totals is None:
+    raise UsageError('the validation split produced no batches')
+  return metrics.summarize(totals)
+
+
+# ------------------------------------------------------------- the run -----
+
+
+class Trainer:
+  """Model, optimizer, compiled steps and the data of one config."""
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    validate_train_config(config)
+    self.config = config
+    self.model_config = models.ModelConfig.from_config(config.model)
+    self.model = models.build_model(self.model_config)
+    self.data = pipeline.make_lm_data(config.data)
+    if self.data.tokenizer.vocab_size > self.model_config.vocab_size:
+      raise UsageError(
+          f'the tokenizer has {self.data.tokenizer.vocab_size} tokens but '
+          f'model.vocab_size={self.model_config.vocab_size}; raise it')
+    self.schedule = optim.make_schedule(config.optim, config.train.num_steps)
+    self.optimizer = optim.make_optimizer(config.optim, self.schedule)
+    self.train_step = jax.jit(
+        functools.partial(train_step, model=self.model,
+                          optimizer=self.optimizer, schedule=self.schedule),
+        donate_argnums=0)
+    self.eval_step = jax.jit(functools.partial(eval_step, model=self.model))
+    self.token_bytes = jnp.asarray(self.data.token_bytes)
+
+  def init_state(self) -> TrainState:
+    rng = jax.random.PRNGKey(self.config.train.seed)
+    init_rng, rng = jax.random.split(rng)
+
+    @jax.jit
+    def init(init_rng, rng):
+      params = models.init_params(self.model, init_rng)
+      return TrainState(step=jnp.int32(0), params=params,
+                        opt_state=self.optimizer.init(params), rng=rng)
+
+    return init(init_rng, rng)
+
+  def evaluate(self, params) -> dict[str, float]:
+    return evaluate(self.eval_step, params, self.data.validation,
+                    self.token_bytes)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       log: Callable[[str], None] = lambda line: None,
+                       stop_at_step: int | None = None) -> dict[str, float]:
+  """Trains (resuming if possible) and returns the final validation metrics.
+
+  `stop_at_step` ends the run early, as a preemption would, after saving a
+  checkpoint at that step; the schedule still targets `train.num_steps`.
+  """
+  trainer = Trainer(config)
+  os.makedirs(workdir, exist_ok=True)
+  check_workdir_matches(config, workdir)
+  tc = config.train
+  checkpointer = checkpoint.Checkpointer(workdir, max_to_keep=tc.keep_checkpoints)
+  state = trainer.init_state()
+  train_iter = iter(trainer.data.train.to_iter_dataset())
+  latest = checkpointer.latest_step()
+  if latest is not None:
+    params, rest, data_state = checkpointer.restore(
+        latest, *jax.eval_shape(lambda s: s.checkpoint_items(), state))
+    state = TrainState(params=params, **rest)
+    if data_state is not None:
+      train_iter.set_state(data_state)
+    log(f'Resuming from the checkpoint at step {latest} in {workdir}.')
+  else:
+    log(f'Starting a new run in {workdir}.')
+  save_config(config, workdir)
+  trainer.data.tokenizer.save(workdir)
+
+  writer = tensorboardX.SummaryWriter(os.path.join(workdir, 'tensorboard'))
+  num_steps = tc.num_steps if stop_at_step is None else min(tc.num_steps,
+                                                            stop_at_step)
+  step = int(state.step)
+  tokens_per_step = config.data.batch_size * config.data.seq_len
+  meter = _ThroughputMeter(step)
+  final = None
+  while step < num_steps:
+    state, step_metrics = trainer.train_step(state, next(train_iter))
+    step += 1
+    if step % tc.log_every == 0 or step == num_steps:
+      step_metrics = jax.device_get(step_metrics)  # The only host sync.
+      tokens_per_s, eta_s = meter.update(step, tokens_per_step, num_steps)
+      if not math.isfinite(step_metrics['loss']):
+        raise FloatingPointError(f'loss is {step_metrics["loss"]} at step '
+                                 f'{step}; lower optim.learning_rate')
+      for name, value in step_metrics.items():
+        writer.add_scalar(f'train/{name}', value, step)
+      writer.add_scalar('train/tokens_per_s', tokens_per_s, step)
+      log(f'step {step}/{tc.num_steps} | loss {step_metrics["loss"]:.4f} | '
+          f'lr {step_metrics["learning_rate"]:.2e} | '
+          f'grad_norm {step_metrics["grad_norm"]:.3f} | '
+          f'{tokens_per_s:,.0f} tokens/s | ETA {_format_seconds(eta_s)}')
+    is_last = step == num_steps
+    if step % tc.eval_every == 0 or is_last:
+      final = trainer.evaluate(state.params)
+      for name, value in final.items():
+        writer.add_scalar(f'eval/{name}', value, step)
+      log(f'eval at step {step}: ' + ' '.join(
+          f'val_{k}={v:.4f}' for k, v in final.items()))
+      meter.pause()
+    if step % tc.checkpoint_every == 0 or is_last:
+      checkpointer.save(step, *state.checkpoint_items(),
+                        train_iter.get_state())
+  checkpointer.wait()
+  checkpointer.close()
+  if final is None:  # Nothing left to train: report on what was restored.
+    final = trainer.evaluate(state.params)
+  writer.close()
+  return final
+
+
+# -------------------------------------------------------------- helpers ----
+
+
+def validate_train_config(config: ml_collections.ConfigDict) -> None:
+  tc = config.train
+  for key in ('num_steps', 'log_every', 'eval_every', 'checkpoint_every',
+              'keep_checkpoints'):
+    if tc[key] <= 0:
+      raise UsageError(f'train.{key} must be positive, got {tc[key]}')
+
+
+def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  path = os.path.join(workdir, CONFIG_FILE)
+  with open(path + '.tmp', 'w') as f:
+    f.write(config.to_json_best_effort(indent=2))
+  os.replace(path + '.tmp', path)
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    raise UsageError(f'{workdir} has no {CONFIG_FILE}; is it a workdir '
+                     'written by experiments/train.py?')
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+# Keys whose change makes a workdir's checkpoints meaningless to resume.
+_RESUME_KEYS = {'model': None, 'data': ('name', 'tokenizer', 'vocab_size',
+                                        'seq_len', 'batch_size')}
+
+
+def check_workdir_matches(config: ml_collections.ConfigDict, workdir: str):
+  """Refuses to resume a workdir trained with another model or data."""
+  if not os.path.exists(os.path.join(workdir, CONFIG_FILE)):
+    return
+  saved = load_config(workdir)
+  for section, keys in _RESUME_KEYS.items():
+    old, new = saved[section].to_dict(), config[section].to_dict()
+    keys = keys or sorted(set(old) | set(new))
+    for key in keys:
+      if old.get(key) != new.get(key):
+        raise UsageError(
+            f'{workdir} was trained with {section}.{key}={old.get(key)!r}, '
+            f'not {new.get(key)!r}; use a new --workdir or the old value')
+
+
+class _ThroughputMeter:
+  """Tokens/s and ETA between log steps, excluding eval and compile pauses."""
+
+  def __init__(self, step: int):
+    self.step, self.time = step, time.perf_counter()
+
+  def update(self, step, tokens_per_step, num_steps):
+    now = time.perf_counter()
+    per_step = (now - self.time) / max(step - self.step, 1)
+    self.step, self.time = step, now
+    return tokens_per_step / per_step, per_step * (num_steps - step)
+
+  def pause(self):
+    self.time = time.perf_counter()
+
+
+def _format_seconds(seconds: float) -> str:
+  seconds = int(seconds)
+  return f'{seconds // 60}m{seconds % 60:02d}s'

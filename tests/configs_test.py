@@ -1,0 +1,62 @@
+"""Presets match the published architectures; overrides reach the config."""
+
+from absl import flags
+from ml_collections import config_flags
+import pytest
+
+from configs import default
+from configs import gpt2
+from configs import llama
+from lm import models
+
+PUBLISHED_PARAMS = [
+    (gpt2.get_config, 'small', 124_439_808),  # GPT-2 small (OpenAI release)
+    (llama.get_config, 'llama2_7b', 6_738_415_616),  # Llama 2 7B
+    (llama.get_config, 'smollm2_135m', 134_515_008),  # SmolLM2-135M
+]
+
+
+@pytest.mark.parametrize('get_config, preset, expected', PUBLISHED_PARAMS)
+def test_preset_parameter_count_equals_published_model(get_config, preset,
+                                                       expected):
+  config = models.ModelConfig.from_config(get_config(preset).model)
+  model = models.build_model(config)
+  assert models.count_params(models.abstract_params(model)) == expected
+
+
+def test_default_config_is_a_valid_small_model():
+  config = default.get_config()
+  model_config = models.ModelConfig.from_config(config.model)
+  count = models.count_params(models.abstract_params(
+      models.build_model(model_config)))
+  assert count < 10_000_000
+  assert config.data.seq_len <= model_config.max_len
+
+
+def parse(argv):
+  flag_values = flags.FlagValues()
+  # Overrides are read from the command line given here, not from sys.argv.
+  config_flags.DEFINE_config_file('config', None, 'config',
+                                  flag_values=flag_values,
+                                  sys_argv=['prog'] + argv)
+  flag_values(['prog'] + argv)
+  return flag_values.config
+
+
+def test_overrides_set_nested_values_with_their_types():
+  config = parse(['--config=configs/default.py', '--config.train.num_steps=7',
+                  '--config.optim.learning_rate=1', '--config.model.norm=rmsnorm'])
+  assert config.train.num_steps == 7
+  assert config.optim.learning_rate == 1.0
+  assert isinstance(config.optim.learning_rate, float)
+  assert config.model.norm == 'rmsnorm'
+
+
+def test_preset_argument_selects_the_architecture():
+  config = parse(['--config=configs/llama.py:llama2_7b'])
+  assert config.model.d_model == 4096
+
+
+def test_override_of_wrong_type_is_rejected():
+  with pytest.raises(flags.IllegalFlagValueError):
+    parse(['--config=configs/default.py', '--config.train.num_steps=many'])

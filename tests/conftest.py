@@ -1,0 +1,48 @@
+"""Shared test setup: CPU, compilation cache, a tiny config, one dataset build."""
+
+import os
+import sys
+
+# Before JAX is imported anywhere: CPU only, and a persistent compilation cache
+# so that repeated runs of the suite compile far less.
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',
+                      os.path.join(ROOT, '.cache', 'jax'))
+sys.path.insert(0, ROOT)  # configs/ and experiments/ are not installed.
+
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
+import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+jax.config.update('jax_compilation_cache_dir',
+                  os.environ['JAX_COMPILATION_CACHE_DIR'])
+jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
+
+
+@pytest.fixture(scope='session')
+def data_dir(tmp_path_factory):
+  """A tfds data_dir holding the Shakespeare dataset, built once per session."""
+  from lm.data import datasets  # pylint: disable=g-import-not-at-top
+  path = str(tmp_path_factory.mktemp('tfds'))
+  datasets.get_builder('shakespeare', path)
+  return path
+
+
+def tiny_config(data_dir: str):
+  """configs/default.py shrunk to a model and batch that train in seconds."""
+  from configs import default  # pylint: disable=g-import-not-at-top
+  config = default.get_config()
+  config.model.update(vocab_size=260, d_model=32, num_layers=2, num_heads=4,
+                      num_kv_heads=2, d_ff=64, max_len=64)
+  config.data.update(data_dir=data_dir, tokenizer='byte', seq_len=32,
+                     batch_size=8, eval_batch_size=64)
+  config.optim.update(learning_rate=1e-2, warmup_steps=2)
+  config.train.update(num_steps=20, log_every=10, eval_every=20,
+                      checkpoint_every=10, keep_checkpoints=5)
+  config.sample.update(max_new_tokens=8)
+  return config
+
+
+@pytest.fixture
+def tiny(data_dir):
+  return tiny_config(data_dir)

@@ -1,0 +1,100 @@
+"""Data: Shakespeare builder, tokenizers, and the grain pipeline."""
+
+import os
+
+import numpy as np
+import pytest
+
+from lm.data import datasets
+from lm.data import pipeline
+from lm.data import shakespeare
+from lm.data import tokenizers
+
+TRICKY = 'ROMEO:\nBut soft!  what light\n\n\tthrough 窓 yonder 日本語 breaks?  \n'
+
+
+def test_markdown_becomes_speaker_colon_lines():
+  markdown = ('### SCENE I. Verona.\n\n_Enter SAMPSON_\n\n**SAMPSON**  \n'
+              "Gregory, o' my word,  \n\\--we'll not carry coals.\n")
+  assert shakespeare.markdown_to_text(markdown) == (
+      'SCENE I. Verona.\n\nEnter SAMPSON\n\nSAMPSON:\n'
+      "Gregory, o' my word,\n--we'll not carry coals.\n")
+
+
+def test_empty_headings_join_the_next_section():
+  sections = shakespeare.split_scenes('# Play\n## ACT I\n### SCENE I\ntext\n'
+                                      '### SCENE II\nmore\n')
+  assert [heading for heading, _ in sections] == ['SCENE I', 'SCENE II']
+  assert '# Play' in sections[0][1] and '## ACT I' in sections[0][1]
+
+
+def test_shakespeare_splits_are_disjoint_and_cover_every_play(data_dir):
+  builder = datasets.get_builder('shakespeare', data_dir)
+  train = list(datasets.documents(builder, 'train'))
+  validation = list(datasets.documents(builder, 'validation'))
+  assert len(train) > 600 and len(validation) > 50
+  assert len({ex['play'] for ex in train}) == 38
+  assert not {ex['text'] for ex in train} & {ex['text'] for ex in validation}
+  with open(os.path.join(builder.data_dir, 'LICENSE')) as f:
+    assert 'public domain' in f.read()
+  assert any(b'ROMEO:\n' in ex['text'] for ex in train)
+
+
+def test_byte_tokenizer_round_trips_newlines_and_cjk():
+  tok = tokenizers.ByteTokenizer()
+  ids = tok.encode(TRICKY)
+  assert tok.decode(ids) == TRICKY
+  assert tok.token_bytes()[ids].sum() == len(TRICKY.encode('utf-8'))
+
+
+def test_sentencepiece_round_trips_newlines_and_cjk(tmp_path):
+  corpus = ['To be, or not to be, that is the question:\nWhether tis nobler '
+            'in the mind to suffer\n'] * 50
+  tok = tokenizers.train_sentencepiece(corpus, vocab_size=300)
+  ids = tok.encode(TRICKY)
+  assert tok.decode(ids) == TRICKY
+  assert tok.token_bytes()[ids].sum() == len(TRICKY.encode('utf-8'))
+  assert tok.encode('\n') == [tok.encode('\n')[0]]  # newline is one token
+  tok.save(str(tmp_path))
+  assert tokenizers.load_tokenizer(str(tmp_path)).encode(TRICKY) == ids
+
+
+def test_pipeline_windows_overlap_by_one_and_cover_the_stream():
+  tokens = np.arange(23, dtype=np.int32)
+  windows = pipeline.Windows(tokens, seq_len=5)
+  assert len(windows) == 4
+  batch = pipeline.to_lm_batch(np.stack([windows[i] for i in range(4)]))
+  np.testing.assert_array_equal(batch['inputs'].ravel(), tokens[:20])
+  np.testing.assert_array_equal(batch['targets'].ravel(), tokens[1:21])
+
+
+def test_padded_eval_rows_carry_no_weight():
+  batch = pipeline.to_lm_batch(pipeline.pad_rows(np.ones((1, 4), int), 3))
+  np.testing.assert_array_equal(batch['weights'].sum(axis=1), [3, 0, 0])
+
+
+@pytest.fixture(scope='module')
+def lm_data(data_dir):
+  from tests.conftest import tiny_config  # pylint: disable=g-import-not-at-top
+  return pipeline.make_lm_data(tiny_config(data_dir).data)
+
+
+def test_iterator_state_restores_the_same_next_batches(lm_data):
+  it = iter(lm_data.train.to_iter_dataset())
+  for _ in range(3):
+    next(it)
+  state = it.get_state()
+  expected = [next(it)['inputs'] for _ in range(2)]
+  resumed = iter(lm_data.train.to_iter_dataset())
+  resumed.set_state(state)
+  for want in expected:
+    np.testing.assert_array_equal(next(resumed)['inputs'], want)
+
+
+def test_train_batches_are_shuffled_windows_of_text(lm_data):
+  batch = next(iter(lm_data.train.to_iter_dataset()))
+  assert batch['inputs'].shape == (8, 32)
+  np.testing.assert_array_equal(batch['inputs'][:, 1:],
+                                batch['targets'][:, :-1])
+  text = lm_data.tokenizer.decode(batch['inputs'][0])
+  assert text.isprintable() or '\n' in text

@@ -1,0 +1,108 @@
+"""Decoding: the KV cache reproduces the full forward pass; sampling filters."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lm import decode
+from lm import models
+from lm.errors import UsageError
+from tests.models_test import VARIANTS, make
+
+
+@pytest.mark.parametrize('variant', sorted(VARIANTS))
+def test_prefill_then_cached_steps_equal_full_forward(variant):
+  """Ragged rows: row 0 has a 5-token prompt, row 1 a 2-token prompt."""
+  model, params = make(**VARIANTS[variant])
+  sequence = jax.random.randint(jax.random.PRNGKey(2), (2, 9), 1, 50)
+  full = model.apply({'params': params}, sequence)
+  lengths = np.array([5, 2])
+  prompt = np.where(np.arange(5) < lengths[:, None], sequence[:, :5], 0)
+  cache = decode.init_cache(model, batch=2, cache_len=12)
+  logits, variables = model.apply(
+      {'params': params, 'cache': cache}, prompt,
+      jnp.broadcast_to(jnp.arange(5), (2, 5)), decode=True, mutable=['cache'])
+  for row in range(2):
+    np.testing.assert_allclose(logits[row, :lengths[row]],
+                               full[row, :lengths[row]], atol=1e-5)
+  cache = variables['cache']
+  for step in range(4):
+    positions = lengths + step
+    token = sequence[np.arange(2), positions][:, None]
+    logits, variables = model.apply(
+        {'params': params, 'cache': cache}, token, positions[:, None],
+        decode=True, mutable=['cache'])
+    cache = variables['cache']
+    np.testing.assert_allclose(logits[:, 0], full[np.arange(2), positions],
+                               atol=1e-5)
+
+
+def test_greedy_generate_equals_repeated_argmax_of_full_forward():
+  model, params = make(**VARIANTS['llama_gqa'])
+  prompts = [[5, 9, 3], [7]]
+  new = decode.generate(model, params, prompts, rng=jax.random.PRNGKey(0),
+                        sampling=decode.SamplingConfig(max_new_tokens=6,
+                                                       temperature=0.0),
+                        eos_id=None)
+  for prompt, generated in zip(prompts, new):
+    tokens = list(prompt)
+    for _ in range(6):
+      logits = model.apply({'params': params}, jnp.array([tokens]))
+      tokens.append(int(jnp.argmax(logits[0, -1])))
+    assert generated == tokens[len(prompt):]
+
+
+def test_generation_stops_at_eos():
+  model, params = make()
+  sampling = decode.SamplingConfig(max_new_tokens=6, temperature=0.0)
+  free = decode.generate(model, params, [[4, 2]], rng=jax.random.PRNGKey(0),
+                         sampling=sampling, eos_id=None)[0]
+  stopped = decode.generate(model, params, [[4, 2]], rng=jax.random.PRNGKey(0),
+                            sampling=sampling, eos_id=free[2])[0]
+  assert stopped == free[:free.index(free[2])]
+
+
+def test_top_k_keeps_only_the_k_best_tokens():
+  logits = jnp.log(jnp.array([[0.1, 0.2, 0.3, 0.4]]))
+  sampling = decode.SamplingConfig(temperature=1.0, top_k=2)
+  draws = {int(decode.sample_logits(logits, jax.random.PRNGKey(i), sampling)[0])
+           for i in range(100)}
+  assert draws == {2, 3}
+
+
+def test_top_p_keeps_the_smallest_set_reaching_p():
+  logits = jnp.log(jnp.array([[0.05, 0.15, 0.3, 0.5]]))
+  sampling = decode.SamplingConfig(temperature=1.0, top_p=0.7)
+  draws = {int(decode.sample_logits(logits, jax.random.PRNGKey(i), sampling)[0])
+           for i in range(100)}
+  assert draws == {2, 3}
+
+
+def test_temperature_zero_is_argmax():
+  logits = jnp.array([[0.1, 3.0, 0.2], [2.0, 0.0, 1.0]])
+  out = decode.sample_logits(logits, jax.random.PRNGKey(0),
+                             decode.SamplingConfig(temperature=0.0))
+  np.testing.assert_array_equal(out, [1, 0])
+
+
+def test_prompt_longer_than_context_is_a_clear_error():
+  model, params = make()
+  with pytest.raises(UsageError, match='exceeds the model'):
+    decode.generate(model, params, [[1] * 10], rng=jax.random.PRNGKey(0),
+                    sampling=decode.SamplingConfig(max_new_tokens=10),
+                    eos_id=None, max_len=16)
+
+
+def test_empty_prompt_is_a_clear_error():
+  model, params = make()
+  with pytest.raises(UsageError, match='empty'):
+    decode.generate(model, params, [[]], rng=jax.random.PRNGKey(0),
+                    sampling=decode.SamplingConfig(), eos_id=None)
+
+
+@pytest.mark.parametrize('bad', [dict(max_new_tokens=0), dict(top_p=0.0),
+                                 dict(top_k=-1), dict(temperature=-1.0)])
+def test_bad_sampling_settings_are_rejected(bad):
+  with pytest.raises(UsageError):
+    decode.SamplingConfig(**bad).validate()

@@ -1,0 +1,114 @@
+"""The scripts end to end, as a user runs them, including their mistakes."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT, tiny_config
+
+pytestmark = pytest.mark.slow
+
+
+def run(module, *args):
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  return subprocess.run([sys.executable, '-m', module, *args], cwd=ROOT,
+                        env=env, capture_output=True, text=True, timeout=600)
+
+
+def overrides(config):
+  """The tiny test config as --config.* flags on top of configs/default.py."""
+  flags = ['--config=configs/default.py']
+  for section in ('model', 'data', 'optim', 'train', 'sample'):
+    for key, value in config[section].items():
+      if not isinstance(value, tuple):
+        flags.append(f'--config.{section}.{key}={value}')
+  return flags
+
+
+def snapshot(directory):
+  """Every file under a directory with its size and modification time."""
+  return {os.path.join(root, name): os.stat(os.path.join(root, name))[6:9]
+          for root, _, names in os.walk(directory) for name in names}
+
+
+def assert_one_line_error(result, *words):
+  assert result.returncode != 0
+  assert 'Traceback' not in result.stderr, result.stderr
+  errors = [l for l in result.stderr.splitlines() if l.startswith('error: ')]
+  assert len(errors) == 1, result.stderr
+  for word in words:
+    assert word in errors[0], errors[0]
+
+
+@pytest.fixture(scope='module')
+def trained(data_dir, tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('workdir'))
+  result = run('experiments.train', *overrides(tiny_config(data_dir)),
+               f'--workdir={workdir}')
+  assert result.returncode == 0, result.stderr
+  return workdir, result.stdout
+
+
+def test_train_prints_progress_samples_and_final_bits_per_byte(trained):
+  workdir, stdout = trained
+  assert 'Starting a new run' in stdout
+  assert 'step 20/20 | loss' in stdout
+  assert stdout.count('--- sample ---') == 2
+  last = stdout.strip().splitlines()[-1]
+  assert last.startswith('final:') and 'val_bits_per_byte=' in last
+  assert os.path.exists(os.path.join(workdir, 'config.json'))
+  assert os.listdir(os.path.join(workdir, 'tensorboard'))
+
+
+def test_train_again_resumes_instead_of_starting_over(trained, data_dir):
+  workdir, _ = trained
+  result = run('experiments.train', *overrides(tiny_config(data_dir)),
+               f'--workdir={workdir}')
+  assert result.returncode == 0, result.stderr
+  assert 'Resuming from the checkpoint at step 20' in result.stdout
+  assert 'step 1/' not in result.stdout
+
+
+def test_generate_continues_a_prompt(trained):
+  workdir, _ = trained
+  result = run('experiments.generate', f'--workdir={workdir}',
+               '--prompt=ROMEO:', '--max_new_tokens=10')
+  assert result.returncode == 0, result.stderr
+  assert 'ROMEO:' in result.stdout
+  assert len(result.stdout.split('ROMEO:', 1)[1]) > 0
+
+
+@pytest.mark.parametrize('flag, words', [
+    ('--config.train.num_steps=many', ('num_steps', 'many')),
+    ('--config.train.num_stepz=5', ('num_stepz',)),
+    ('--config.model.norm=batchnorm', ('model.norm',)),
+])
+def test_bad_override_is_one_line_and_leaves_workdir_as_it_was(
+    trained, data_dir, flag, words):
+  workdir, _ = trained
+  before = snapshot(workdir)
+  result = run('experiments.train', *overrides(tiny_config(data_dir)), flag,
+               f'--workdir={workdir}')
+  assert_one_line_error(result, *words)
+  assert snapshot(workdir) == before
+
+
+def test_missing_config_file_is_one_line(tmp_path):
+  result = run('experiments.train', '--config=configs/nope.py',
+               f'--workdir={tmp_path}')
+  assert_one_line_error(result, 'nope.py')
+
+
+def test_generate_without_checkpoint_is_one_line(tmp_path):
+  result = run('experiments.generate', f'--workdir={tmp_path}',
+               '--prompt=ROMEO:')
+  assert_one_line_error(result, str(tmp_path))
+  assert os.listdir(tmp_path) == []
+
+
+def test_generate_with_empty_prompt_is_one_line(trained):
+  workdir, _ = trained
+  result = run('experiments.generate', f'--workdir={workdir}', '--prompt=')
+  assert_one_line_error(result, 'prompt')

@@ -1,0 +1,64 @@
+"""Training: the loss falls, and a resumed run equals an uninterrupted one."""
+
+import jax
+import numpy as np
+import pytest
+
+from lm import checkpoint
+from lm import models
+from lm import train
+from lm.errors import UsageError
+
+
+def final_params(config, workdir):
+  model = models.build_model(models.ModelConfig.from_config(config.model))
+  return checkpoint.load_params(workdir, models.abstract_params(model))
+
+
+def test_loss_falls_on_a_tiny_fixture(tiny, tmp_path):
+  lines = []
+  final = train.train_and_evaluate(tiny, str(tmp_path), log=lines.append)
+  uniform = np.log(tiny.model.vocab_size)
+  assert final['loss'] < 0.75 * uniform, final
+  assert 0 < final['bits_per_byte'] < 8
+  assert any(line.startswith('step 20/20 | loss') for line in lines), lines
+  assert any('tokens/s' in line and 'ETA' in line for line in lines)
+
+
+@pytest.mark.slow
+def test_stop_and_resume_equals_an_uninterrupted_run(tiny, tmp_path):
+  straight = train.train_and_evaluate(tiny, str(tmp_path / 'straight'))
+
+  resumed_dir = str(tmp_path / 'resumed')
+  train.train_and_evaluate(tiny, resumed_dir, stop_at_step=10)
+  lines = []
+  resumed = train.train_and_evaluate(tiny, resumed_dir, log=lines.append)
+
+  assert any('Resuming from the checkpoint at step 10' in l for l in lines)
+  assert resumed == straight
+  params_a, step_a = final_params(tiny, str(tmp_path / 'straight'))
+  params_b, step_b = final_params(tiny, resumed_dir)
+  assert step_a == step_b == 20
+  jax.tree.map(np.testing.assert_array_equal, params_a, params_b)
+
+
+def test_more_steps_continue_a_finished_run(tiny, tmp_path):
+  train.train_and_evaluate(tiny, str(tmp_path), stop_at_step=10)
+  tiny.train.num_steps = 12
+  lines = []
+  train.train_and_evaluate(tiny, str(tmp_path), log=lines.append)
+  assert any('step 12/12' in line for line in lines)
+  assert final_params(tiny, str(tmp_path))[1] == 12
+
+
+def test_resuming_with_another_model_is_refused(tiny, tmp_path):
+  train.train_and_evaluate(tiny, str(tmp_path), stop_at_step=10)
+  tiny.model.d_model = 48
+  with pytest.raises(UsageError, match='model.d_model=32'):
+    train.train_and_evaluate(tiny, str(tmp_path))
+
+
+def test_tokenizer_larger_than_model_vocab_is_refused(tiny, tmp_path):
+  tiny.model.vocab_size = 100
+  with pytest.raises(UsageError, match='vocab_size'):
+    train.train_and_evaluate(tiny, str(tmp_path))
