@@ -10,9 +10,18 @@ from lm import train
 from lm.errors import UsageError
 
 
-def final_params(config, workdir):
+def abstract_params(config):
   model = models.build_model(models.ModelConfig.from_config(config.model))
-  return checkpoint.load_params(workdir, models.abstract_params(model))
+  return models.abstract_params(model)
+
+
+def final_params(config, workdir):
+  return checkpoint.load_params(workdir, abstract_params(config))
+
+
+def params_at(config, workdir, step):
+  checkpointer = checkpoint.Checkpointer(workdir, read_only=True)
+  return checkpointer.restore_params(abstract_params(config), step)
 
 
 def test_loss_falls_on_a_tiny_fixture(tiny, tmp_path):
@@ -40,6 +49,11 @@ def test_stop_and_resume_equals_an_uninterrupted_run(tiny, tmp_path):
   params_b, step_b = final_params(tiny, resumed_dir)
   assert step_a == step_b == 20
   jax.tree.map(np.testing.assert_array_equal, params_a, params_b)
+  # The uninterrupted run saved step 10 asynchronously and went on training
+  # with donated buffers; what it wrote must still be the step-10 params.
+  jax.tree.map(np.testing.assert_array_equal,
+               params_at(tiny, str(tmp_path / 'straight'), 10),
+               params_at(tiny, resumed_dir, 10))
 
 
 def test_more_steps_continue_a_finished_run(tiny, tmp_path):
