@@ -4,9 +4,9 @@
 
 Pre-LN GPT-2-style decoder: 4 layers, width 192, 4 heads, GELU MLP of 768,
 learned positions, tied embeddings, 128-token context, SentencePiece BPE of
-2048 tokens trained on the train split; AdamW, batch 32, 450 steps (1.8M
-tokens, about 1.3 epochs). Result on a 2-core CPU: val_bits_per_byte=2.25
-in under 9 minutes wall (README, Results).
+2048 tokens trained on the train split; AdamW, batch 32, 450 steps (1.84M
+tokens). Result on a 2-core CPU, from a fresh clone with
+`make train`: val_bits_per_byte=2.2403 in 9 min 4 s wall, setup included.
 """
 
 from configs import base
