@@ -10,11 +10,7 @@ call over the prompt, then a KV-cache loop of one token per step.
 from absl import flags
 
 from experiments import cli
-from lm import checkpoint
 from lm import decode
-from lm import models
-from lm import train
-from lm.data import tokenizers
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A workdir written by '
                                'experiments/train.py.', required=True)
@@ -37,17 +33,14 @@ def main(argv):
              '--prompt="ROMEO:"')
   cli.setup_jax()
   workdir = _WORKDIR.value
-  config = train.load_config(workdir)
-  model_config = models.ModelConfig.from_config(config.model)
-  tokenizer = tokenizers.load_tokenizer(workdir)
-  params, step = checkpoint.load_params(
-      workdir, models.abstract_params(models.build_model(model_config)))
+  restored = decode.restore(workdir)
   sampling = decode.SamplingConfig(
       max_new_tokens=_MAX_NEW_TOKENS.value, temperature=_TEMPERATURE.value,
       top_k=_TOP_K.value, top_p=_TOP_P.value)
-  text = decode.complete(model_config, params, tokenizer, [_PROMPT.value],
-                         sampling, _SEED.value)[0]
-  print(f'[{workdir} at step {step}]')
+  text = decode.complete(restored.model_config, restored.params,
+                         restored.tokenizer, [_PROMPT.value], sampling,
+                         _SEED.value)[0]
+  print(f'[{workdir} at step {restored.step}]')
   print(_PROMPT.value + text)
 
 

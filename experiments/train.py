@@ -15,11 +15,8 @@ from ml_collections import config_flags
 import tensorboardX
 
 from experiments import cli
-from lm import checkpoint
 from lm import decode
-from lm import models
 from lm import train
-from lm.data import tokenizers
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Config file, e.g. configs/default.py[:preset].')
@@ -45,19 +42,16 @@ def main(argv):
 def sample(config, workdir):
   """(prompt, continuation) for each of config.sample.prompts."""
   sc = config.sample
-  model_config = models.ModelConfig.from_config(config.model)
-  params, step = checkpoint.load_params(
-      workdir, models.abstract_params(models.build_model(model_config)))
+  restored = decode.restore(workdir)
   sampling = decode.SamplingConfig(
       max_new_tokens=sc.max_new_tokens, temperature=sc.temperature,
       top_k=sc.top_k, top_p=sc.top_p)
   prompts = list(sc.prompts)
-  texts = decode.complete(model_config, params,
-                          tokenizers.load_tokenizer(workdir), prompts,
-                          sampling, sc.seed)
+  texts = decode.complete(restored.model_config, restored.params,
+                          restored.tokenizer, prompts, sampling, sc.seed)
   with tensorboardX.SummaryWriter(os.path.join(workdir, 'tensorboard')) as w:
     for i, (prompt, text) in enumerate(zip(prompts, texts)):
-      w.add_text(f'samples/{i}', prompt + text, step)
+      w.add_text(f'samples/{i}', prompt + text, restored.step)
   return list(zip(prompts, texts))
 
 

@@ -1,6 +1,7 @@
 """orbax checkpoints of a workdir: params, optimizer/RNG state, data iterator.
 
-Three items per step, so that inference restores params alone:
+Beside them, `config.json` holds the run's whole config. Three items per step,
+so that inference restores params alone:
   params  the model parameters (what generate, evaluate and convert read)
   state   step, optimizer state and RNG key
   data    the grain iterator's state (JSON), so a resumed run sees the same
@@ -10,14 +11,17 @@ renames it when complete, so a crash never leaves a half-written step that
 looks finished.
 """
 
+import json
 import os
 from typing import Any
 
+import ml_collections
 import orbax.checkpoint as ocp
 
 from lm.errors import UsageError
 
 _ITEMS = ('params', 'state', 'data')
+CONFIG_FILE = 'config.json'  # The run's whole config, beside checkpoints/.
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -84,3 +88,19 @@ def load_params(workdir: str, abstract_params: Any) -> tuple[Any, int]:
   params = checkpointer.restore_params(abstract_params, step)
   checkpointer.close()
   return params, step
+
+
+def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  path = os.path.join(workdir, CONFIG_FILE)
+  with open(path + '.tmp', 'w') as f:
+    f.write(config.to_json_best_effort(indent=2))
+  os.replace(path + '.tmp', path)
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    raise UsageError(f'{workdir} has no {CONFIG_FILE}; is it a workdir '
+                     'written by experiments/train.py?')
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))

@@ -16,7 +16,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lm import checkpoint
 from lm import models
+from lm.data import tokenizers
 from lm.errors import UsageError
 
 
@@ -59,6 +61,26 @@ def sample_logits(logits_BV, rng, sampling: SamplingConfig):
                            keepdims=True)
     logits_BV = jnp.where(logits_BV < threshold_B1, -jnp.inf, logits_BV)
   return jax.random.categorical(rng, logits_BV).astype(jnp.int32)
+
+
+@dataclasses.dataclass
+class Restored:
+  """What sampling needs from a workdir."""
+
+  model_config: models.ModelConfig
+  params: Any
+  step: int
+  tokenizer: tokenizers.Tokenizer
+
+
+def restore(workdir: str) -> Restored:
+  """The model config, latest params and tokenizer a workdir holds."""
+  model_config = models.ModelConfig.from_config(
+      checkpoint.load_config(workdir).model)
+  tokenizer = tokenizers.load_tokenizer(workdir)
+  params, step = checkpoint.load_params(
+      workdir, models.abstract_params(models.build_model(model_config)))
+  return Restored(model_config, params, step, tokenizer)
 
 
 def complete(model_config: models.ModelConfig, params: Any, tokenizer,

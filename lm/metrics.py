@@ -23,16 +23,18 @@ def token_nll(logits_BLV, targets_BL):
   return log_z_BL - target_logit_BL
 
 
-def lm_sums(logits_BLV, targets_BL, weights_BL, token_bytes_V):
-  """Sums over a batch: nll, correct predictions, tokens, bytes."""
+def lm_sums(logits_BLV, targets_BL, weights_BL, token_bytes_V=None):
+  """Sums over a batch: nll, correct predictions, tokens (and bytes)."""
   nll_BL = token_nll(logits_BLV, targets_BL)
   correct_BL = jnp.argmax(logits_BLV, axis=-1) == targets_BL
-  return {
+  sums = {
       'nll': jnp.sum(nll_BL * weights_BL),
       'correct': jnp.sum(correct_BL * weights_BL),
       'tokens': jnp.sum(weights_BL),
-      'bytes': jnp.sum(jnp.take(token_bytes_V, targets_BL) * weights_BL),
   }
+  if token_bytes_V is not None:
+    sums['bytes'] = jnp.sum(jnp.take(token_bytes_V, targets_BL) * weights_BL)
+  return sums
 
 
 def summarize(sums) -> dict[str, float]:

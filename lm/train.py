@@ -9,7 +9,6 @@ return the final validation metrics. Log lines go to the `log` callback
 """
 
 import functools
-import json
 import math
 import os
 import time
@@ -29,9 +28,6 @@ from lm import models
 from lm import optim
 from lm.data import pipeline
 from lm.errors import UsageError
-
-CONFIG_FILE = 'config.json'
-
 
 @flax.struct.dataclass
 class TrainState:
@@ -57,13 +53,9 @@ def train_step(state: TrainState, batch, *, model, optimizer, schedule):
   def loss_fn(params):
     logits_BLV = model.apply({'params': params}, batch['inputs'],
                              deterministic=False, rngs={'dropout': dropout_rng})
-    nll_BL = metrics.token_nll(logits_BLV, batch['targets'])
-    weights_BL = batch['weights']
-    loss = jnp.sum(nll_BL * weights_BL) / jnp.maximum(jnp.sum(weights_BL), 1)
-    correct = jnp.argmax(logits_BLV, -1) == batch['targets']
-    accuracy = jnp.sum(correct * weights_BL) / jnp.maximum(
-        jnp.sum(weights_BL), 1)
-    return loss, accuracy
+    sums = metrics.lm_sums(logits_BLV, batch['targets'], batch['weights'])
+    tokens = jnp.maximum(sums['tokens'], 1.0)
+    return sums['nll'] / tokens, sums['correct'] / tokens
 
   (loss, accuracy), grads = jax.value_and_grad(loss_fn, has_aux=True)(
       state.params)
@@ -160,7 +152,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     log(f'Resuming from the checkpoint at step {latest} in {workdir}.')
   else:
     log(f'Starting a new run in {workdir}.')
-  save_config(config, workdir)
+  checkpoint.save_config(config, workdir)
   trainer.data.tokenizer.save(workdir)
 
   writer = tensorboardX.SummaryWriter(os.path.join(workdir, 'tensorboard'))
@@ -216,22 +208,6 @@ def validate_train_config(config: ml_collections.ConfigDict) -> None:
       raise UsageError(f'train.{key} must be positive, got {tc[key]}')
 
 
-def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  path = os.path.join(workdir, CONFIG_FILE)
-  with open(path + '.tmp', 'w') as f:
-    f.write(config.to_json_best_effort(indent=2))
-  os.replace(path + '.tmp', path)
-
-
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-  path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.exists(path):
-    raise UsageError(f'{workdir} has no {CONFIG_FILE}; is it a workdir '
-                     'written by experiments/train.py?')
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
-
-
 # Keys whose change makes a workdir's checkpoints meaningless to resume.
 _RESUME_KEYS = {'model': None, 'data': ('name', 'tokenizer', 'vocab_size',
                                         'seq_len', 'batch_size')}
@@ -239,9 +215,9 @@ _RESUME_KEYS = {'model': None, 'data': ('name', 'tokenizer', 'vocab_size',
 
 def check_workdir_matches(config: ml_collections.ConfigDict, workdir: str):
   """Refuses to resume a workdir trained with another model or data."""
-  if not os.path.exists(os.path.join(workdir, CONFIG_FILE)):
+  if not os.path.exists(os.path.join(workdir, checkpoint.CONFIG_FILE)):
     return
-  saved = load_config(workdir)
+  saved = checkpoint.load_config(workdir)
   for section, keys in _RESUME_KEYS.items():
     old, new = saved[section].to_dict(), config[section].to_dict()
     keys = keys or sorted(set(old) | set(new))
