@@ -13,18 +13,26 @@ def get_base_config() -> ml_collections.ConfigDict:
   # Architecture: see lm/models.py ModelConfig for what each key means.
   config.model = ml_collections.ConfigDict(dict(
       family='decoder', vocab_size=2048, d_model=256, num_layers=4,
-      num_heads=4, num_kv_heads=0, head_dim=0, d_ff=1024, activation='gelu',
-      gated_mlp=False, norm='layernorm', norm_position='pre', norm_eps=1e-5,
-      position='learned', max_len=256, rotary_theta=10_000.0,
-      tie_embeddings=True, use_bias=True, dropout_rate=0.0, init_std=0.02,
-      dtype='float32', param_dtype='float32'))
+      num_decoder_layers=0, num_heads=4, num_kv_heads=0, head_dim=0,
+      d_ff=1024, activation='gelu', gated_mlp=False, norm='layernorm',
+      norm_position='pre', norm_eps=1e-5, position='learned', max_len=256,
+      rotary_theta=10_000.0, relative_buckets=32, relative_max_distance=128,
+      scale_queries=True, scale_embeddings=False, embed_norm=False,
+      type_vocab_size=0, pooler=False, mlm_head=True, tie_embeddings=True,
+      rescale_tied_head=False, use_bias=True, dropout_rate=0.0,
+      init_std=0.02, dtype='float32', param_dtype='float32'))
 
   config.data = ml_collections.ConfigDict(dict(
       name='shakespeare',
       data_dir='',  # '' means the tfds default (~/tensorflow_datasets)
-      tokenizer='sentencepiece',  # or 'byte'
+      # 'sentencepiece', 'byte', or a directory holding a tokenizer
+      tokenizer='sentencepiece',
       vocab_size=2048,  # SentencePiece vocabulary trained on the train split
-      seq_len=256, batch_size=32, eval_batch_size=32, shuffle_seed=0))
+      seq_len=256, batch_size=32, eval_batch_size=32, shuffle_seed=0,
+      # lm/data/objectives.py: 'causal' (decoder), 'masked' (encoder) or
+      # 'span' (encoder_decoder), with their corruption rates.
+      objective='causal', mask_rate=0.15, noise_density=0.15,
+      mean_span_length=3.0))
 
   config.optim = ml_collections.ConfigDict(dict(
       name='adamw', learning_rate=3e-3, warmup_steps=100, min_lr_ratio=0.1,

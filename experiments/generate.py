@@ -2,14 +2,19 @@ r"""Continues a prompt with the latest checkpoint of a workdir.
 
   python -m experiments.generate --workdir=workdirs/default --prompt="ROMEO:" \
       [--max_new_tokens=200 --temperature=0.8 --top_k=40 --top_p=0.95]
+  python -m experiments.generate --workdir=workdirs/smollm2 --chat \
+      --prompt="What is the capital of France?"
 
 --temperature=0 is greedy decoding. Decoding is jit-compiled: one prefill
-call over the prompt, then a KV-cache loop of one token per step.
+call over the prompt, then a KV-cache loop of one token per step. --chat
+wraps the prompt as a user message in the instruct model's chat template
+(imported with its tokenizer) and prints the assistant's reply.
 """
 
 from absl import flags
 
 from experiments import cli
+from lm import checkpoint
 from lm import decode
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A workdir written by '
@@ -23,6 +28,8 @@ _TOP_K = flags.DEFINE_integer('top_k', 0, 'Sample among the k most likely '
                               'tokens; 0 disables.')
 _TOP_P = flags.DEFINE_float('top_p', 1.0, 'Nucleus sampling mass; 1 disables.')
 _SEED = flags.DEFINE_integer('seed', 0, 'Sampling seed.')
+_CHAT = flags.DEFINE_bool('chat', False, "Apply the model's chat template to "
+                          'the prompt (instruct models).')
 
 
 def main(argv):
@@ -33,15 +40,22 @@ def main(argv):
              '--prompt="ROMEO:"')
   cli.setup_jax()
   workdir = _WORKDIR.value
-  restored = decode.restore(workdir)
+  restored = checkpoint.restore(workdir)
   sampling = decode.SamplingConfig(
       max_new_tokens=_MAX_NEW_TOKENS.value, temperature=_TEMPERATURE.value,
       top_k=_TOP_K.value, top_p=_TOP_P.value)
+  prompt = _PROMPT.value
+  if _CHAT.value:
+    if not hasattr(restored.tokenizer, 'apply_chat_template'):
+      cli.fail(f'{workdir} has no chat template (only imported instruct '
+               'models do); drop --chat')
+    prompt = restored.tokenizer.apply_chat_template(
+        [{'role': 'user', 'content': prompt}])
   text = decode.complete(restored.model_config, restored.params,
-                         restored.tokenizer, [_PROMPT.value], sampling,
+                         restored.tokenizer, [prompt], sampling,
                          _SEED.value)[0]
   print(f'[{workdir} at step {restored.step}]')
-  print(_PROMPT.value + text)
+  print(text.strip() if _CHAT.value else prompt + text)
 
 
 if __name__ == '__main__':

@@ -15,6 +15,7 @@ from ml_collections import config_flags
 import tensorboardX
 
 from experiments import cli
+from lm import checkpoint
 from lm import decode
 from lm import train
 
@@ -33,8 +34,9 @@ def main(argv):
   print(config, flush=True)
   final = train.train_and_evaluate(
       config, workdir, log=lambda line: print(line, flush=True))
-  for prompt, text in sample(config, workdir):
-    print(f'--- sample ---\n{prompt}{text}', flush=True)
+  if config.model.family == 'decoder':  # The others do not continue text.
+    for prompt, text in sample(config, workdir):
+      print(f'--- sample ---\n{prompt}{text}', flush=True)
   print('final: ' + ' '.join(f'val_{k}={v:.4f}' for k, v in final.items()),
         flush=True)
 
@@ -42,7 +44,7 @@ def main(argv):
 def sample(config, workdir):
   """(prompt, continuation) for each of config.sample.prompts."""
   sc = config.sample
-  restored = decode.restore(workdir)
+  restored = checkpoint.restore(workdir)
   sampling = decode.SamplingConfig(
       max_new_tokens=sc.max_new_tokens, temperature=sc.temperature,
       top_k=sc.top_k, top_p=sc.top_p)

@@ -11,6 +11,7 @@ renames it when complete, so a crash never leaves a half-written step that
 looks finished.
 """
 
+import dataclasses
 import json
 import os
 from typing import Any
@@ -18,6 +19,8 @@ from typing import Any
 import ml_collections
 import orbax.checkpoint as ocp
 
+from lm import models
+from lm.data import tokenizers
 from lm.errors import UsageError
 
 _ITEMS = ('params', 'state', 'data')
@@ -42,13 +45,20 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
-  def save(self, step: int, params: Any, state: Any,
+  def save(self, step: int, params: Any, state: Any | None,
            data_state: dict | None) -> None:
-    items = {'params': ocp.args.StandardSave(params),
-             'state': ocp.args.StandardSave(state)}
+    """`state` None saves params alone (an imported checkpoint)."""
+    items = {'params': ocp.args.StandardSave(params)}
+    if state is not None:
+      items['state'] = ocp.args.StandardSave(state)
     if data_state is not None:
       items['data'] = ocp.args.JsonSave(data_state)
     self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+
+  def has_train_state(self, step: int) -> bool:
+    """False for params-only checkpoints, such as imported ones."""
+    # The Composite lists the items saved at that step (values may be None).
+    return 'state' in self._manager.item_metadata(step)
 
   def restore(self, step: int, abstract_params: Any, abstract_state: Any
               ) -> tuple[Any, Any, dict | None]:
@@ -104,3 +114,22 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
                      'written by experiments/train.py?')
   with open(path) as f:
     return ml_collections.ConfigDict(json.load(f))
+
+
+@dataclasses.dataclass
+class Restored:
+  """What inference needs from a workdir."""
+
+  model_config: models.ModelConfig
+  params: Any
+  step: int
+  tokenizer: tokenizers.Tokenizer
+
+
+def restore(workdir: str) -> Restored:
+  """The model config, latest params and tokenizer a workdir holds."""
+  model_config = models.ModelConfig.from_config(load_config(workdir).model)
+  tokenizer = tokenizers.load_tokenizer(workdir)
+  params, step = load_params(
+      workdir, models.abstract_params(models.build_model(model_config)))
+  return Restored(model_config, params, step, tokenizer)

@@ -16,9 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lm import checkpoint
 from lm import models
-from lm.data import tokenizers
 from lm.errors import UsageError
 
 
@@ -63,30 +61,13 @@ def sample_logits(logits_BV, rng, sampling: SamplingConfig):
   return jax.random.categorical(rng, logits_BV).astype(jnp.int32)
 
 
-@dataclasses.dataclass
-class Restored:
-  """What sampling needs from a workdir."""
-
-  model_config: models.ModelConfig
-  params: Any
-  step: int
-  tokenizer: tokenizers.Tokenizer
-
-
-def restore(workdir: str) -> Restored:
-  """The model config, latest params and tokenizer a workdir holds."""
-  model_config = models.ModelConfig.from_config(
-      checkpoint.load_config(workdir).model)
-  tokenizer = tokenizers.load_tokenizer(workdir)
-  params, step = checkpoint.load_params(
-      workdir, models.abstract_params(models.build_model(model_config)))
-  return Restored(model_config, params, step, tokenizer)
-
-
 def complete(model_config: models.ModelConfig, params: Any, tokenizer,
              prompts: list[str], sampling: SamplingConfig, seed: int = 0
              ) -> list[str]:
   """Text in, text out: each prompt's continuation (without the prompt)."""
+  if model_config.family != 'decoder':
+    raise UsageError(f'sampling continues text with decoder-only models; '
+                     f'this is a {model_config.family} model')
   if any(not p for p in prompts):
     raise UsageError('a prompt is empty; give some text to continue')
   new_tokens = generate(

@@ -129,13 +129,66 @@ class Mlp(nn.Module):
     return dense(d_model, ('mlp', 'embed'), self.out_init_std, 'wo')(h_BLF)
 
 
+def relative_position_buckets(relative_BLS, bidirectional: bool,
+                              num_buckets: int, max_distance: int):
+  """T5's bucketing of key - query offsets (Raffel et al., 2020).
+
+  Half the buckets (per direction, if bidirectional) are exact small offsets;
+  the rest grow logarithmically up to `max_distance`, beyond which offsets
+  share the last bucket.
+  """
+  buckets = jnp.zeros_like(relative_BLS)
+  if bidirectional:
+    num_buckets //= 2
+    buckets += (relative_BLS > 0).astype(relative_BLS.dtype) * num_buckets
+    distance = jnp.abs(relative_BLS)
+  else:
+    distance = jnp.maximum(-relative_BLS, 0)
+  exact = num_buckets // 2
+  # Clamped to 1 so the log below stays finite where the exact branch wins.
+  log_ratio = jnp.log(jnp.maximum(distance, 1).astype(jnp.float32) / exact)
+  far = exact + (log_ratio / np.log(max_distance / exact)
+                 * (num_buckets - exact)).astype(relative_BLS.dtype)
+  far = jnp.minimum(far, num_buckets - 1)
+  return buckets + jnp.where(distance < exact, distance, far)
+
+
+class RelativePositionBias(nn.Module):
+  """A learned scalar per (bucket of key - query offset, head), added to scores.
+
+  One table serves every layer of a stack, as in T5.
+  """
+
+  num_heads: int
+  bidirectional: bool
+  num_buckets: int = 32
+  max_distance: int = 128
+  init_std: float = 0.02
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, query_positions_BL, key_positions_BS):
+    relative_BLS = key_positions_BS[:, None, :] - query_positions_BL[:, :, None]
+    buckets_BLS = relative_position_buckets(
+        relative_BLS, self.bidirectional, self.num_buckets, self.max_distance)
+    table = self.param(
+        'embedding',
+        logical(nn.initializers.normal(self.init_std), ('buckets', 'heads')),
+        (self.num_buckets, self.num_heads), self.param_dtype)
+    bias_BLSN = jnp.take(table, buckets_BLS, axis=0).astype(self.dtype)
+    return jnp.transpose(bias_BLSN, (0, 3, 1, 2))
+
+
 class Attention(nn.Module):
   """Multi-head attention with `num_kv_heads` key/value heads (GQA/MQA).
 
   Self-attention when `kv_BSD` is None, cross-attention otherwise. With
   `decode=True` keys and values go into the 'cache' collection at each row's
   own positions, so prefill and one-token steps share this code and prompts
-  of different lengths share a batch.
+  of different lengths share a batch. `bias_BNLS` is added to the scores
+  (T5's relative positions); `scale_queries=False` drops the 1/sqrt(H)
+  factor, which T5 folds into its initialization instead.
   """
 
   num_heads: int
@@ -143,6 +196,7 @@ class Attention(nn.Module):
   head_dim: int
   causal: bool = True
   rotary_theta: float | None = None
+  scale_queries: bool = True
   use_bias: bool = True
   init_std: float = 0.02
   out_init_std: float = 0.02
@@ -151,7 +205,7 @@ class Attention(nn.Module):
 
   @nn.compact
   def __call__(self, x_BLD, positions_BL, *, kv_BSD=None, mask_BLS=None,
-               decode: bool = False):
+               bias_BNLS=None, decode: bool = False):
     d_model = x_BLD.shape[-1]
 
     def project(x, heads, axes, name):
@@ -183,8 +237,9 @@ class Attention(nn.Module):
     if mask_BLS is not None:
       allowed_BLS = mask_BLS if allowed_BLS is None else allowed_BLS & mask_BLS
     out_BLNH = jax.nn.dot_product_attention(
-        q_BLNH, k_BSKH, v_BSKH,
-        mask=None if allowed_BLS is None else allowed_BLS[:, None])
+        q_BLNH, k_BSKH, v_BSKH, bias=bias_BNLS,
+        mask=None if allowed_BLS is None else allowed_BLS[:, None],
+        scale=None if self.scale_queries else 1.0)
     out_BLNH = nn.with_logical_constraint(
         out_BLNH, ('batch', 'length', 'heads', 'head_dim'))
     return nn.DenseGeneral(

@@ -5,7 +5,7 @@ an ml_collections config; `build_model` turns it into a Linen module.
 """
 
 import dataclasses
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
@@ -18,11 +18,11 @@ from lm.errors import UsageError
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16,
            'float16': jnp.float16}
 _CHOICES = {
-    'family': ('decoder',),
+    'family': ('decoder', 'encoder', 'encoder_decoder'),
     'norm': ('layernorm', 'rmsnorm'),
     'norm_position': ('pre', 'post'),
     'activation': tuple(layers.ACTIVATIONS),
-    'position': ('learned', 'sinusoidal', 'rotary', 'none'),
+    'position': ('learned', 'sinusoidal', 'rotary', 'relative', 'none'),
     'dtype': tuple(_DTYPES),
     'param_dtype': tuple(_DTYPES),
 }
@@ -30,12 +30,17 @@ _CHOICES = {
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-  """Architecture hyperparameters; `num_kv_heads` < `num_heads` gives GQA/MQA."""
+  """Architecture hyperparameters; `num_kv_heads` < `num_heads` gives GQA/MQA.
+
+  family: 'decoder' (GPT-2, Llama), 'encoder' (BERT) or 'encoder_decoder'
+  (the original Transformer, T5). Keys that only some families use say so.
+  """
 
   family: str = 'decoder'
   vocab_size: int = 256
   d_model: int = 64
-  num_layers: int = 2
+  num_layers: int = 2  # the encoder's, for encoder_decoder
+  num_decoder_layers: int = 0  # encoder_decoder; 0 means num_layers
   num_heads: int = 4
   num_kv_heads: int = 0  # 0 means num_heads (plain multi-head attention)
   head_dim: int = 0  # 0 means d_model // num_heads
@@ -48,7 +53,16 @@ class ModelConfig:
   position: str = 'learned'
   max_len: int = 1024
   rotary_theta: float = 10_000.0
+  relative_buckets: int = 32  # position='relative' (T5)
+  relative_max_distance: int = 128
+  scale_queries: bool = True  # False: no 1/sqrt(head width) (T5)
+  scale_embeddings: bool = False  # x sqrt(d_model) (original Transformer)
+  embed_norm: bool = False  # a norm right after the embeddings (BERT)
+  type_vocab_size: int = 0  # encoder: token-type (segment) embeddings
+  pooler: bool = False  # encoder: tanh dense layer on the first token
+  mlm_head: bool = True  # encoder: the masked-LM output layer
   tie_embeddings: bool = True
+  rescale_tied_head: bool = False  # d_model**-0.5 before a tied head (T5)
   use_bias: bool = True
   dropout_rate: float = 0.0
   init_std: float = 0.02
@@ -62,6 +76,10 @@ class ModelConfig:
   @property
   def head_width(self) -> int:
     return self.head_dim or self.d_model // self.num_heads
+
+  @property
+  def decoder_layers(self) -> int:
+    return self.num_decoder_layers or self.num_layers
 
   @property
   def context_limit(self) -> int | None:
@@ -101,107 +119,315 @@ class ModelConfig:
     if self.position == 'rotary' and self.head_width % 2:
       raise UsageError('rotary positions need an even head width, got '
                        f'{self.head_width}')
+    for key in ('num_decoder_layers', 'type_vocab_size'):
+      if getattr(self, key) < 0:
+        raise UsageError(f'model.{key} must be >= 0, got '
+                         f'{getattr(self, key)}')
+    if self.position == 'relative' and (
+        self.relative_buckets < 4 or self.relative_max_distance
+        <= self.relative_buckets // 2):
+      raise UsageError('model.relative_buckets must be >= 4 and '
+                       'model.relative_max_distance above half of it; got '
+                       f'{self.relative_buckets} and '
+                       f'{self.relative_max_distance}')
     if not 0.0 <= self.dropout_rate < 1.0:
       raise UsageError(f'model.dropout_rate must be in [0, 1), got '
                        f'{self.dropout_rate}')
 
 
-class DecoderBlock(nn.Module):
-  """Causal self-attention and feed-forward, each with a residual."""
+class TransformerBlock(nn.Module):
+  """Self-attention (causal or not), optional cross-attention, feed-forward.
+
+  Each sub-layer has a residual and a norm, before it ('pre', GPT-2, Llama,
+  T5) or after the residual sum ('post', the original Transformer, BERT).
+  """
 
   config: ModelConfig
+  causal: bool = True
+  cross_attention: bool = False
 
   @nn.compact
-  def __call__(self, x_BLD, positions_BL, deterministic: bool, decode: bool):
+  def __call__(self, x_BLD, positions_BL, *, mask_BLS=None, bias_BNLS=None,
+               encoded_BSD=None, cross_mask_BLS=None, deterministic: bool,
+               decode: bool):
     c = self.config
     dtype, param_dtype = _DTYPES[c.dtype], _DTYPES[c.param_dtype]
     # GPT-2 scales the residual projections by 1/sqrt(2 * num_layers).
     out_std = c.init_std / (2 * c.num_layers) ** 0.5
-    attention = layers.Attention(
-        num_heads=c.num_heads, num_kv_heads=c.kv_heads, head_dim=c.head_width,
-        causal=True,
-        rotary_theta=c.rotary_theta if c.position == 'rotary' else None,
-        use_bias=c.use_bias, init_std=c.init_std, out_init_std=out_std,
-        dtype=dtype, param_dtype=param_dtype, name='attention')
+
+    def attention(name, rotary, causal):
+      return layers.Attention(
+          num_heads=c.num_heads, num_kv_heads=c.kv_heads,
+          head_dim=c.head_width, causal=causal,
+          rotary_theta=c.rotary_theta if rotary else None,
+          scale_queries=c.scale_queries, use_bias=c.use_bias,
+          init_std=c.init_std, out_init_std=out_std, dtype=dtype,
+          param_dtype=param_dtype, name=name)
+
+    def norm(name):
+      return layers.make_norm(c.norm, c.norm_eps, dtype, param_dtype, name)
+
+    def residual(x_BLD, sublayer, norm_name):
+      dropout = nn.Dropout(c.dropout_rate)
+      if c.norm_position == 'pre':
+        return x_BLD + dropout(sublayer(norm(norm_name)(x_BLD)),
+                               deterministic=deterministic)
+      return norm(norm_name)(x_BLD + dropout(sublayer(x_BLD),
+                                             deterministic=deterministic))
+
+    self_attention = attention('attention', c.position == 'rotary',
+                               self.causal)
+    x_BLD = residual(x_BLD, lambda h: self_attention(
+        h, positions_BL, mask_BLS=mask_BLS, bias_BNLS=bias_BNLS,
+        decode=decode), 'attention_norm')
+    if self.cross_attention:
+      cross = attention('cross_attention', False, False)
+      x_BLD = residual(x_BLD, lambda h: cross(
+          h, positions_BL, kv_BSD=encoded_BSD, mask_BLS=cross_mask_BLS),
+                       'cross_attention_norm')
     mlp = layers.Mlp(
         d_ff=c.d_ff, activation=c.activation, gated=c.gated_mlp,
-        use_bias=c.use_bias, init_std=c.init_std, out_init_std=out_std,
-        dtype=dtype, param_dtype=param_dtype, name='mlp')
-    norm_1 = layers.make_norm(c.norm, c.norm_eps, dtype, param_dtype,
-                              'attention_norm')
-    norm_2 = layers.make_norm(c.norm, c.norm_eps, dtype, param_dtype,
-                              'mlp_norm')
-    dropout = nn.Dropout(c.dropout_rate)
-
-    def attend(h):
-      return dropout(attention(h, positions_BL, decode=decode),
-                     deterministic=deterministic)
-
-    def feed_forward(h):
-      return dropout(mlp(h, deterministic), deterministic=deterministic)
-
-    if c.norm_position == 'pre':
-      x_BLD = x_BLD + attend(norm_1(x_BLD))
-      x_BLD = x_BLD + feed_forward(norm_2(x_BLD))
-    else:
-      x_BLD = norm_1(x_BLD + attend(x_BLD))
-      x_BLD = norm_2(x_BLD + feed_forward(x_BLD))
+        use_bias=c.use_bias, dropout_rate=c.dropout_rate, init_std=c.init_std,
+        out_init_std=out_std, dtype=dtype, param_dtype=param_dtype,
+        name='mlp')
+    x_BLD = residual(x_BLD, lambda h: mlp(h, deterministic), 'mlp_norm')
     return nn.with_logical_constraint(x_BLD, ('batch', 'length', 'embed'))
+
+
+def _run_stack(module: nn.Module, c: ModelConfig, x_BLD, positions_BL, *,
+               num_layers: int, causal: bool, mask_BLS=None, encoded_BSD=None,
+               cross_mask_BLS=None, deterministic: bool, decode: bool = False):
+  """Positions, blocks and final norm, as submodules of `module`.
+
+  Called from a compact method, so every family names its parameters the same
+  way: position_embed, embed_norm, relative_bias, block_{i}, final_norm.
+  """
+  dtype, param_dtype = _DTYPES[c.dtype], _DTYPES[c.param_dtype]
+  if c.scale_embeddings:
+    x_BLD = x_BLD * jnp.sqrt(jnp.asarray(c.d_model, dtype))
+  if c.position == 'learned':
+    x_BLD += layers.Embed(c.max_len, c.d_model, c.init_std / 2, dtype,
+                          param_dtype, axes=('position', 'embed'),
+                          name='position_embed')(positions_BL)
+  elif c.position == 'sinusoidal':
+    x_BLD += layers.sinusoidal_positions(positions_BL, c.d_model, dtype)
+  if c.embed_norm:
+    x_BLD = layers.make_norm(c.norm, c.norm_eps, dtype, param_dtype,
+                             'embed_norm')(x_BLD)
+  # A zero the tests differentiate against to check what sees what.
+  x_BLD = module.perturb('embedded', x_BLD)
+  x_BLD = nn.Dropout(c.dropout_rate)(x_BLD, deterministic=deterministic)
+  bias_BNLS = None
+  if c.position == 'relative':
+    if decode:
+      raise UsageError('relative position bias does not support KV-cache '
+                       'decoding yet')
+    bias_BNLS = layers.RelativePositionBias(
+        c.num_heads, bidirectional=not causal,
+        num_buckets=c.relative_buckets,
+        max_distance=c.relative_max_distance, init_std=c.init_std,
+        dtype=dtype, param_dtype=param_dtype,
+        name='relative_bias')(positions_BL, positions_BL)
+  for i in range(num_layers):
+    x_BLD = TransformerBlock(
+        c, causal=causal, cross_attention=encoded_BSD is not None,
+        name=f'block_{i}')(
+            x_BLD, positions_BL, mask_BLS=mask_BLS, bias_BNLS=bias_BNLS,
+            encoded_BSD=encoded_BSD, cross_mask_BLS=cross_mask_BLS,
+            deterministic=deterministic, decode=decode)
+  if c.norm_position == 'pre':
+    x_BLD = layers.make_norm(c.norm, c.norm_eps, dtype, param_dtype,
+                             'final_norm')(x_BLD)
+    x_BLD = nn.Dropout(c.dropout_rate)(x_BLD, deterministic=deterministic)
+  return x_BLD
+
+
+def _default_positions(tokens_BL):
+  return jnp.broadcast_to(jnp.arange(tokens_BL.shape[1]), tokens_BL.shape)
+
+
+def _padding_mask(valid_BS, query_len: int):
+  """[B, L, S] attention mask from a [B, S] validity mask (None passes)."""
+  if valid_BS is None:
+    return None
+  return jnp.broadcast_to(valid_BS[:, None, :].astype(bool),
+                          (valid_BS.shape[0], query_len, valid_BS.shape[1]))
+
+
+def _output_logits(c: ModelConfig, x_BLD, embed: layers.Embed, bias=None):
+  """Tied (the embedding table) or untied ('head') output projection."""
+  dtype, param_dtype = _DTYPES[c.dtype], _DTYPES[c.param_dtype]
+  if c.tie_embeddings:
+    if c.rescale_tied_head:  # T5: the tied table expects d_model**-0.5.
+      x_BLD = x_BLD * c.d_model ** -0.5
+    logits_BLV = embed.attend(x_BLD)
+  else:
+    logits_BLV = nn.Dense(
+        c.vocab_size, use_bias=False, dtype=dtype, param_dtype=param_dtype,
+        kernel_init=layers.logical(nn.initializers.normal(c.init_std),
+                                   ('embed', 'vocab')),
+        name='head')(x_BLD)
+  if bias is not None:
+    logits_BLV += bias
+  return nn.with_logical_constraint(logits_BLV.astype(jnp.float32),
+                                    ('batch', 'length', 'vocab'))
 
 
 class DecoderOnly(nn.Module):
   """GPT-2 / Llama-style causal language model: tokens -> next-token logits."""
 
   config: ModelConfig
+  batch_inputs: ClassVar[tuple[str, ...]] = ('inputs',)
 
   @nn.compact
   def __call__(self, tokens_BL, positions_BL=None, *,
                deterministic: bool = True, decode: bool = False):
     c = self.config
-    dtype, param_dtype = _DTYPES[c.dtype], _DTYPES[c.param_dtype]
     if positions_BL is None:
-      positions_BL = jnp.broadcast_to(jnp.arange(tokens_BL.shape[1]),
-                                      tokens_BL.shape)
+      positions_BL = _default_positions(tokens_BL)
+    embed = layers.Embed(c.vocab_size, c.d_model, c.init_std,
+                         _DTYPES[c.dtype], _DTYPES[c.param_dtype],
+                         name='embed')
+    x_BLD = _run_stack(self, c, embed(tokens_BL), positions_BL,
+                       num_layers=c.num_layers, causal=True,
+                       deterministic=deterministic, decode=decode)
+    return _output_logits(c, x_BLD, embed)
+
+
+class EncoderOnly(nn.Module):
+  """BERT: bidirectional encoder, masked-LM head and [CLS] pooler.
+
+  Returns masked-LM logits (hidden states when `mlm_head` is off); with
+  `all_outputs=True`, a dict of 'hidden', 'pooled' (with `pooler`) and
+  'logits' (with `mlm_head`). `padding_mask_BL` is True at real tokens.
+  """
+
+  config: ModelConfig
+  batch_inputs: ClassVar[tuple[str, ...]] = ('inputs',)
+
+  @nn.compact
+  def __call__(self, tokens_BL, token_types_BL=None, padding_mask_BL=None, *,
+               deterministic: bool = True, all_outputs: bool = False):
+    c = self.config
+    dtype, param_dtype = _DTYPES[c.dtype], _DTYPES[c.param_dtype]
     embed = layers.Embed(c.vocab_size, c.d_model, c.init_std, dtype,
                          param_dtype, name='embed')
     x_BLD = embed(tokens_BL)
-    if c.position == 'learned':
-      x_BLD += layers.Embed(c.max_len, c.d_model, c.init_std / 2, dtype,
-                            param_dtype, axes=('position', 'embed'),
-                            name='position_embed')(positions_BL)
-    elif c.position == 'sinusoidal':
-      x_BLD += layers.sinusoidal_positions(positions_BL, c.d_model, dtype)
-    # A zero the tests differentiate against to check causality.
-    x_BLD = self.perturb('embedded', x_BLD)
-    x_BLD = nn.Dropout(c.dropout_rate)(x_BLD, deterministic=deterministic)
-    for i in range(c.num_layers):
-      x_BLD = DecoderBlock(c, name=f'block_{i}')(x_BLD, positions_BL,
-                                                 deterministic, decode)
-    if c.norm_position == 'pre':
-      x_BLD = layers.make_norm(c.norm, c.norm_eps, dtype, param_dtype,
-                               'final_norm')(x_BLD)
-    if c.tie_embeddings:
-      logits_BLV = embed.attend(x_BLD)
-    else:
-      logits_BLV = nn.Dense(
-          c.vocab_size, use_bias=False, dtype=dtype, param_dtype=param_dtype,
+    if c.type_vocab_size:
+      if token_types_BL is None:
+        token_types_BL = jnp.zeros_like(tokens_BL)
+      x_BLD += layers.Embed(c.type_vocab_size, c.d_model, c.init_std, dtype,
+                            param_dtype, axes=('token_types', 'embed'),
+                            name='token_type_embed')(token_types_BL)
+    x_BLD = _run_stack(
+        self, c, x_BLD, _default_positions(tokens_BL),
+        num_layers=c.num_layers, causal=False,
+        mask_BLS=_padding_mask(padding_mask_BL, tokens_BL.shape[1]),
+        deterministic=deterministic)
+    outputs = {'hidden': x_BLD}
+    if c.pooler:
+      outputs['pooled'] = jnp.tanh(nn.Dense(
+          c.d_model, dtype=dtype, param_dtype=param_dtype,
           kernel_init=layers.logical(nn.initializers.normal(c.init_std),
-                                     ('embed', 'vocab')),
-          name='head')(x_BLD)
-    return nn.with_logical_constraint(logits_BLV.astype(jnp.float32),
-                                      ('batch', 'length', 'vocab'))
+                                     ('embed', 'mlp')),
+          bias_init=layers.logical(nn.initializers.zeros, ('mlp',)),
+          name='pooler')(x_BLD[:, 0]))
+    if c.mlm_head:
+      h_BLD = nn.Dense(
+          c.d_model, dtype=dtype, param_dtype=param_dtype,
+          kernel_init=layers.logical(nn.initializers.normal(c.init_std),
+                                     ('embed', 'mlp')),
+          bias_init=layers.logical(nn.initializers.zeros, ('mlp',)),
+          name='mlm_dense')(x_BLD)
+      h_BLD = layers.make_norm(c.norm, c.norm_eps, dtype, param_dtype,
+                               'mlm_norm')(layers.ACTIVATIONS[c.activation](
+                                   h_BLD))
+      bias_V = self.param('mlm_bias', layers.logical(nn.initializers.zeros,
+                                                     ('vocab',)),
+                          (c.vocab_size,), param_dtype)
+      outputs['logits'] = _output_logits(c, h_BLD, embed, bias_V)
+    if all_outputs:
+      return outputs
+    return outputs['logits'] if c.mlm_head else outputs['hidden']
+
+
+class Stack(nn.Module):
+  """The encoder or the decoder half of an encoder-decoder model."""
+
+  config: ModelConfig
+  num_layers: int
+  causal: bool
+
+  @nn.compact
+  def __call__(self, x_BLD, positions_BL, *, mask_BLS=None, encoded_BSD=None,
+               cross_mask_BLS=None, deterministic: bool, decode: bool = False):
+    return _run_stack(self, self.config, x_BLD, positions_BL,
+                      num_layers=self.num_layers, causal=self.causal,
+                      mask_BLS=mask_BLS, encoded_BSD=encoded_BSD,
+                      cross_mask_BLS=cross_mask_BLS,
+                      deterministic=deterministic, decode=decode)
+
+
+class EncoderDecoder(nn.Module):
+  """The original Transformer and T5: source tokens -> target-token logits.
+
+  One embedding table serves the encoder, the decoder and (when tied) the
+  output layer. `encoder_mask_BS` is True at real source tokens.
+  """
+
+  config: ModelConfig
+  batch_inputs: ClassVar[tuple[str, ...]] = ('encoder_inputs', 'inputs')
+
+  def setup(self):
+    c = self.config
+    self.embed = layers.Embed(c.vocab_size, c.d_model, c.init_std,
+                              _DTYPES[c.dtype], _DTYPES[c.param_dtype])
+    self.encoder = Stack(c, c.num_layers, causal=False)
+    self.decoder = Stack(c, c.decoder_layers, causal=True)
+
+  def encode(self, tokens_BS, encoder_mask_BS=None, *,
+             deterministic: bool = True):
+    return self.encoder(
+        self.embed(tokens_BS), _default_positions(tokens_BS),
+        mask_BLS=_padding_mask(encoder_mask_BS, tokens_BS.shape[1]),
+        deterministic=deterministic)
+
+  @nn.compact  # The untied 'head' is created here.
+  def decode_logits(self, encoded_BSD, tokens_BL, positions_BL=None,
+                    encoder_mask_BS=None, *, deterministic: bool = True,
+                    decode: bool = False):
+    if positions_BL is None:
+      positions_BL = _default_positions(tokens_BL)
+    x_BLD = self.decoder(
+        self.embed(tokens_BL), positions_BL, encoded_BSD=encoded_BSD,
+        cross_mask_BLS=_padding_mask(encoder_mask_BS, tokens_BL.shape[1]),
+        deterministic=deterministic, decode=decode)
+    return _output_logits(self.config, x_BLD, self.embed)
+
+  def __call__(self, encoder_tokens_BS, tokens_BL, encoder_mask_BS=None, *,
+               deterministic: bool = True):
+    encoded_BSD = self.encode(encoder_tokens_BS, encoder_mask_BS,
+                              deterministic=deterministic)
+    return self.decode_logits(encoded_BSD, tokens_BL,
+                              encoder_mask_BS=encoder_mask_BS,
+                              deterministic=deterministic)
+
+
+_FAMILIES = {'decoder': DecoderOnly, 'encoder': EncoderOnly,
+             'encoder_decoder': EncoderDecoder}
 
 
 def build_model(config: ModelConfig) -> nn.Module:
-  if config.family == 'decoder':
-    return DecoderOnly(config)
-  raise UsageError(f'model.family={config.family!r} is not supported')
+  if config.family not in _FAMILIES:
+    raise UsageError(f'model.family={config.family!r} is not one of '
+                     f'{sorted(_FAMILIES)}')
+  return _FAMILIES[config.family](config)
 
 
 def init_params(model: nn.Module, rng: jax.Array, seq_len: int = 8) -> Any:
   """Fresh parameters as a plain pytree (logical-axis boxes removed)."""
-  tokens = jnp.zeros((1, seq_len), jnp.int32)
-  return nn.unbox(model.init(rng, tokens)['params'])
+  inputs = [jnp.zeros((1, seq_len), jnp.int32) for _ in model.batch_inputs]
+  return nn.unbox(model.init(rng, *inputs)['params'])
 
 
 def abstract_params(model: nn.Module) -> Any:

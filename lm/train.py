@@ -26,6 +26,7 @@ from lm import checkpoint
 from lm import metrics
 from lm import models
 from lm import optim
+from lm.data import objectives
 from lm.data import pipeline
 from lm.errors import UsageError
 
@@ -51,7 +52,7 @@ def train_step(state: TrainState, batch, *, model, optimizer, schedule):
   dropout_rng = jax.random.fold_in(state.rng, state.step)
 
   def loss_fn(params):
-    logits_BLV = model.apply({'params': params}, batch['inputs'],
+    logits_BLV = model.apply({'params': params}, *model_inputs(model, batch),
                              deterministic=False, rngs={'dropout': dropout_rng})
     sums = metrics.lm_sums(logits_BLV, batch['targets'], batch['weights'])
     tokens = jnp.maximum(sums['tokens'], 1.0)
@@ -68,8 +69,13 @@ def train_step(state: TrainState, batch, *, model, optimizer, schedule):
                        opt_state=opt_state), step_metrics
 
 
+def model_inputs(model, batch) -> list:
+  """The batch arrays the model family reads, in its argument order."""
+  return [batch[key] for key in model.batch_inputs]
+
+
 def eval_step(params, batch, token_bytes_V, *, model):
-  logits_BLV = model.apply({'params': params}, batch['inputs'])
+  logits_BLV = model.apply({'params': params}, *model_inputs(model, batch))
   return metrics.lm_sums(logits_BLV, batch['targets'], batch['weights'],
                          token_bytes_V)
 
@@ -97,10 +103,21 @@ class Trainer:
     self.model_config = models.ModelConfig.from_config(config.model)
     self.model = models.build_model(self.model_config)
     self.data = pipeline.make_lm_data(config.data)
-    if self.data.tokenizer.vocab_size > self.model_config.vocab_size:
+    objective = self.data.objective
+    family = objectives.FAMILY_OF[objective.name]
+    if self.model_config.family != family:
       raise UsageError(
-          f'the tokenizer has {self.data.tokenizer.vocab_size} tokens but '
-          f'model.vocab_size={self.model_config.vocab_size}; raise it')
+          f'data.objective={objective.name!r} trains {family} models, but '
+          f'model.family={self.model_config.family!r}')
+    if objective.name == 'masked' and not self.model_config.mlm_head:
+      raise UsageError('data.objective=masked needs model.mlm_head=True')
+    needed = self.data.tokenizer.vocab_size + objective.extra_ids
+    if needed > self.model_config.vocab_size:
+      raise UsageError(
+          f'the tokenizer has {self.data.tokenizer.vocab_size} tokens and '
+          f'data.objective={objective.name!r} adds {objective.extra_ids}, '
+          f'but model.vocab_size={self.model_config.vocab_size}; raise it to '
+          f'at least {needed}')
     self.schedule = optim.make_schedule(config.optim, config.train.num_steps)
     self.optimizer = optim.make_optimizer(config.optim, self.schedule)
     self.train_step = jax.jit(
@@ -108,7 +125,9 @@ class Trainer:
                           optimizer=self.optimizer, schedule=self.schedule),
         donate_argnums=0)
     self.eval_step = jax.jit(functools.partial(eval_step, model=self.model))
-    self.token_bytes = jnp.asarray(self.data.token_bytes)
+    # Ids past the tokenizer's ([MASK], sentinels) stand for no text.
+    self.token_bytes = jnp.zeros(self.model_config.vocab_size, jnp.int32).at[
+        :len(self.data.token_bytes)].set(self.data.token_bytes)
 
   def init_state(self) -> TrainState:
     rng = jax.random.PRNGKey(self.config.train.seed)
@@ -143,6 +162,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   state = trainer.init_state()
   train_iter = iter(trainer.data.train.to_iter_dataset())
   latest = checkpointer.latest_step()
+  if latest is not None and not checkpointer.has_train_state(latest):
+    raise UsageError(
+        f'{workdir} holds imported weights without optimizer state; train '
+        f'into a new --workdir with --config.data.tokenizer={workdir} to use '
+        'its tokenizer')
   if latest is not None:
     params, rest, data_state = checkpointer.restore(
         latest, *jax.eval_shape(lambda s: s.checkpoint_items(), state))
@@ -159,7 +183,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   num_steps = tc.num_steps if stop_at_step is None else min(tc.num_steps,
                                                             stop_at_step)
   step = int(state.step)
-  tokens_per_step = config.data.batch_size * config.data.seq_len
+  tokens_per_step = config.data.batch_size * trainer.data.objective.seq_len
   meter = _ThroughputMeter(step)
   final = None
   while step < num_steps:
@@ -210,7 +234,7 @@ def validate_train_config(config: ml_collections.ConfigDict) -> None:
 
 # Keys whose change makes a workdir's checkpoints meaningless to resume.
 _RESUME_KEYS = {'model': None, 'data': ('name', 'tokenizer', 'vocab_size',
-                                        'seq_len', 'batch_size')}
+                                        'seq_len', 'batch_size', 'objective')}
 
 
 def check_workdir_matches(config: ml_collections.ConfigDict, workdir: str):
@@ -222,7 +246,9 @@ def check_workdir_matches(config: ml_collections.ConfigDict, workdir: str):
     old, new = saved[section].to_dict(), config[section].to_dict()
     keys = keys or sorted(set(old) | set(new))
     for key in keys:
-      if old.get(key) != new.get(key):
+      # A key the saved config lacks was added to lm later, with a default
+      # that keeps the old behaviour.
+      if key in old and old[key] != new.get(key):
         raise UsageError(
             f'{workdir} was trained with {section}.{key}={old.get(key)!r}, '
             f'not {new.get(key)!r}; use a new --workdir or the old value')

@@ -4,9 +4,17 @@ from absl import flags
 from ml_collections import config_flags
 import pytest
 
+import dataclasses
+
+import torch
+import transformers
+
+from configs import bert
 from configs import default
 from configs import gpt2
 from configs import llama
+from configs import t5
+from configs import transformer
 from lm import models
 
 PUBLISHED_PARAMS = [
@@ -22,6 +30,47 @@ def test_preset_parameter_count_equals_published_model(get_config, preset,
   config = models.ModelConfig.from_config(get_config(preset).model)
   model = models.build_model(config)
   assert models.count_params(models.abstract_params(model)) == expected
+
+
+def _count(config):
+  return models.count_params(models.abstract_params(models.build_model(
+      config)))
+
+
+def _reference_count(model_class, hf_config, skip=''):
+  """Trainable parameters of a transformers model, built without memory."""
+  with torch.device('meta'):
+    model = model_class(hf_config)
+  return sum(p.numel() for name, p in model.named_parameters()
+             if p.requires_grad and not (skip and skip in name))
+
+
+def test_bert_base_counts_equal_transformers():
+  config = models.ModelConfig.from_config(bert.get_config('base').model)
+  t = transformers
+  assert _count(dataclasses.replace(config, mlm_head=False)) == (
+      _reference_count(t.BertModel, t.BertConfig()))
+  assert _count(config) == _reference_count(
+      t.BertForPreTraining, t.BertConfig(), skip='seq_relationship')
+
+
+def test_t5_small_count_equals_transformers():
+  config = models.ModelConfig.from_config(t5.get_config('small').model)
+  assert _count(config) == _reference_count(
+      transformers.T5ForConditionalGeneration, transformers.T5Config())
+
+
+def test_transformer_base_count_equals_marian_built_alike():
+  config = models.ModelConfig.from_config(transformer.get_config('base').model)
+  marian = transformers.MarianConfig(
+      vocab_size=37000, d_model=512, encoder_layers=6, decoder_layers=6,
+      encoder_attention_heads=8, decoder_attention_heads=8,
+      encoder_ffn_dim=2048, decoder_ffn_dim=2048, activation_function='relu',
+      scale_embedding=True, share_encoder_decoder_embeddings=True,
+      max_position_embeddings=1024, pad_token_id=0, decoder_start_token_id=0)
+  # Marian's sinusoidal tables are frozen parameters; only trained ones count.
+  assert _count(config) == _reference_count(transformers.MarianMTModel,
+                                            marian)
 
 
 def test_default_config_is_a_valid_small_model():

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from lm.data import datasets
+from lm.data import objectives
 from lm.data import pipeline
 from lm.data import shakespeare
 from lm.data import tokenizers
@@ -61,16 +62,70 @@ def test_sentencepiece_round_trips_newlines_and_cjk(tmp_path):
 
 def test_pipeline_windows_overlap_by_one_and_cover_the_stream():
   tokens = np.arange(23, dtype=np.int32)
-  windows = pipeline.Windows(tokens, seq_len=5)
+  windows = pipeline.Windows(tokens, stride=5, length=6)
   assert len(windows) == 4
-  batch = pipeline.to_lm_batch(np.stack([windows[i] for i in range(4)]))
-  np.testing.assert_array_equal(batch['inputs'].ravel(), tokens[:20])
-  np.testing.assert_array_equal(batch['targets'].ravel(), tokens[1:21])
+  examples = [objectives.causal_example(windows[i]) for i in range(4)]
+  np.testing.assert_array_equal(
+      np.concatenate([e['inputs'] for e in examples]), tokens[:20])
+  np.testing.assert_array_equal(
+      np.concatenate([e['targets'] for e in examples]), tokens[1:21])
 
 
 def test_padded_eval_rows_carry_no_weight():
-  batch = pipeline.to_lm_batch(pipeline.pad_rows(np.ones((1, 4), int), 3))
-  np.testing.assert_array_equal(batch['weights'].sum(axis=1), [3, 0, 0])
+  batch = {'inputs': np.ones((1, 4), np.int32),
+           'weights': np.ones((1, 4), np.float32)}
+  padded = pipeline.pad_batch(batch, 3)
+  np.testing.assert_array_equal(padded['weights'].sum(axis=1), [4, 0, 0])
+  assert padded['inputs'].shape == (3, 4)
+
+
+def _objective(name, **kwargs):
+  return objectives.Objective(name=name, vocab_size=1000, bos_id=2, eos_id=3,
+                              seq_len=200, **kwargs)
+
+
+def test_masked_lm_picks_15_percent_and_splits_them_80_10_10():
+  objective = _objective('masked')
+  window = np.random.default_rng(0).integers(10, 1000, 200)
+  rng = np.random.default_rng(1)
+  counts = np.zeros(3)
+  for _ in range(200):
+    example = objective.example(window, rng)
+    chosen = example['weights'] > 0
+    assert chosen.sum() == 30
+    np.testing.assert_array_equal(example['targets'], window)
+    # Unchosen positions are untouched.
+    np.testing.assert_array_equal(example['inputs'][~chosen], window[~chosen])
+    masked = example['inputs'][chosen] == objective.mask_id
+    kept = example['inputs'][chosen] == window[chosen]
+    counts += [masked.sum(), (~masked & ~kept).sum(), kept.sum()]
+  shares = counts / counts.sum()
+  np.testing.assert_allclose(shares, [0.8, 0.1, 0.1], atol=0.02)
+
+
+def test_span_corruption_splits_a_window_into_sentinel_pairs():
+  objective = _objective('span')
+  noise, spans = objective.span_counts()
+  assert (noise, spans) == (30, 10)
+  window = np.arange(100, 300)
+  example = objective.example(window, np.random.default_rng(0))
+  enc, targets = example['encoder_inputs'], example['targets']
+  assert len(enc) == 200 - noise + spans + 1
+  assert len(targets) == noise + spans + 1
+  assert enc[-1] == targets[-1] == objective.eos_id
+  np.testing.assert_array_equal(example['inputs'][1:], targets[:-1])
+  # Putting each sentinel's span back where the sentinel stands in the
+  # encoder input gives the window again.
+  pieces = {}
+  for token in targets[:-1]:
+    if token >= objective.sentinel_id:
+      current = pieces.setdefault(token, [])
+    else:
+      current.append(token)
+  restored = [t for token in enc[:-1] for t in (
+      pieces[token] if token >= objective.sentinel_id else [token])]
+  np.testing.assert_array_equal(restored, window)
+  assert enc.max() == objective.sentinel_id + spans - 1
 
 
 @pytest.fixture(scope='module')

@@ -1,5 +1,7 @@
 """Training: the loss falls, and a resumed run equals an uninterrupted one."""
 
+import os
+
 import jax
 import numpy as np
 import pytest
@@ -75,4 +77,53 @@ def test_resuming_with_another_model_is_refused(tiny, tmp_path):
 def test_tokenizer_larger_than_model_vocab_is_refused(tiny, tmp_path):
   tiny.model.vocab_size = 100
   with pytest.raises(UsageError, match='vocab_size'):
+    train.train_and_evaluate(tiny, str(tmp_path))
+
+
+def _first_and_last_eval(config, workdir):
+  evals = []
+  train.train_and_evaluate(config, workdir, log=lambda line: evals.append(
+      line) if line.startswith('eval at step') else None)
+  loss = lambda line: float(line.split('val_loss=')[1].split()[0])
+  return loss(evals[0]), loss(evals[-1])
+
+
+def test_masked_lm_pretraining_lowers_validation_loss(tiny, tmp_path):
+  tiny.model.update(family='encoder', norm_position='post', embed_norm=True,
+                    num_kv_heads=0, vocab_size=261)  # + [MASK]
+  tiny.data.objective = 'masked'
+  tiny.train.update(num_steps=30, eval_every=10)
+  first, last = _first_and_last_eval(tiny, str(tmp_path))
+  assert last < first < np.log(tiny.model.vocab_size), (first, last)
+  assert last < 0.7 * np.log(tiny.model.vocab_size), (first, last)
+
+
+def test_span_corruption_pretraining_lowers_validation_loss(tiny, tmp_path):
+  tiny.model.update(family='encoder_decoder', norm='rmsnorm',
+                    position='relative', use_bias=False, scale_queries=False,
+                    num_kv_heads=0, vocab_size=264)  # + 3 sentinels
+  tiny.data.objective = 'span'
+  tiny.train.update(num_steps=30, eval_every=10)
+  first, last = _first_and_last_eval(tiny, str(tmp_path))
+  assert last < first < np.log(tiny.model.vocab_size), (first, last)
+  assert last < 0.7 * np.log(tiny.model.vocab_size), (first, last)
+
+
+@pytest.mark.parametrize('family, objective, match', [
+    ('encoder', 'causal', "trains decoder models"),
+    ('decoder', 'span', "trains encoder_decoder models"),
+])
+def test_an_objective_the_family_cannot_train_is_refused(
+    tiny, tmp_path, family, objective, match):
+  tiny.model.update(family=family, num_kv_heads=0)
+  tiny.data.objective = objective
+  with pytest.raises(UsageError, match=match):
+    train.train_and_evaluate(tiny, str(tmp_path))
+  assert not os.listdir(tmp_path)
+
+
+def test_no_room_for_the_mask_token_is_refused(tiny, tmp_path):
+  tiny.model.update(family='encoder', num_kv_heads=0)  # vocab 260: full
+  tiny.data.objective = 'masked'
+  with pytest.raises(UsageError, match='at least 261'):
     train.train_and_evaluate(tiny, str(tmp_path))

@@ -42,12 +42,16 @@ def texts(builder: tfds.core.DatasetBuilder, split: str) -> list[str]:
 
 def get_tokenizer(kind: str, builder: tfds.core.DatasetBuilder,
                   vocab_size: int) -> tokenizers.Tokenizer:
-  """'byte', or a SentencePiece BPE trained on the train split (cached)."""
+  """'byte', a SentencePiece BPE trained on the train split (cached), or
+  the path of a directory holding a tokenizer (e.g. an imported workdir)."""
   if kind == 'byte':
     return tokenizers.ByteTokenizer()
+  if os.path.isdir(kind):
+    return tokenizers.load_tokenizer(kind)
   if kind != 'sentencepiece':
     raise UsageError(f'data.tokenizer={kind!r} is not one of '
-                     "['byte', 'sentencepiece']")
+                     "['byte', 'sentencepiece'] or a directory holding a "
+                     'tokenizer')
   directory = os.path.join(builder.data_dir, 'tokenizers', f'spm_bpe_{vocab_size}')
   try:
     return tokenizers.load_tokenizer(directory)

@@ -1,9 +1,14 @@
-"""grain pipelines for language modelling: tokenize, pack, shuffle, batch, repeat.
+"""grain pipelines for pretraining: tokenize, pack, shuffle, corrupt, batch.
 
 Documents are tokenized and joined end to end, each followed by EOS, then cut
-into windows of `seq_len + 1` tokens that overlap by one (the last target of
-a window is the first input of the next), so every token is predicted once
-per epoch. Windows are shuffled globally, differently each epoch; the
+into windows every `seq_len` tokens. For next-token prediction a window has
+`seq_len + 1` tokens, overlapping the next by one (the last target of a
+window is the first input of the next), so every token is predicted once per
+epoch. The objective (lm/data/objectives.py) turns each window into an
+example -- masking it for BERT, cutting spans for T5 -- with a random
+generator grain derives from the seed and the element's index, so the
+corruption differs each epoch and a resumed run sees what an uninterrupted
+one would. Windows are shuffled globally, differently each epoch; the
 iterator's state is a few integers, saved with every checkpoint.
 """
 
@@ -13,6 +18,7 @@ import grain
 import numpy as np
 
 from lm.data import datasets
+from lm.data import objectives
 from lm.data import tokenizers
 from lm.errors import UsageError
 
@@ -22,9 +28,10 @@ class LmData:
   """What training needs from the data: batches, the tokenizer, byte counts."""
 
   tokenizer: tokenizers.Tokenizer
+  objective: objectives.Objective
   train: grain.MapDataset  # infinite, shuffled, batched
   validation: grain.MapDataset  # one pass, batched, last batch padded
-  token_bytes: np.ndarray  # [vocab] UTF-8 bytes per token id
+  token_bytes: np.ndarray  # [tokenizer vocab] UTF-8 bytes per token id
 
 
 def make_lm_data(data_config, *, process_index: int = 0,
@@ -36,23 +43,26 @@ def make_lm_data(data_config, *, process_index: int = 0,
   builder = datasets.get_builder(data_config.name, data_config.data_dir or None)
   tokenizer = datasets.get_tokenizer(data_config.tokenizer, builder,
                                      data_config.vocab_size)
+  objective = objectives.Objective.from_config(data_config, tokenizer)
   splits = {}
   for split in ('train', 'validation'):
     tokens = tokenize_and_join(datasets.documents(builder, split), tokenizer)
-    windows = Windows(tokens, data_config.seq_len)
+    windows = Windows(tokens, data_config.seq_len, objective.window_len)
     if len(windows) < process_count:
       raise UsageError(f'the {split} split has only {len(tokens)} tokens, '
                        f'too few for data.seq_len={data_config.seq_len}')
     splits[split] = grain.MapDataset.source(windows)[process_index::
                                                      process_count]
   train = (splits['train'].shuffle(data_config.shuffle_seed).repeat()
-           .batch(data_config.batch_size, drop_remainder=True)
-           .map(to_lm_batch))
+           .random_map(objective.example, seed=data_config.shuffle_seed)
+           .batch(data_config.batch_size, drop_remainder=True))
+  # Validation corruption is the same at every evaluation (fixed seed).
   validation = (splits['validation']
+                .random_map(objective.example, seed=data_config.shuffle_seed)
                 .batch(data_config.eval_batch_size)
-                .map(lambda w: to_lm_batch(pad_rows(
-                    w, data_config.eval_batch_size))))
-  return LmData(tokenizer, train, validation, tokenizer.token_bytes())
+                .map(lambda b: pad_batch(b, data_config.eval_batch_size)))
+  return LmData(tokenizer, objective, train, validation,
+                tokenizer.token_bytes())
 
 
 def tokenize_and_join(documents, tokenizer: tokenizers.Tokenizer) -> np.ndarray:
@@ -64,28 +74,22 @@ def tokenize_and_join(documents, tokenizer: tokenizers.Tokenizer) -> np.ndarray:
 
 
 class Windows:
-  """Random access to windows of seq_len + 1 tokens with stride seq_len."""
+  """Random access to windows of `length` tokens, one every `stride`."""
 
-  def __init__(self, tokens: np.ndarray, seq_len: int):
-    self.tokens, self.seq_len = tokens, seq_len
+  def __init__(self, tokens: np.ndarray, stride: int, length: int):
+    self.tokens, self.stride, self.length = tokens, stride, length
 
   def __len__(self) -> int:
-    return max(0, (len(self.tokens) - 1) // self.seq_len)
+    return max(0, (len(self.tokens) - self.length) // self.stride + 1)
 
   def __getitem__(self, index: int) -> np.ndarray:
-    start = index * self.seq_len
-    return self.tokens[start:start + self.seq_len + 1]
+    start = index * self.stride
+    return self.tokens[start:start + self.length]
 
 
-def pad_rows(windows_BL: np.ndarray, batch_size: int) -> np.ndarray:
-  """Pads a short last batch with -1 rows (no targets), keeping shapes static."""
-  missing = batch_size - windows_BL.shape[0]
-  return np.pad(windows_BL, ((0, missing), (0, 0)), constant_values=-1)
-
-
-def to_lm_batch(windows_BL: np.ndarray) -> dict[str, np.ndarray]:
-  """inputs = window[:-1], targets = window[1:]; weight 0 where padded."""
-  inputs, targets = windows_BL[:, :-1], windows_BL[:, 1:]
-  return {'inputs': np.maximum(inputs, 0).astype(np.int32),
-          'targets': np.maximum(targets, 0).astype(np.int32),
-          'weights': (targets >= 0).astype(np.float32)}
+def pad_batch(batch: dict[str, np.ndarray], batch_size: int
+              ) -> dict[str, np.ndarray]:
+  """Pads a short last batch with zero rows (weight 0: nothing scored)."""
+  missing = batch_size - len(batch['weights'])
+  return {k: np.pad(v, [(0, missing)] + [(0, 0)] * (v.ndim - 1))
+          for k, v in batch.items()}

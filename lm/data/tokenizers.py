@@ -1,11 +1,14 @@
-"""Tokenizers: byte-level and SentencePiece, with one interface.
+"""Tokenizers: byte-level, SentencePiece and imported ones, one interface.
 
-Both round-trip any text exactly (newlines, runs of spaces, CJK), and both
-report how many UTF-8 bytes each token stands for, which is what makes
-bits-per-byte comparable across tokenizers.
+Each reports how many UTF-8 bytes each token stands for, which is what makes
+bits-per-byte comparable across tokenizers. The byte-level and SentencePiece
+tokenizers trained here round-trip any text exactly.
 
-A workdir stores its tokenizer as `tokenizer.model` (SentencePiece) or
-`tokenizer.json` (byte-level); `load_tokenizer(workdir)` reads either.
+A workdir stores its tokenizer as `tokenizer.model` (SentencePiece),
+`tokenizer.json` (a Hugging Face `tokenizers` file, for imported checkpoints,
+with `tokenizer_config.json` naming its special tokens and chat template) or
+`tokenizer.json` holding {"kind": "byte"}; `load_tokenizer(workdir)` reads
+any of them.
 """
 
 import io
@@ -13,13 +16,16 @@ import json
 import os
 from typing import Iterable, Protocol
 
+import jinja2.sandbox
 import numpy as np
 import sentencepiece as spm
+import tokenizers as hf_tokenizers
 
 from lm.errors import UsageError
 
-_SPM_FILE = 'tokenizer.model'
-_BYTE_FILE = 'tokenizer.json'
+SPM_FILE = 'tokenizer.model'
+JSON_FILE = 'tokenizer.json'  # byte-level marker, or a Hugging Face file
+_HF_CONFIG_FILE = 'tokenizer_config.json'
 # Shared special ids: 0 pad, 1 unk (SentencePiece only), 2 bos, 3 eos.
 PAD_ID, BOS_ID, EOS_ID = 0, 2, 3
 
@@ -57,7 +63,7 @@ class ByteTokenizer:
     return counts
 
   def save(self, directory: str) -> None:
-    _atomic_write(os.path.join(directory, _BYTE_FILE),
+    _atomic_write(os.path.join(directory, JSON_FILE),
                   json.dumps({'kind': 'byte'}).encode())
 
 
@@ -93,7 +99,7 @@ class SentencePieceTokenizer:
     return counts
 
   def save(self, directory: str) -> None:
-    _atomic_write(os.path.join(directory, _SPM_FILE), self.model_proto)
+    _atomic_write(os.path.join(directory, SPM_FILE), self.model_proto)
 
 
 def train_sentencepiece(texts: Iterable[str], vocab_size: int,
@@ -116,15 +122,113 @@ def train_sentencepiece(texts: Iterable[str], vocab_size: int,
   return SentencePieceTokenizer(model.getvalue())
 
 
+class HfTokenizer:
+  """A Hugging Face `tokenizers` tokenizer (BPE, WordPiece, ...), imported.
+
+  `encode` adds no special tokens unless asked (BERT's [CLS]/[SEP] come from
+  the file's post-processor); special tokens written in the text, such as a
+  chat template's, are recognized. `chat_template` is the Jinja template of
+  an instruct model, rendered as Hugging Face renders it.
+  """
+
+  def __init__(self, tokenizer: hf_tokenizers.Tokenizer, *, pad_id: int,
+               bos_id: int, eos_id: int, chat_template: str | None = None):
+    # Some files pad or truncate every encoding to a fixed length; lm pads
+    # batches itself and never silently cuts a text.
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
+    self.tokenizer = tokenizer
+    self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
+    self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id
+    self.chat_template = chat_template
+
+  def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+    return self.tokenizer.encode(
+        text, add_special_tokens=add_special_tokens).ids
+
+  def decode(self, ids: Iterable[int]) -> str:
+    return self.tokenizer.decode([int(i) for i in ids])
+
+  def apply_chat_template(self, messages: list[dict[str, str]]) -> str:
+    """The prompt text for `messages`, ending where the assistant speaks."""
+    if not self.chat_template:
+      raise UsageError('this tokenizer has no chat template; drop --chat')
+    environment = jinja2.sandbox.ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True)
+    template = environment.from_string(self.chat_template)
+    return template.render(
+        messages=messages, add_generation_prompt=True,
+        bos_token=self.tokenizer.id_to_token(self.bos_id),
+        eos_token=self.tokenizer.id_to_token(self.eos_id))
+
+  def token_bytes(self) -> np.ndarray:
+    """UTF-8 bytes per token: byte-level pieces mapped back, '##' dropped."""
+    byte_level = isinstance(self.tokenizer.decoder,
+                            hf_tokenizers.decoders.ByteLevel)
+    # GPT-2's 256 printable stand-ins, one per byte.
+    byte_chars = set(hf_tokenizers.pre_tokenizers.ByteLevel.alphabet())
+    special = {t.content for t in
+               self.tokenizer.get_added_tokens_decoder().values() if t.special}
+    counts = np.zeros(self.vocab_size, np.int32)
+    for piece, i in self.tokenizer.get_vocab(with_added_tokens=True).items():
+      if piece in special:
+        continue
+      if byte_level and all(c in byte_chars for c in piece):
+        counts[i] = len(piece)
+      else:
+        counts[i] = len(piece.removeprefix('##').encode('utf-8'))
+    return counts
+
+  def save(self, directory: str) -> None:
+    _atomic_write(os.path.join(directory, JSON_FILE),
+                  self.tokenizer.to_str().encode())
+    token = self.tokenizer.id_to_token
+    _atomic_write(os.path.join(directory, _HF_CONFIG_FILE), json.dumps(
+        {'pad_token': token(self.pad_id), 'bos_token': token(self.bos_id),
+         'eos_token': token(self.eos_id),
+         'chat_template': self.chat_template}, indent=2).encode())
+
+  @classmethod
+  def load(cls, directory: str) -> 'HfTokenizer':
+    tokenizer = hf_tokenizers.Tokenizer.from_file(
+        os.path.join(directory, JSON_FILE))
+    with open(os.path.join(directory, _HF_CONFIG_FILE)) as f:
+      config = json.load(f)
+    ids = {}
+    for name in ('pad', 'bos', 'eos'):
+      ids[name] = tokenizer.token_to_id(config[f'{name}_token'] or '')
+      if ids[name] is None:
+        raise UsageError(f'{directory}/{_HF_CONFIG_FILE} names '
+                         f'{name}_token={config[f"{name}_token"]!r}, which '
+                         f'{JSON_FILE} does not have')
+    return cls(tokenizer, pad_id=ids['pad'], bos_id=ids['bos'],
+               eos_id=ids['eos'], chat_template=config.get('chat_template'))
+
+
+def is_byte_marker(path: str) -> bool:
+  """Whether a tokenizer.json is ByteTokenizer's {"kind": "byte"}."""
+  if os.path.getsize(path) > 1024:  # Hugging Face files are far larger.
+    return False
+  with open(path, 'rb') as f:
+    try:
+      return json.loads(f.read()) == {'kind': 'byte'}
+    except ValueError:
+      return False
+
+
 def load_tokenizer(directory: str) -> Tokenizer:
   """The tokenizer stored in a workdir (or a dataset's tokenizer folder)."""
-  spm_path = os.path.join(directory, _SPM_FILE)
+  spm_path = os.path.join(directory, SPM_FILE)
   if os.path.exists(spm_path):
     return SentencePieceTokenizer.load(spm_path)
-  if os.path.exists(os.path.join(directory, _BYTE_FILE)):
-    return ByteTokenizer()
-  raise UsageError(f'no tokenizer ({_SPM_FILE} or {_BYTE_FILE}) in '
-                   f'{directory}; is it a workdir written by training?')
+  json_path = os.path.join(directory, JSON_FILE)
+  if os.path.exists(json_path):
+    if is_byte_marker(json_path):
+      return ByteTokenizer()
+    return HfTokenizer.load(directory)
+  raise UsageError(f'no tokenizer ({SPM_FILE} or {JSON_FILE}) in '
+                   f'{directory}; is it a workdir written by training or '
+                   'experiments/convert.py?')
 
 
 def _atomic_write(path: str, data: bytes) -> None:

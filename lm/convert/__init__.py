@@ -1,0 +1,214 @@
+"""Real checkpoints in and out: Hugging Face safetensors and GGUF.
+
+  import_checkpoint(source, workdir)  ->  a workdir like any trained one:
+      config.json, the tokenizer, and an orbax checkpoint (step 0, params)
+  export_workdir(workdir, output)     ->  model.safetensors + config.json
+      (+ tokenizer files) that `transformers` loads
+
+The format is read from the source: a file starting with b'GGUF' is GGUF
+(Llama architecture); a `.safetensors` file, or a directory holding them,
+is a Hugging Face checkpoint whose config.json names the architecture
+(bert, gpt2, llama, t5). Everything is read and checked -- tensors, shapes,
+the tokenizer against the embedding -- before anything is written, and the
+workdir appears in one rename, so a failed import leaves nothing behind.
+"""
+
+import dataclasses
+import glob
+import json
+import os
+import shutil
+
+import flax.traverse_util
+import jax
+import ml_collections
+import numpy as np
+import safetensors
+import safetensors.numpy
+
+from lm import checkpoint
+from lm import models
+from lm.convert import gguf_file
+from lm.convert import hf_layouts
+from lm.convert import tokenizer_files
+from lm.data import tokenizers
+from lm.errors import UsageError
+
+_WEIGHTS_FILE = 'model.safetensors'
+_HF_CONFIG_FILE = 'config.json'
+
+
+@dataclasses.dataclass
+class Imported:
+  model_config: models.ModelConfig
+  params: dict
+  tokenizer: tokenizers.Tokenizer
+  source_format: str
+
+  @property
+  def num_params(self) -> int:
+    return models.count_params(self.params)
+
+
+def detect_format(source: str) -> str:
+  """'gguf' or 'safetensors', or one error saying what was expected."""
+  expected = ('expected a GGUF file, or a .safetensors file or directory '
+              f'with {_HF_CONFIG_FILE} beside it')
+  if not os.path.exists(source):
+    raise UsageError(f'{source}: no such file or directory; {expected}')
+  if os.path.isdir(source):
+    if glob.glob(os.path.join(source, '*.safetensors')):
+      return 'safetensors'
+    raise UsageError(f'{source} holds no .safetensors file; {expected}')
+  with open(source, 'rb') as f:
+    magic = f.read(4)
+  if magic == gguf_file.MAGIC:
+    return 'gguf'
+  if source.endswith('.safetensors'):
+    return 'safetensors'
+  raise UsageError(f'{source} is not a checkpoint lm can import; {expected}')
+
+
+def read_checkpoint(source: str, tokenizer_dir: str | None = None
+                    ) -> Imported:
+  """Reads and checks a checkpoint; writes nothing."""
+  kind = detect_format(source)
+  if kind == 'gguf':
+    hf_config, tensors, tokenizer = gguf_file.read_llama(source)
+  else:
+    directory = source if os.path.isdir(source) else os.path.dirname(source)
+    hf_config = _read_hf_config(directory)
+    tensors = _read_safetensors(
+        [source] if not os.path.isdir(source)
+        else sorted(glob.glob(os.path.join(source, '*.safetensors'))))
+    tokenizer = tokenizer_files.find_tokenizer(tokenizer_dir or directory)
+  if tokenizer_dir and kind == 'gguf':
+    tokenizer = tokenizer_files.find_tokenizer(tokenizer_dir)
+  arch = hf_layouts.get_architecture(hf_config.get('model_type'))
+  model_config = models.ModelConfig(
+      **arch.config_from_hf(hf_config, set(tensors)))
+  model_config.validate()
+  params = hf_layouts.params_from_hf(arch.rules(model_config), tensors)
+  _check_shapes(model_config, params)
+  if tokenizer.vocab_size > model_config.vocab_size:
+    raise UsageError(
+        f'the tokenizer has {tokenizer.vocab_size} tokens but the weights '
+        f'embed only {model_config.vocab_size}; the tokenizer is not the '
+        "one these weights were trained with (pass the model's own with "
+        '--tokenizer)')
+  return Imported(model_config, params, tokenizer, kind)
+
+
+def import_checkpoint(source: str, workdir: str,
+                      base_config: ml_collections.ConfigDict,
+                      tokenizer_dir: str | None = None) -> Imported:
+  """Imports `source` into a new `workdir` (which must not hold anything).
+
+  The workdir's config.json is `base_config` (configs/base.py's defaults)
+  with the imported model section and tokenizer.
+  """
+  _check_new_directory(workdir)
+  imported = read_checkpoint(source, tokenizer_dir)
+  final = os.path.abspath(workdir)
+  staging = _staging_path(final)
+  try:
+    config = ml_collections.ConfigDict(base_config.to_dict())
+    config.model = dataclasses.asdict(imported.model_config)
+    # The tokenizer travels with the workdir; data.tokenizer names it.
+    config.data.update(tokenizer=final,
+                       vocab_size=imported.tokenizer.vocab_size)
+    checkpoint.save_config(config, staging)
+    imported.tokenizer.save(staging)
+    checkpointer = checkpoint.Checkpointer(staging, async_save=False)
+    checkpointer.save(0, imported.params, None, None)
+    checkpointer.close()
+    if os.path.isdir(final):
+      os.rmdir(final)  # Empty (checked above); replaced in one rename.
+    os.rename(staging, final)
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)
+  return imported
+
+
+def export_workdir(workdir: str, output: str) -> str:
+  """Writes the workdir's latest params in Hugging Face layout; returns arch."""
+  restored = checkpoint.restore(workdir)
+  arch_name = hf_layouts.architecture_of(restored.model_config)
+  arch = hf_layouts.ARCHITECTURES[arch_name]
+  hf_config = arch.config_to_hf(restored.model_config)
+  hf_config['torch_dtype'] = 'float32'
+  params = jax.tree.map(lambda x: np.asarray(x, np.float32), restored.params)
+  tensors = hf_layouts.params_to_hf(arch.rules(restored.model_config), params)
+  _check_new_directory(output)
+  final = os.path.abspath(output)
+  staging = _staging_path(final)
+  try:
+    safetensors.numpy.save_file(tensors, os.path.join(staging, _WEIGHTS_FILE),
+                                metadata={'format': 'pt'})
+    with open(os.path.join(staging, _HF_CONFIG_FILE), 'w') as f:
+      json.dump(hf_config, f, indent=2)
+    restored.tokenizer.save(staging)
+    if os.path.isdir(final):
+      os.rmdir(final)
+    os.rename(staging, final)
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)
+  return arch_name
+
+
+def _read_hf_config(directory: str) -> dict:
+  path = os.path.join(directory, _HF_CONFIG_FILE)
+  if not os.path.exists(path):
+    raise UsageError(f'{directory} has no {_HF_CONFIG_FILE}; a safetensors '
+                     'checkpoint needs the config.json saved with it')
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise UsageError(f'{path} is not valid JSON: {e}') from e
+
+
+def _read_safetensors(paths: list[str]) -> dict[str, np.ndarray]:
+  """float32 numpy arrays of every tensor (bf16 and fp16 are widened)."""
+  tensors = {}
+  for path in paths:
+    try:
+      # 'flax' reads bfloat16, which plain numpy cannot represent.
+      with safetensors.safe_open(path, framework='flax') as f:
+        for name in f.keys():
+          tensors[name] = np.asarray(f.get_tensor(name), np.float32)
+    except (safetensors.SafetensorError, OSError) as e:
+      raise UsageError(f'{path} is not a readable safetensors file: {e}'
+                       ) from e
+  return tensors
+
+
+def _check_shapes(model_config: models.ModelConfig, params: dict) -> None:
+  """The params are exactly what the model builds: no more, no fewer."""
+  abstract = models.abstract_params(models.build_model(model_config))
+  want = flax.traverse_util.flatten_dict(abstract, sep='/')
+  have = flax.traverse_util.flatten_dict(params, sep='/')
+  for name in sorted(set(want) | set(have)):
+    if name not in have:
+      raise UsageError(f'the checkpoint gives no value for {name}')
+    if name not in want:
+      raise UsageError(f'the checkpoint has {name}, which the model lacks')
+    if tuple(want[name].shape) != tuple(have[name].shape):
+      raise UsageError(
+          f'{name} has shape {tuple(have[name].shape)} in the checkpoint but '
+          f'the config implies {tuple(want[name].shape)}; the config.json '
+          'does not match the weights')
+
+
+def _check_new_directory(path: str) -> None:
+  if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
+    raise UsageError(f'{path} already exists and is not empty; choose a new '
+                     'directory (nothing was written)')
+
+
+def _staging_path(final: str) -> str:
+  """A sibling folder the result is built in before its one rename."""
+  staging = f'{final}.partial-{os.getpid()}'
+  shutil.rmtree(staging, ignore_errors=True)
+  os.makedirs(staging)
+  return staging

@@ -1,0 +1,202 @@
+"""GGUF (llama.cpp) files: dequantized tensors, the Llama config, the tokenizer.
+
+The container is parsed with the `gguf` package; the block formats are
+decoded here, following ggml's definitions (blocks of 32 weights sharing an
+fp16 scale d, and for Q4_1 an fp16 minimum m):
+  Q8_0  34 bytes: d, 32 int8 q            w = d * q
+  Q4_0  18 bytes: d, 16 bytes of nibbles  w = d * (q - 8)
+  Q4_1  20 bytes: d, m, 16 bytes          w = d * q + m
+The low nibbles of a block are its first 16 weights, the high ones the rest.
+
+llama.cpp permutes the rows of the query and key projections so that rotary
+pairs are adjacent; lm (like Hugging Face) rotates halves, so import undoes
+that permutation. Tensors come out under Hugging Face Llama names, and the
+Llama layout in hf_layouts.py takes them from there.
+"""
+
+import gguf
+import numpy as np
+import tokenizers as hf_tokenizers
+
+from lm.data import tokenizers
+from lm.errors import UsageError
+
+MAGIC = b'GGUF'
+_T = gguf.GGMLQuantizationType
+_BLOCK = 32
+
+
+def _f16(raw: np.ndarray) -> np.ndarray:
+  return raw.view(np.float16).astype(np.float32)
+
+
+def _dequantize_q8_0(blocks):
+  d = _f16(blocks[:, :2])
+  return d * blocks[:, 2:].view(np.int8).astype(np.float32)
+
+
+def _nibbles(packed):
+  return np.concatenate([packed & 0x0F, packed >> 4], axis=1).astype(np.float32)
+
+
+def _dequantize_q4_0(blocks):
+  return _f16(blocks[:, :2]) * (_nibbles(blocks[:, 2:]) - 8)
+
+
+def _dequantize_q4_1(blocks):
+  return _f16(blocks[:, :2]) * _nibbles(blocks[:, 4:]) + _f16(blocks[:, 2:4])
+
+
+_BLOCK_DECODERS = {_T.Q8_0: (34, _dequantize_q8_0),
+                   _T.Q4_0: (18, _dequantize_q4_0),
+                   _T.Q4_1: (20, _dequantize_q4_1)}
+SUPPORTED_TYPES = ('F32', 'F16', 'BF16', 'Q8_0', 'Q4_0', 'Q4_1')
+
+
+def dequantize(raw: np.ndarray, qtype: _T, shape: tuple[int, ...]
+               ) -> np.ndarray:
+  """float32 weights of `shape` (row-major) from a tensor's stored data."""
+  if qtype == _T.F32:
+    values = raw.view(np.float32)
+  elif qtype == _T.F16:
+    values = raw.view(np.float16).astype(np.float32)
+  elif qtype == _T.BF16:
+    values = (raw.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
+  elif qtype in _BLOCK_DECODERS:
+    block_bytes, decode = _BLOCK_DECODERS[qtype]
+    values = decode(raw.view(np.uint8).reshape(-1, block_bytes))
+  else:
+    raise UsageError(f'GGUF tensor type {qtype.name} is not supported; lm '
+                     f'reads {", ".join(SUPPORTED_TYPES)} (re-quantize the '
+                     'file with llama.cpp to one of them)')
+  return values.reshape(shape)
+
+
+def _field(reader: gguf.GGUFReader, key: str, default=None):
+  field = reader.fields.get(key)
+  return default if field is None else field.contents()
+
+
+def _required(reader: gguf.GGUFReader, key: str, path: str):
+  value = _field(reader, key)
+  if value is None:
+    raise UsageError(f'{path} lacks the GGUF metadata key {key}; it is not a '
+                     'complete llama.cpp model file')
+  return value
+
+
+def _unpermute_rotary(w: np.ndarray, heads: int) -> np.ndarray:
+  """Inverse of llama.cpp's row permutation of a q/k projection [out, in]."""
+  rows, cols = w.shape
+  return (w.reshape(heads, rows // heads // 2, 2, cols).swapaxes(1, 2)
+          .reshape(rows, cols))
+
+
+_LAYER_NAMES = {
+    'attn_q': 'self_attn.q_proj', 'attn_k': 'self_attn.k_proj',
+    'attn_v': 'self_attn.v_proj', 'attn_output': 'self_attn.o_proj',
+    'ffn_gate': 'mlp.gate_proj', 'ffn_up': 'mlp.up_proj',
+    'ffn_down': 'mlp.down_proj', 'attn_norm': 'input_layernorm',
+    'ffn_norm': 'post_attention_layernorm'}
+_GLOBAL_NAMES = {'token_embd.weight': 'model.embed_tokens.weight',
+                 'output_norm.weight': 'model.norm.weight',
+                 'output.weight': 'lm_head.weight'}
+
+
+def _hf_name(name: str) -> str | None:
+  if name in _GLOBAL_NAMES:
+    return _GLOBAL_NAMES[name]
+  parts = name.split('.')  # blk.{i}.{kind}.weight
+  if parts[0] == 'blk' and parts[2] in _LAYER_NAMES:
+    return f'model.layers.{parts[1]}.{_LAYER_NAMES[parts[2]]}.{parts[3]}'
+  return None
+
+
+def read_llama(path: str):
+  """(HF-style Llama config dict, {HF name: float32 array}, tokenizer)."""
+  try:
+    reader = gguf.GGUFReader(path)
+  except (ValueError, OSError) as e:
+    raise UsageError(f'{path} is not a readable GGUF file: {e}') from e
+  arch = _field(reader, 'general.architecture')
+  if arch != 'llama':
+    raise UsageError(f'{path} holds a {arch!r} model; lm imports GGUF files '
+                     "of the 'llama' architecture")
+  heads = int(_required(reader, 'llama.attention.head_count', path))
+  kv_heads = int(_field(reader, 'llama.attention.head_count_kv', heads))
+  tensors = {}
+  unsupported = sorted({t.tensor_type.name for t in reader.tensors
+                        if t.tensor_type.name not in SUPPORTED_TYPES})
+  if unsupported:
+    raise UsageError(f'{path} has tensors of type {", ".join(unsupported)}, '
+                     f'which lm does not dequantize; it reads '
+                     f'{", ".join(SUPPORTED_TYPES)} (re-quantize the file '
+                     'with llama.cpp to one of them)')
+  for t in reader.tensors:
+    name = _hf_name(t.name)
+    if name is None:
+      continue  # e.g. rope_freqs, which plain rotary recomputes
+    w = dequantize(np.asarray(t.data), t.tensor_type,
+                   tuple(int(n) for n in reversed(t.shape)))
+    if t.name.endswith('attn_q.weight'):
+      w = _unpermute_rotary(w, heads)
+    elif t.name.endswith('attn_k.weight'):
+      w = _unpermute_rotary(w, kv_heads)
+    tensors[name] = w
+  if 'model.embed_tokens.weight' not in tensors:
+    raise UsageError(f'{path} has no token_embd.weight tensor')
+  embed_rows = tensors['model.embed_tokens.weight'].shape[0]
+  config = {
+      'model_type': 'llama',
+      'vocab_size': int(_field(reader, 'llama.vocab_size', embed_rows)),
+      'hidden_size': int(_required(reader, 'llama.embedding_length', path)),
+      'num_hidden_layers': int(_required(reader, 'llama.block_count', path)),
+      'num_attention_heads': heads, 'num_key_value_heads': kv_heads,
+      'intermediate_size': int(_required(
+          reader, 'llama.feed_forward_length', path)),
+      'rms_norm_eps': float(_required(
+          reader, 'llama.attention.layer_norm_rms_epsilon', path)),
+      'rope_theta': float(_field(reader, 'llama.rope.freq_base', 10_000.0)),
+      'max_position_embeddings': int(_field(reader, 'llama.context_length',
+                                            2048)),
+      'tie_word_embeddings': 'lm_head.weight' not in tensors,
+      'hidden_act': 'silu'}
+  if _field(reader, 'llama.rope.scaling.type', 'none') not in ('none',):
+    config['rope_scaling'] = _field(reader, 'llama.rope.scaling.type')
+  return config, tensors, _tokenizer(reader, path)
+
+
+# llama.cpp's pre-tokenizer names for byte-level BPE files: which splits
+# come before the GPT-2 byte-level regex.
+_PRE_TOKENIZERS = {
+    'gpt2': [], 'default': [],
+    'smollm': [hf_tokenizers.pre_tokenizers.Digits(individual_digits=True)],
+}
+
+
+def _tokenizer(reader: gguf.GGUFReader, path: str) -> tokenizers.HfTokenizer:
+  kind = _field(reader, 'tokenizer.ggml.model')
+  pre = _field(reader, 'tokenizer.ggml.pre', 'default')
+  if kind != 'gpt2' or pre not in _PRE_TOKENIZERS:
+    raise UsageError(f'{path} has a {kind!r} tokenizer with pre-tokenizer '
+                     f'{pre!r}; lm reads byte-level BPE (gpt2) with '
+                     f'pre-tokenizer {sorted(_PRE_TOKENIZERS)}')
+  tokens = _required(reader, 'tokenizer.ggml.tokens', path)
+  merges = [tuple(m.split(' ', 1)) for m in
+            _field(reader, 'tokenizer.ggml.merges', [])]
+  types = _required(reader, 'tokenizer.ggml.token_type', path)
+  bpe = hf_tokenizers.Tokenizer(hf_tokenizers.models.BPE(
+      {t: i for i, t in enumerate(tokens)}, merges))
+  byte_level = hf_tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False,
+                                                      use_regex=True)
+  bpe.pre_tokenizer = hf_tokenizers.pre_tokenizers.Sequence(
+      _PRE_TOKENIZERS[pre] + [byte_level])
+  bpe.decoder = hf_tokenizers.decoders.ByteLevel()
+  control = int(gguf.TokenType.CONTROL)
+  bpe.add_special_tokens([hf_tokenizers.AddedToken(t, special=True)
+                          for t, kind in zip(tokens, types) if kind == control])
+  eos = int(_required(reader, 'tokenizer.ggml.eos_token_id', path))
+  return tokenizers.HfTokenizer(
+      bpe, pad_id=int(_field(reader, 'tokenizer.ggml.padding_token_id', eos)),
+      bos_id=int(_field(reader, 'tokenizer.ggml.bos_token_id', eos)),
+      eos_id=eos, chat_template=_field(reader, 'tokenizer.chat_template'))
