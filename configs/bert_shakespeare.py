@@ -16,7 +16,7 @@ def get_config(arg=None):
   del arg
   config = bert.get_config('base')
   config.model.update(vocab_size=2112, d_model=192, num_layers=4, num_heads=4,
-                      d_ff=768, max_len=128, type_vocab_size=0, pooler=False,
+                      d_ff=768, max_len=128, pooler=False,
                       dropout_rate=0.0)
   config.data.update(vocab_size=2048, seq_len=128, batch_size=32)
   config.optim.update(learning_rate=1e-3, warmup_steps=50, weight_decay=0.01)

@@ -236,3 +236,18 @@ def test_export_names_what_keeps_a_model_out_of_every_layout(tiny, tmp_path):
   with pytest.raises(UsageError, match='num_kv_heads=2'):
     convert.export_workdir(str(tmp_path / 'gqa'), str(tmp_path / 'hf'))
   assert not os.path.exists(tmp_path / 'hf')
+
+
+def test_a_bert_trained_here_exports_to_transformers(tiny, tmp_path):
+  tiny.model.update(family='encoder', norm_position='post', embed_norm=True,
+                    num_kv_heads=0, type_vocab_size=2, vocab_size=261)
+  tiny.data.objective = 'masked'
+  tiny.train.update(num_steps=3, eval_every=3, checkpoint_every=3)
+  train.train_and_evaluate(tiny, str(tmp_path / 'bert'))
+  assert convert.export_workdir(str(tmp_path / 'bert'),
+                                str(tmp_path / 'hf')) == 'bert'
+  hf_model = transformers.AutoModelForMaskedLM.from_pretrained(
+      tmp_path / 'hf').eval()
+  tokens = np.random.default_rng(0).integers(0, 261, (2, 16))
+  np.testing.assert_allclose(hf_logits(hf_model, tokens),
+                             lm_logits(tmp_path / 'bert', tokens), atol=1e-4)

@@ -112,3 +112,27 @@ def test_generate_with_empty_prompt_is_one_line(trained):
   workdir, _ = trained
   result = run('experiments.generate', f'--workdir={workdir}', '--prompt=')
   assert_one_line_error(result, 'prompt')
+
+
+@pytest.mark.parametrize('script, flags, words', [
+    ('experiments.embed', ['--text=hello'], ('encoder models',)),
+    ('experiments.generate', ['--prompt=hi', '--chat'], ('chat template',)),
+    ('experiments.export', ['--output={tmp}/hf'], ('num_kv_heads=2',)),
+])
+def test_a_workdir_the_script_cannot_use_is_one_line(trained, tmp_path,
+                                                     script, flags, words):
+  workdir, _ = trained
+  before = snapshot(workdir)
+  result = run(script, f'--workdir={workdir}',
+               *[f.format(tmp=tmp_path) for f in flags])
+  assert_one_line_error(result, *words)
+  assert snapshot(workdir) == before
+  assert os.listdir(tmp_path) == []
+
+
+def test_convert_of_a_file_that_is_no_checkpoint_is_one_line(tmp_path):
+  (tmp_path / 'weights.bin').write_text('not weights')
+  result = run('experiments.convert', f'--source={tmp_path}/weights.bin',
+               f'--workdir={tmp_path}/imported')
+  assert_one_line_error(result, 'weights.bin', 'GGUF')
+  assert os.listdir(tmp_path) == ['weights.bin']

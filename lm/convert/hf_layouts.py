@@ -377,7 +377,8 @@ class Architecture:
   rules: Callable[[models.ModelConfig], list[Rule]]
   config_from_hf: Callable[[dict, set[str]], dict]
   config_to_hf: Callable[[models.ModelConfig], dict]
-  # What an lm config must have to be saved in this layout.
+  # What an lm config must have to be saved in this layout: a value, or a
+  # (predicate, description) pair.
   requires: dict[str, Any]
 
 
@@ -387,7 +388,8 @@ ARCHITECTURES = {
         dict(family='encoder', norm='layernorm', norm_position='post',
              position='learned', embed_norm=True, tie_embeddings=True,
              use_bias=True, gated_mlp=False, num_kv_heads=0, head_dim=0,
-             scale_embeddings=False)),
+             scale_embeddings=False,
+             type_vocab_size=(lambda n: n > 0, 'at least 1'))),
     'gpt2': Architecture(
         _gpt2_rules, _gpt2_config, _gpt2_hf_config,
         dict(family='decoder', norm='layernorm', norm_position='pre',
@@ -411,9 +413,12 @@ def architecture_of(c: models.ModelConfig) -> str:
   """The HF layout an lm config can be saved in, or one error saying why not."""
   reasons = []
   for name, arch in ARCHITECTURES.items():
-    wrong = [f'{key}={getattr(c, key)!r} (needs {value!r})'
-             for key, value in arch.requires.items()
-             if getattr(c, key) != value]
+    wrong = []
+    for key, value in arch.requires.items():
+      test, wanted = (value if isinstance(value, tuple)
+                      else (lambda v, value=value: v == value, repr(value)))
+      if not test(getattr(c, key)):
+        wrong.append(f'{key}={getattr(c, key)!r} (needs {wanted})')
     if not wrong:
       return name
     if arch.requires['family'] == c.family:
