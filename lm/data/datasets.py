@@ -9,11 +9,13 @@ import os
 
 import tensorflow_datasets as tfds
 
+from lm.data import sentiment
 from lm.data import shakespeare
 from lm.data import tokenizers
 from lm.errors import UsageError
 
-BUILDERS = {'shakespeare': shakespeare.ShakespearePlays}
+BUILDERS = {'shakespeare': shakespeare.ShakespearePlays,
+            'tweet_sentiment': sentiment.TweetSentiment}
 
 
 def get_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
