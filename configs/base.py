@@ -18,7 +18,8 @@ def get_base_config() -> ml_collections.ConfigDict:
       norm_position='pre', norm_eps=1e-5, position='learned', max_len=256,
       rotary_theta=10_000.0, relative_buckets=32, relative_max_distance=128,
       scale_queries=True, scale_embeddings=False, embed_norm=False,
-      type_vocab_size=0, pooler=False, mlm_head=True, tie_embeddings=True,
+      type_vocab_size=0, pooler=False, mlm_head=True, num_classes=0,
+      pooling='first', tie_embeddings=True,
       rescale_tied_head=False, use_bias=True, dropout_rate=0.0,
       init_std=0.02, dtype='float32', param_dtype='float32'))
 
@@ -30,7 +31,8 @@ def get_base_config() -> ml_collections.ConfigDict:
       vocab_size=2048,  # SentencePiece vocabulary trained on the train split
       seq_len=256, batch_size=32, eval_batch_size=32, shuffle_seed=0,
       # lm/data/objectives.py: 'causal' (decoder), 'masked' (encoder) or
-      # 'span' (encoder_decoder), with their corruption rates.
+      # 'span' (encoder_decoder), with their corruption rates; or 'classify'
+      # (lm/data/classification.py) for a labelled dataset.
       objective='causal', mask_rate=0.15, noise_density=0.15,
       mean_span_length=3.0))
 
@@ -41,6 +43,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.train = ml_collections.ConfigDict(dict(
       num_steps=1000, seed=0, log_every=50, eval_every=500,
       checkpoint_every=500, keep_checkpoints=3))
+
+  # A workdir (trained or imported) whose params start this run; parameters
+  # the model has and it lacks (a classification head) start fresh.
+  config.init_from = ''
 
   # Samples printed at the end of training.
   config.sample = ml_collections.ConfigDict(dict(

@@ -34,7 +34,8 @@ def main(argv):
   print(config, flush=True)
   final = train.train_and_evaluate(
       config, workdir, log=lambda line: print(line, flush=True))
-  if config.model.family == 'decoder':  # The others do not continue text.
+  # Only language models continue text.
+  if config.model.family == 'decoder' and not config.model.num_classes:
     for prompt, text in sample(config, workdir):
       print(f'--- sample ---\n{prompt}{text}', flush=True)
   print('final: ' + ' '.join(f'val_{k}={v:.4f}' for k, v in final.items()),

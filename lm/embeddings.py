@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lm import models
+from lm.data import tokenizers
 from lm.errors import UsageError
 
 
@@ -22,9 +23,7 @@ def embed_texts(model_config: models.ModelConfig, params, tokenizer,
   limit = model_config.context_limit
   encoded = []
   for text in texts:
-    # With the tokenizer's own special tokens ([CLS] ... [SEP]) if it has any.
-    ids = (tokenizer.encode(text, add_special_tokens=True)
-           if hasattr(tokenizer, 'tokenizer') else tokenizer.encode(text))
+    ids = tokenizers.encode_sequence(tokenizer, text)
     encoded.append(ids[:limit] if limit else ids)
   length = max(len(ids) for ids in encoded)
   model = models.build_model(model_config)

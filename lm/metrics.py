@@ -49,7 +49,33 @@ def lm_sums(logits_BLV, targets_BL, weights_BL, token_bytes_V=None):
   return sums
 
 
+def classification_sums(logits_BC, labels_B, weights_B):
+  """Sums over a batch of sequences: nll, correct, count, confusion matrix."""
+  nll_B = token_nll(logits_BC[:, None], labels_B[:, None])[:, 0]
+  predictions_B = jnp.argmax(logits_BC, axis=-1)
+  num_classes = logits_BC.shape[-1]
+  confusion_CC = jnp.einsum(
+      'b,bt,bp->tp', weights_B, jax.nn.one_hot(labels_B, num_classes),
+      jax.nn.one_hot(predictions_B, num_classes))
+  return {'nll': jnp.sum(nll_B * weights_B),
+          'correct': jnp.sum((predictions_B == labels_B) * weights_B),
+          'tokens': jnp.sum(weights_B), 'confusion': confusion_CC}
+
+
+def rint_counts(matrix) -> np.ndarray:
+  """A confusion matrix summed in floating point, as integer counts."""
+  return np.rint(np.asarray(matrix)).astype(np.int64)
+
+
 def summarize(sums) -> dict[str, float]:
+  """The reported numbers from accumulated sums (LM or classification)."""
+  if 'confusion' in sums:
+    matrix = rint_counts(sums['confusion'])
+    report = report_from_confusion(matrix, [str(i) for i in range(len(
+        matrix))])
+    return {'loss': float(sums['nll']) / max(float(sums['tokens']), 1.0),
+            **{k: report[k] for k in ('accuracy', 'macro_f1',
+                                      'macro_precision', 'macro_recall')}}
   sums = {k: float(np.asarray(v)) for k, v in sums.items()}
   loss = sums['nll'] / max(sums['tokens'], 1.0)
   return {
@@ -72,12 +98,18 @@ def confusion_matrix(labels, predictions, num_classes: int) -> np.ndarray:
 
 def classification_report(labels, predictions, class_names: list[str]
                           ) -> dict:
-  """Accuracy, macro and per-class precision/recall/F1, confusion matrix.
+  """Accuracy, macro and per-class precision/recall/F1, confusion matrix."""
+  return report_from_confusion(
+      confusion_matrix(labels, predictions, len(class_names)), class_names)
+
+
+def report_from_confusion(matrix: np.ndarray, class_names: list[str]
+                          ) -> dict:
+  """classification_report from a [true, predicted] count matrix.
 
   A class never predicted has precision 0 (and one never present recall 0),
   as scikit-learn reports them with zero_division=0.
   """
-  matrix = confusion_matrix(labels, predictions, len(class_names))
   true_positive = np.diag(matrix).astype(np.float64)
   predicted, actual = matrix.sum(0), matrix.sum(1)
   precision = np.divide(true_positive, predicted,

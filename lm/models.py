@@ -23,6 +23,7 @@ _CHOICES = {
     'norm_position': ('pre', 'post'),
     'activation': tuple(layers.ACTIVATIONS),
     'position': ('learned', 'sinusoidal', 'rotary', 'relative', 'none'),
+    'pooling': ('first', 'mean', 'last'),
     'dtype': tuple(_DTYPES),
     'param_dtype': tuple(_DTYPES),
 }
@@ -61,6 +62,12 @@ class ModelConfig:
   type_vocab_size: int = 0  # encoder: token-type (segment) embeddings
   pooler: bool = False  # encoder: tanh dense layer on the first token
   mlm_head: bool = True  # encoder: the masked-LM output layer
+  # > 0: the model outputs class logits from a 'classifier' layer over one
+  # vector per sequence: the 'first' token (BERT's [CLS], through the pooler
+  # if there is one), the 'mean' of real tokens, or the 'last' real token
+  # (the only one a causal decoder lets see the whole text).
+  num_classes: int = 0
+  pooling: str = 'first'
   tie_embeddings: bool = True
   rescale_tied_head: bool = False  # d_model**-0.5 before a tied head (T5)
   use_bias: bool = True
@@ -119,7 +126,15 @@ class ModelConfig:
     if self.position == 'rotary' and self.head_width % 2:
       raise UsageError('rotary positions need an even head width, got '
                        f'{self.head_width}')
-    for key in ('num_decoder_layers', 'type_vocab_size'):
+    if self.num_classes and self.family == 'encoder_decoder':
+      raise UsageError('model.num_classes (a classification head) is for '
+                       "'encoder' and 'decoder' models; fine-tune an "
+                       'encoder_decoder model to write the label instead')
+    if self.num_classes and self.family == 'decoder' and (
+        self.pooling == 'first'):
+      raise UsageError("model.pooling='first' sees one token in a causal "
+                       "decoder; use 'last' or 'mean'")
+    for key in ('num_decoder_layers', 'type_vocab_size', 'num_classes'):
       if getattr(self, key) < 0:
         raise UsageError(f'model.{key} must be >= 0, got '
                          f'{getattr(self, key)}')
@@ -253,6 +268,31 @@ def _padding_mask(valid_BS, query_len: int):
                           (valid_BS.shape[0], query_len, valid_BS.shape[1]))
 
 
+def _classify(c: ModelConfig, x_BLD, padding_mask_BL, deterministic: bool,
+              first=None):
+  """Class logits from one vector per sequence (see ModelConfig.pooling)."""
+  if padding_mask_BL is None:
+    padding_mask_BL = jnp.ones(x_BLD.shape[:2], bool)
+  weights_BL1 = padding_mask_BL[..., None].astype(x_BLD.dtype)
+  if c.pooling == 'first':
+    pooled_BD = x_BLD[:, 0] if first is None else first
+  elif c.pooling == 'mean':
+    pooled_BD = (x_BLD * weights_BL1).sum(1) / jnp.maximum(
+        weights_BL1.sum(1), 1.0)
+  else:
+    last_B = jnp.maximum(padding_mask_BL.sum(1).astype(jnp.int32) - 1, 0)
+    pooled_BD = jnp.take_along_axis(x_BLD, last_B[:, None, None], 1)[:, 0]
+  pooled_BD = nn.Dropout(c.dropout_rate)(pooled_BD,
+                                         deterministic=deterministic)
+  return nn.Dense(
+      c.num_classes, dtype=_DTYPES[c.dtype],
+      param_dtype=_DTYPES[c.param_dtype],
+      kernel_init=layers.logical(nn.initializers.normal(c.init_std),
+                                 ('embed', 'classes')),
+      bias_init=layers.logical(nn.initializers.zeros, ('classes',)),
+      name='classifier')(pooled_BD).astype(jnp.float32)
+
+
 def _output_logits(c: ModelConfig, x_BLD, embed: layers.Embed, bias=None):
   """Tied (the embedding table) or untied ('head') output projection."""
   dtype, param_dtype = _DTYPES[c.dtype], _DTYPES[c.param_dtype]
@@ -276,11 +316,17 @@ class DecoderOnly(nn.Module):
   """GPT-2 / Llama-style causal language model: tokens -> next-token logits."""
 
   config: ModelConfig
-  batch_inputs: ClassVar[tuple[str, ...]] = ('inputs',)
+  batch_inputs: ClassVar[dict[str, str]] = {
+      'inputs': 'tokens_BL', 'padding_mask': 'padding_mask_BL'}
 
   @nn.compact
-  def __call__(self, tokens_BL, positions_BL=None, *,
+  def __call__(self, tokens_BL, positions_BL=None, padding_mask_BL=None, *,
                deterministic: bool = True, decode: bool = False):
+    """Next-token logits, or class logits when `num_classes` is set.
+
+    Padding goes on the right; causal attention keeps real tokens from
+    seeing it, and `padding_mask_BL` (True at real tokens) finds the last one.
+    """
     c = self.config
     if positions_BL is None:
       positions_BL = _default_positions(tokens_BL)
@@ -290,19 +336,25 @@ class DecoderOnly(nn.Module):
     x_BLD = _run_stack(self, c, embed(tokens_BL), positions_BL,
                        num_layers=c.num_layers, causal=True,
                        deterministic=deterministic, decode=decode)
+    if c.num_classes:
+      return _classify(c, x_BLD, padding_mask_BL, deterministic)
     return _output_logits(c, x_BLD, embed)
 
 
 class EncoderOnly(nn.Module):
   """BERT: bidirectional encoder, masked-LM head and [CLS] pooler.
 
-  Returns masked-LM logits (hidden states when `mlm_head` is off); with
-  `all_outputs=True`, a dict of 'hidden', 'pooled' (with `pooler`) and
-  'logits' (with `mlm_head`). `padding_mask_BL` is True at real tokens.
+  Returns class logits when `num_classes` is set, else masked-LM logits
+  (hidden states when `mlm_head` is off); with `all_outputs=True`, a dict of
+  'hidden', 'pooled' (with `pooler`), 'logits' (with `mlm_head`) and
+  'class_logits' (with `num_classes`). `padding_mask_BL` is True at real
+  tokens.
   """
 
   config: ModelConfig
-  batch_inputs: ClassVar[tuple[str, ...]] = ('inputs',)
+  batch_inputs: ClassVar[dict[str, str]] = {
+      'inputs': 'tokens_BL', 'token_types': 'token_types_BL',
+      'padding_mask': 'padding_mask_BL'}
 
   @nn.compact
   def __call__(self, tokens_BL, token_types_BL=None, padding_mask_BL=None, *,
@@ -345,8 +397,14 @@ class EncoderOnly(nn.Module):
                                                      ('vocab',)),
                           (c.vocab_size,), param_dtype)
       outputs['logits'] = _output_logits(c, h_BLD, embed, bias_V)
+    if c.num_classes:
+      outputs['class_logits'] = _classify(
+          c, x_BLD, padding_mask_BL, deterministic,
+          first=outputs.get('pooled'))
     if all_outputs:
       return outputs
+    if c.num_classes:
+      return outputs['class_logits']
     return outputs['logits'] if c.mlm_head else outputs['hidden']
 
 
@@ -375,7 +433,9 @@ class EncoderDecoder(nn.Module):
   """
 
   config: ModelConfig
-  batch_inputs: ClassVar[tuple[str, ...]] = ('encoder_inputs', 'inputs')
+  batch_inputs: ClassVar[dict[str, str]] = {
+      'encoder_inputs': 'encoder_tokens_BS', 'inputs': 'tokens_BL',
+      'encoder_mask': 'encoder_mask_BS'}
 
   def setup(self):
     c = self.config
@@ -423,10 +483,17 @@ def build_model(config: ModelConfig) -> nn.Module:
   return _FAMILIES[config.family](config)
 
 
+def model_inputs(model: nn.Module, batch: dict) -> dict:
+  """The keyword arguments a model takes from a batch (keys it has)."""
+  return {arg: batch[key] for key, arg in model.batch_inputs.items()
+          if key in batch}
+
+
 def init_params(model: nn.Module, rng: jax.Array, seq_len: int = 8) -> Any:
   """Fresh parameters as a plain pytree (logical-axis boxes removed)."""
-  inputs = [jnp.zeros((1, seq_len), jnp.int32) for _ in model.batch_inputs]
-  return nn.unbox(model.init(rng, *inputs)['params'])
+  tokens = jnp.zeros((1, seq_len), jnp.int32)
+  batch = {'inputs': tokens, 'encoder_inputs': tokens}
+  return nn.unbox(model.init(rng, **model_inputs(model, batch))['params'])
 
 
 def abstract_params(model: nn.Module) -> Any:

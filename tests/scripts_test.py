@@ -1,5 +1,6 @@
 """The scripts end to end, as a user runs them, including their mistakes."""
 
+import json
 import os
 import subprocess
 import sys
@@ -136,3 +137,20 @@ def test_convert_of_a_file_that_is_no_checkpoint_is_one_line(tmp_path):
                f'--workdir={tmp_path}/imported')
   assert_one_line_error(result, 'weights.bin', 'GGUF')
   assert os.listdir(tmp_path) == ['weights.bin']
+
+
+def test_evaluate_writes_json_and_prints_a_table(trained):
+  workdir, _ = trained
+  result = run('experiments.evaluate', f'--workdir={workdir}')
+  assert result.returncode == 0, result.stderr
+  assert '| shakespeare | validation | 20 |' in result.stdout
+  path = os.path.join(workdir, 'eval', 'shakespeare_validation.json')
+  with open(path) as f:
+    saved = json.load(f)
+  assert saved['step'] == 20 and 0 < saved['metrics']['bits_per_byte'] < 8
+
+
+def test_evaluate_on_a_split_the_task_lacks_is_one_line(trained):
+  workdir, _ = trained
+  result = run('experiments.evaluate', f'--workdir={workdir}', '--split=test')
+  assert_one_line_error(result, "'test'")

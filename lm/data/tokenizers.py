@@ -205,6 +205,16 @@ class HfTokenizer:
                eos_id=ids['eos'], chat_template=config.get('chat_template'))
 
 
+def encode_sequence(tokenizer: Tokenizer, text: str) -> list[int]:
+  """A text as one model input: with the tokenizer's own special tokens
+  ([CLS] ... [SEP] for BERT's) where it defines them, else followed by EOS."""
+  if isinstance(tokenizer, HfTokenizer):
+    ids = tokenizer.encode(text, add_special_tokens=True)
+    if ids != tokenizer.encode(text):
+      return ids
+  return tokenizer.encode(text) + [tokenizer.eos_id]
+
+
 def is_byte_marker(path: str) -> bool:
   """Whether a tokenizer.json is ByteTokenizer's {"kind": "byte"}."""
   if os.path.getsize(path) > 1024:  # Hugging Face files are far larger.

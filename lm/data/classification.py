@@ -1,0 +1,69 @@
+"""grain pipelines for text classification: tokenize, truncate, pad, batch.
+
+Each example of a dataset with 'text' and a ClassLabel 'label' becomes
+{'inputs', 'padding_mask', 'label', 'weights'} of fixed length `seq_len`:
+the tokenizer's own special tokens ([CLS] ... [SEP]) where it defines them,
+else the text followed by EOS; truncated, then right-padded. The last
+evaluation batch is padded with rows of weight 0.
+"""
+
+import dataclasses
+
+import grain
+import numpy as np
+
+from lm.data import datasets
+from lm.data import pipeline
+from lm.data import tokenizers
+from lm.errors import UsageError
+
+SPLITS = ('train', 'validation', 'test')
+
+
+@dataclasses.dataclass
+class ClassificationData:
+  tokenizer: tokenizers.Tokenizer
+  class_names: list[str]
+  train: grain.MapDataset  # infinite, shuffled, batched
+  evaluation: dict[str, grain.MapDataset]  # validation/test: one pass
+  token_bytes: np.ndarray
+
+
+def encode_example(text: str, label: int, tokenizer, seq_len: int
+                   ) -> dict[str, np.ndarray]:
+  ids = tokenizers.encode_sequence(tokenizer, text)[:seq_len]
+  inputs = np.full(seq_len, tokenizer.pad_id, np.int32)
+  inputs[:len(ids)] = ids
+  mask = np.zeros(seq_len, bool)
+  mask[:len(ids)] = True
+  return {'inputs': inputs, 'padding_mask': mask,
+          'label': np.int32(label), 'weights': np.float32(1.0)}
+
+
+def make_classification_data(data_config, *, process_index: int = 0,
+                             process_count: int = 1) -> ClassificationData:
+  builder = datasets.get_builder(data_config.name, data_config.data_dir or None)
+  features = builder.info.features
+  label = features['label'] if 'label' in features else None
+  if not hasattr(label, 'names'):
+    raise UsageError(f'dataset {data_config.name!r} has no class labels; '
+                     "data.objective='classify' needs a labelled dataset "
+                     "such as 'tweet_sentiment'")
+  tokenizer = datasets.get_tokenizer(data_config.tokenizer, builder,
+                                     data_config.vocab_size)
+  seq_len = data_config.seq_len
+
+  def encoded(split):
+    source = datasets.documents(builder, split)
+    return grain.MapDataset.source(source)[process_index::process_count].map(
+        lambda ex: encode_example(ex['text'].decode('utf-8'),
+                                  int(ex['label']), tokenizer, seq_len))
+
+  train = (encoded('train').shuffle(data_config.shuffle_seed).repeat()
+           .batch(data_config.batch_size, drop_remainder=True))
+  evaluation = {
+      split: encoded(split).batch(data_config.eval_batch_size).map(
+          lambda b: pipeline.pad_batch(b, data_config.eval_batch_size))
+      for split in SPLITS[1:] if split in builder.info.splits}
+  return ClassificationData(tokenizer, list(label.names), train, evaluation,
+                            tokenizer.token_bytes())
