@@ -7,6 +7,8 @@ BERT's architecture (configs/bert.py) at width 192, 4 layers, 4 heads;
 15% of each 128-token window is predicted (80% [MASK], 10% random, 10%
 kept). The vocabulary is the 2048-token SentencePiece BPE plus [MASK],
 rounded up to 2112. Validation loss is over the masked positions.
+Result on a 2-core CPU: validation loss 5.7223 -> 5.6156 -> 5.5814 nats
+per masked token at steps 200, 400, 600 (13.5 min).
 """
 
 from configs import bert

@@ -8,6 +8,8 @@ T5's architecture (configs/t5.py) at width 192, 3 + 3 layers, 4 heads of
 decoder writes them back after their sentinels. The vocabulary is the
 2048-token SentencePiece BPE plus the sentinels, rounded up to 2112.
 Validation loss is over the decoder's targets.
+Result on a 2-core CPU: validation loss 5.2057 -> 5.0517 -> 4.9865 nats
+per target token at steps 200, 400, 600 (13.3 min).
 """
 
 from configs import t5

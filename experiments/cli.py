@@ -43,6 +43,7 @@ def get_config(flag: flags.FlagHolder) -> ml_collections.ConfigDict:
   path = flags.FLAGS[flag.name].config_filename
   if path is None:
     fail(f'--{flag.name} is required, e.g. --{flag.name}=configs/default.py')
+  path = path.split(':')[0]  # FILE:preset
   if not os.path.exists(path):
     fail(f'--{flag.name}={path}: no such file')
   config = flag.value

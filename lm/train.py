@@ -258,25 +258,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   checkpointer = checkpoint.Checkpointer(workdir, max_to_keep=tc.keep_checkpoints)
   train_iter = iter(trainer.data.train.to_iter_dataset())
   latest = checkpointer.latest_step()
-  if latest is None and config.init_from:
-    state, message = trainer.init_from(config.init_from)
-    log(message)
-  else:
-    state = trainer.init_state()
   if latest is not None and not checkpointer.has_train_state(latest):
     raise UsageError(
         f'{workdir} holds imported weights without optimizer state; train '
-        f'into a new --workdir with --config.data.tokenizer={workdir} to use '
-        'its tokenizer')
+        f'from them into a new --workdir with --config.init_from={workdir}')
   if latest is not None:
+    state = trainer.init_state()
     params, rest, data_state = checkpointer.restore(
         latest, *jax.eval_shape(lambda s: s.checkpoint_items(), state))
     state = TrainState(params=params, **rest)
     if data_state is not None:
       train_iter.set_state(data_state)
     log(f'Resuming from the checkpoint at step {latest} in {workdir}.')
+  elif config.init_from:
+    log(f'Starting a new run in {workdir}.')
+    state, message = trainer.init_from(config.init_from)
+    log(message)
   else:
     log(f'Starting a new run in {workdir}.')
+    state = trainer.init_state()
   checkpoint.save_config(config, workdir)
   trainer.data.tokenizer.save(workdir)
 

@@ -154,3 +154,10 @@ def test_evaluate_on_a_split_the_task_lacks_is_one_line(trained):
   workdir, _ = trained
   result = run('experiments.evaluate', f'--workdir={workdir}', '--split=test')
   assert_one_line_error(result, "'test'")
+
+
+def test_a_config_preset_reaches_the_script(tmp_path):
+  # FILE:preset loads; the run then stops at the (bad) step count.
+  result = run('experiments.train', '--config=configs/bert.py:large',
+               '--config.train.num_steps=0', f'--workdir={tmp_path}')
+  assert_one_line_error(result, 'train.num_steps must be positive')

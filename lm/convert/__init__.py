@@ -1,7 +1,8 @@
 """Real checkpoints in and out: Hugging Face safetensors and GGUF.
 
-  import_checkpoint(source, workdir)  ->  a workdir like any trained one:
-      config.json, the tokenizer, and an orbax checkpoint (step 0, params)
+  import_checkpoint(source, workdir, base_config)  ->  a workdir like any
+      trained one: config.json, the tokenizer, and an orbax checkpoint
+      (step 0, params only; fine-tune from it with --config.init_from)
   export_workdir(workdir, output)     ->  model.safetensors + config.json
       (+ tokenizer files) that `transformers` loads
 
