@@ -208,10 +208,9 @@ class HfTokenizer:
 def encode_sequence(tokenizer: Tokenizer, text: str) -> list[int]:
   """A text as one model input: with the tokenizer's own special tokens
   ([CLS] ... [SEP] for BERT's) where it defines them, else followed by EOS."""
-  if isinstance(tokenizer, HfTokenizer):
-    ids = tokenizer.encode(text, add_special_tokens=True)
-    if ids != tokenizer.encode(text):
-      return ids
+  if (isinstance(tokenizer, HfTokenizer)
+      and tokenizer.tokenizer.num_special_tokens_to_add(False)):
+    return tokenizer.encode(text, add_special_tokens=True)
   return tokenizer.encode(text) + [tokenizer.eos_id]
 
 
