@@ -161,3 +161,12 @@ def test_a_config_preset_reaches_the_script(tmp_path):
   result = run('experiments.train', '--config=configs/bert.py:large',
                '--config.train.num_steps=0', f'--workdir={tmp_path}')
   assert_one_line_error(result, 'train.num_steps must be positive')
+
+
+def test_ngram_baseline_prints_bits_per_byte_as_json(data_dir):
+  result = run('experiments.ngram_baseline', *overrides(tiny_config(data_dir)),
+               '--order=2')
+  assert result.returncode == 0, result.stderr
+  report = json.loads(result.stdout.strip().splitlines()[-1])
+  assert report['baseline'] == 'kneser_ney_2gram'
+  assert 0 < report['bits_per_byte'] < 8  # below uniform over 256 bytes
