@@ -173,8 +173,7 @@ class Trainer:
 
   def init_state(self, params=None) -> TrainState:
     """Step 0: fresh parameters, or `params` (e.g. from init_from)."""
-    rng = jax.random.PRNGKey(self.config.train.seed)
-    init_rng, rng = jax.random.split(rng)
+    init_rng, rng = self._init_rngs()
 
     @jax.jit
     def init(init_rng, rng, params):
@@ -184,6 +183,10 @@ class Trainer:
                         opt_state=self.optimizer.init(params), rng=rng)
 
     return init(init_rng, rng, params)
+
+  def _init_rngs(self):
+    """(parameter-init key, training key), both from train.seed."""
+    return jax.random.split(jax.random.PRNGKey(self.config.train.seed))
 
   def init_from(self, workdir: str) -> tuple[TrainState, str]:
     """Step 0 with the params of another workdir (trained or imported).
@@ -203,7 +206,9 @@ class Trainer:
             f'init_from={workdir} has model.{field.name}={theirs!r}, this '
             f'config {ours!r}; copy the model section of '
             f'{workdir}/config.json')
-    fresh = self.init_state().params
+    # The fresh parameters init_state would draw, without optimizer state.
+    fresh = jax.jit(models.init_params, static_argnums=0)(
+        self.model, self._init_rngs()[0])
     loaded = flax.traverse_util.flatten_dict(
         jax.device_get(restored.params), sep='/')
     merged, new = {}, []
