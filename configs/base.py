@@ -32,9 +32,12 @@ def get_base_config() -> ml_collections.ConfigDict:
       seq_len=256, batch_size=32, eval_batch_size=32, shuffle_seed=0,
       # lm/data/objectives.py: 'causal' (decoder), 'masked' (encoder) or
       # 'span' (encoder_decoder), with their corruption rates; or 'classify'
-      # (lm/data/classification.py) for a labelled dataset.
+      # (lm/data/classification.py) for a labelled dataset; or 'seq2seq'
+      # (encoder_decoder) / 'instruct' (decoder) for a dataset of text pairs
+      # (lm/data/text_pairs.py), whose targets have up to target_len tokens
+      # (0: seq_len) and whose decoder prompt is `prompt`.
       objective='causal', mask_rate=0.15, noise_density=0.15,
-      mean_span_length=3.0))
+      mean_span_length=3.0, target_len=0, prompt='{source}\n'))
 
   config.optim = ml_collections.ConfigDict(dict(
       name='adamw', learning_rate=3e-3, warmup_steps=100, min_lr_ratio=0.1,
@@ -47,6 +50,12 @@ def get_base_config() -> ml_collections.ConfigDict:
   # A workdir (trained or imported) whose params start this run; parameters
   # the model has and it lacks (a classification head) start fresh.
   config.init_from = ''
+
+  # How experiments/evaluate.py writes text for text-pair tasks: beam search
+  # for encoder-decoder models (beam_size 1 is greedy), greedy for decoders;
+  # max_examples > 0 scores only the split's first examples.
+  config.evaluate = ml_collections.ConfigDict(dict(
+      beam_size=4, length_penalty=0.6, batch_size=64, max_examples=0))
 
   # Samples printed at the end of training.
   config.sample = ml_collections.ConfigDict(dict(

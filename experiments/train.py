@@ -5,7 +5,9 @@ r"""Trains a model from a config; resumes from --workdir if it has checkpoints.
 
 Prints one line per log step, evaluates on the validation split, saves
 orbax checkpoints and TensorBoard files in --workdir, prints samples, and
-ends with the final validation metrics (val_bits_per_byte=...).
+ends with the final validation metrics (val_bits_per_byte=...). With
+--evaluate=SPLIT it then scores the model on that split as
+experiments/evaluate.py does (generating text for text-to-text tasks).
 """
 
 import os
@@ -17,12 +19,16 @@ import tensorboardX
 from experiments import cli
 from lm import checkpoint
 from lm import decode
+from lm import evaluation
 from lm import train
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Config file, e.g. configs/default.py[:preset].')
 _WORKDIR = flags.DEFINE_string(
     'workdir', None, 'Where checkpoints, logs and samples go.', required=True)
+_EVALUATE = flags.DEFINE_string(
+    'evaluate', '', "After training, evaluate on this split ('validation' or "
+    "'test') as experiments/evaluate.py does.")
 
 
 def main(argv):
@@ -34,12 +40,16 @@ def main(argv):
   print(config, flush=True)
   final = train.train_and_evaluate(
       config, workdir, log=lambda line: print(line, flush=True))
-  # Only language models continue text.
-  if config.model.family == 'decoder' and not config.model.num_classes:
+  # Only causal language models continue free text.
+  if config.data.objective == 'causal':
     for prompt, text in sample(config, workdir):
       print(f'--- sample ---\n{prompt}{text}', flush=True)
   print('final: ' + ' '.join(f'val_{k}={v:.4f}' for k, v in final.items()),
         flush=True)
+  if _EVALUATE.value:
+    result = evaluation.evaluate_workdir(workdir, _EVALUATE.value, {})
+    print(evaluation.markdown_table(result))
+    print(f'Wrote {result["path"]}', flush=True)
 
 
 def sample(config, workdir):

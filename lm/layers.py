@@ -186,8 +186,9 @@ class Attention(nn.Module):
   Self-attention when `kv_BSD` is None, cross-attention otherwise. With
   `decode=True` keys and values go into the 'cache' collection at each row's
   own positions, so prefill and one-token steps share this code and prompts
-  of different lengths share a batch. `bias_BNLS` is added to the scores
-  (T5's relative positions); `scale_queries=False` drops the 1/sqrt(H)
+  of different lengths share a batch. `score_bias(query_positions_BL,
+  key_positions_BS)` returns a [B, N, L, S] term added to the scores (T5's
+  relative positions; called with the cache's positions when decoding); `scale_queries=False` drops the 1/sqrt(H)
   factor, which T5 folds into its initialization instead.
   """
 
@@ -205,7 +206,7 @@ class Attention(nn.Module):
 
   @nn.compact
   def __call__(self, x_BLD, positions_BL, *, kv_BSD=None, mask_BLS=None,
-               bias_BNLS=None, decode: bool = False):
+               score_bias=None, decode: bool = False):
     d_model = x_BLD.shape[-1]
 
     def project(x, heads, axes, name):
@@ -236,6 +237,9 @@ class Attention(nn.Module):
       allowed_BLS = key_positions_BS[:, None, :] <= positions_BL[:, :, None]
     if mask_BLS is not None:
       allowed_BLS = mask_BLS if allowed_BLS is None else allowed_BLS & mask_BLS
+    bias_BNLS = None
+    if score_bias is not None:
+      bias_BNLS = score_bias(positions_BL, key_positions_BS)
     out_BLNH = jax.nn.dot_product_attention(
         q_BLNH, k_BSKH, v_BSKH, bias=bias_BNLS,
         mask=None if allowed_BLS is None else allowed_BLS[:, None],

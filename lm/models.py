@@ -162,7 +162,7 @@ class TransformerBlock(nn.Module):
   cross_attention: bool = False
 
   @nn.compact
-  def __call__(self, x_BLD, positions_BL, *, mask_BLS=None, bias_BNLS=None,
+  def __call__(self, x_BLD, positions_BL, *, mask_BLS=None, score_bias=None,
                encoded_BSD=None, cross_mask_BLS=None, deterministic: bool,
                decode: bool):
     c = self.config
@@ -193,7 +193,7 @@ class TransformerBlock(nn.Module):
     self_attention = attention('attention', c.position == 'rotary',
                                self.causal)
     x_BLD = residual(x_BLD, lambda h: self_attention(
-        h, positions_BL, mask_BLS=mask_BLS, bias_BNLS=bias_BNLS,
+        h, positions_BL, mask_BLS=mask_BLS, score_bias=score_bias,
         decode=decode), 'attention_norm')
     if self.cross_attention:
       cross = attention('cross_attention', False, False)
@@ -231,23 +231,20 @@ def _run_stack(module: nn.Module, c: ModelConfig, x_BLD, positions_BL, *,
   # A zero the tests differentiate against to check what sees what.
   x_BLD = module.perturb('embedded', x_BLD)
   x_BLD = nn.Dropout(c.dropout_rate)(x_BLD, deterministic=deterministic)
-  bias_BNLS = None
+  score_bias = None
   if c.position == 'relative':
-    if decode:
-      raise UsageError("KV-cache decoding is not implemented for "
-                       "model.position='relative'; sample from a model with "
-                       'rotary, learned or sinusoidal positions')
-    bias_BNLS = layers.RelativePositionBias(
+    # One table for the stack; each attention calls it with its own key
+    # positions (the cache's when decoding).
+    score_bias = layers.RelativePositionBias(
         c.num_heads, bidirectional=not causal,
         num_buckets=c.relative_buckets,
         max_distance=c.relative_max_distance, init_std=c.init_std,
-        dtype=dtype, param_dtype=param_dtype,
-        name='relative_bias')(positions_BL, positions_BL)
+        dtype=dtype, param_dtype=param_dtype, name='relative_bias')
   for i in range(num_layers):
     x_BLD = TransformerBlock(
         c, causal=causal, cross_attention=encoded_BSD is not None,
         name=f'block_{i}')(
-            x_BLD, positions_BL, mask_BLS=mask_BLS, bias_BNLS=bias_BNLS,
+            x_BLD, positions_BL, mask_BLS=mask_BLS, score_bias=score_bias,
             encoded_BSD=encoded_BSD, cross_mask_BLS=cross_mask_BLS,
             deterministic=deterministic, decode=decode)
   if c.norm_position == 'pre':

@@ -31,6 +31,7 @@ from lm import optim
 from lm.data import classification
 from lm.data import objectives
 from lm.data import pipeline
+from lm.data import text_pairs
 from lm.errors import UsageError
 
 @flax.struct.dataclass
@@ -123,6 +124,10 @@ class Trainer:
     if config.data.objective == 'classify':
       self.data = classification.make_classification_data(config.data)
       self._check_classifier()
+    elif config.data.objective in text_pairs.FAMILY_OF:
+      self._check_family(text_pairs.FAMILY_OF[config.data.objective])
+      self.data = text_pairs.make_text_pair_data(config.data)
+      self._check_vocab(0)
     else:
       self.data = pipeline.make_lm_data(config.data)
       self._check_language_model()
@@ -156,17 +161,20 @@ class Trainer:
           + f', but model.vocab_size={self.model_config.vocab_size}; raise it '
           f'to at least {needed}')
 
-  def _check_language_model(self):
-    objective = self.data.objective
-    family = objectives.FAMILY_OF[objective.name]
+  def _check_family(self, family: str):
+    objective = self.config.data.objective
     if self.model_config.num_classes:
       raise UsageError(f'model.num_classes={self.model_config.num_classes} '
                        'makes a classifier; train it with '
                        "data.objective='classify'")
     if self.model_config.family != family:
       raise UsageError(
-          f'data.objective={objective.name!r} trains {family} models, but '
+          f'data.objective={objective!r} trains {family} models, but '
           f'model.family={self.model_config.family!r}')
+
+  def _check_language_model(self):
+    objective = self.data.objective
+    self._check_family(objectives.FAMILY_OF[objective.name])
     if objective.name == 'masked' and not self.model_config.mlm_head:
       raise UsageError('data.objective=masked needs model.mlm_head=True')
     self._check_vocab(objective.extra_ids)
@@ -233,7 +241,8 @@ class Trainer:
         + (', '.join(sorted(new)) or 'nothing'))
 
   def eval_batches(self, split: str = 'validation'):
-    if isinstance(self.data, classification.ClassificationData):
+    if isinstance(self.data, (classification.ClassificationData,
+                              text_pairs.TextPairData)):
       if split not in self.data.evaluation:
         raise UsageError(f'dataset {self.config.data.name!r} has no {split!r}'
                          f' split; it has {sorted(self.data.evaluation)}')

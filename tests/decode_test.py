@@ -106,3 +106,68 @@ def test_empty_prompt_is_a_clear_error():
 def test_bad_sampling_settings_are_rejected(bad):
   with pytest.raises(UsageError):
     decode.SamplingConfig(**bad).validate()
+
+
+# ------------------------------------------------- encoder-decoder models ----
+
+
+def seq2seq_model(position, vocab_size=40):
+  config = models.ModelConfig(
+      family='encoder_decoder', vocab_size=vocab_size, d_model=32,
+      num_layers=2, num_heads=2, d_ff=64, position=position, max_len=32)
+  model = models.build_model(config)
+  params = models.init_params(model, jax.random.PRNGKey(1))
+  # Larger weights make peaked, varied next-token distributions.
+  return model, jax.tree.map(lambda x: 6 * x, params)
+
+
+def full_forward_logprobs(model, params, source, prefix):
+  logits = model.apply({'params': params}, jnp.array([source]),
+                       jnp.array([[1] + prefix]))
+  return jax.nn.log_softmax(logits[0, -1])
+
+
+@pytest.mark.parametrize('position', ['sinusoidal', 'relative'])
+def test_cached_beam_of_one_equals_full_forward_greedy(position):
+  model, params = seq2seq_model(position)
+  sources = [[3, 4, 5, 6], [7, 8, 9], [10]]
+  got = decode.translate(model, params, sources, max_new_tokens=8, bos_id=1,
+                         eos_id=2, beam_size=1)
+  for source, tokens in zip(sources, got):
+    expected = []
+    for _ in range(8):
+      token = int(jnp.argmax(full_forward_logprobs(model, params, source,
+                                                   expected)))
+      if token == 2:
+        break
+      expected.append(token)
+    assert tokens == expected
+
+
+def test_wide_beam_finds_the_most_likely_output():
+  """With as many beams as 2-token prefixes, 3-step search is exhaustive."""
+  vocab, eos, steps = 5, 2, 3
+  model, params = seq2seq_model('relative', vocab_size=vocab)
+  source = [3, 4, 0, 1]
+  best_score, best = -np.inf, None
+  frontier = [([], 0.0)]
+  for _ in range(steps):
+    grown = []
+    for prefix, score in frontier:
+      logprobs = np.asarray(full_forward_logprobs(model, params, source,
+                                                  prefix))
+      for token in range(vocab):
+        total = score + logprobs[token]
+        if token == eos:
+          if total > best_score:
+            best_score, best = total, prefix
+        else:
+          grown.append((prefix + [token], total))
+    frontier = grown
+  for prefix, score in frontier:  # cut off by the length limit
+    if score > best_score:
+      best_score, best = score, prefix
+  got = decode.translate(model, params, [source], max_new_tokens=steps,
+                         bos_id=1, eos_id=eos, beam_size=vocab ** 2,
+                         length_penalty=0.0)
+  assert got == [best]

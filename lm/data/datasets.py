@@ -9,13 +9,24 @@ import os
 
 import tensorflow_datasets as tfds
 
+from lm.data import country_qa
 from lm.data import sentiment
 from lm.data import shakespeare
+from lm.data import summarization
 from lm.data import tokenizers
+from lm.data import translation
+from lm.data import wordnet
 from lm.errors import UsageError
 
 BUILDERS = {'shakespeare': shakespeare.ShakespearePlays,
-            'tweet_sentiment': sentiment.TweetSentiment}
+            'tweet_sentiment': sentiment.TweetSentiment,
+            'wordnet_topics': wordnet.WordNetTopics,
+            'bible_en_es': translation.BibleTranslation,
+            'docstring_summaries': summarization.DocstringSummaries,
+            'country_qa': country_qa.CountryQA}
+# Datasets of source/target texts, scored by generation (their METRICS).
+TEXT_PAIR_DATASETS = tuple(name for name, builder in BUILDERS.items()
+                           if hasattr(builder, 'METRICS'))
 
 
 def get_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
@@ -39,7 +50,11 @@ def documents(builder: tfds.core.DatasetBuilder, split: str):
 
 
 def texts(builder: tfds.core.DatasetBuilder, split: str) -> list[str]:
-  return [ex['text'].decode('utf-8') for ex in documents(builder, split)]
+  """The split's texts: 'text', or 'source' and 'target' of text pairs."""
+  keys = [k for k in ('text', 'source', 'target')
+          if k in builder.info.features]
+  return [ex[k].decode('utf-8') for ex in documents(builder, split)
+          for k in keys]
 
 
 def get_tokenizer(kind: str, builder: tfds.core.DatasetBuilder,

@@ -53,7 +53,7 @@ class Objective:
   def validate(self):
     if self.name not in OBJECTIVES:
       raise UsageError(f'data.objective={self.name!r} is not one of '
-                       f"{list(OBJECTIVES) + ['classify']}")
+                       f"{list(OBJECTIVES) + ['classify', 'seq2seq', 'instruct']}")
     if not 0 < self.mask_rate < 1 or not 0 < self.noise_density < 1:
       raise UsageError('data.mask_rate and data.noise_density must be in '
                        f'(0, 1), got {self.mask_rate} and {self.noise_density}')

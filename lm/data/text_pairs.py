@@ -1,0 +1,150 @@
+"""grain pipelines for text-to-text tasks (translation, summarization, QA).
+
+A dataset with 'source' and 'target' texts becomes examples for one of two
+objectives:
+
+  seq2seq   encoder-decoder: the encoder reads the source + EOS (up to
+            `seq_len` tokens, padded, 'encoder_mask' True at real tokens);
+            the decoder reads BOS + target and predicts target + EOS (up to
+            `target_len` tokens).
+  instruct  decoder-only: one sequence, prompt then answer + EOS, where the
+            prompt is `data.prompt` with the source in place of '{source}';
+            only the answer's tokens are scored (weights 0 on the prompt), as
+            in instruction tuning. The answer is cut to `target_len` tokens,
+            and the prompt loses its first tokens if the two exceed the
+            model's `seq_len + 1`.
+
+Training batches are infinite and shuffled; evaluation batches go once
+through a split with the last one padded by rows of weight 0. Generation
+(lm/evaluation.py) reads the raw pairs through `pairs(split)`.
+"""
+
+import dataclasses
+
+import grain
+import numpy as np
+
+from lm.data import datasets
+from lm.data import pipeline
+from lm.data import sources
+from lm.data import tokenizers
+from lm.errors import UsageError
+
+FAMILY_OF = {'seq2seq': 'encoder_decoder', 'instruct': 'decoder'}
+
+
+@dataclasses.dataclass
+class TextPairData:
+  tokenizer: tokenizers.Tokenizer
+  objective: str
+  train: grain.MapDataset
+  evaluation: dict[str, grain.MapDataset]
+  token_bytes: np.ndarray
+  metrics: tuple[str, ...]  # what generation is scored by (lm/metrics.py)
+  source: dict  # split -> random-access source of the raw examples
+  encode_source: callable  # text -> the ids a model is given to continue
+
+  def pairs(self, split: str) -> list[tuple[str, str]]:
+    return [(ex['source'].decode('utf-8'), ex['target'].decode('utf-8'))
+            for ex in self.source[split]]
+
+
+def seq2seq_example(source_ids, target_ids, *, bos_id: int, eos_id: int,
+                    pad_id: int, seq_len: int, target_len: int
+                    ) -> dict[str, np.ndarray]:
+  source = list(source_ids[:seq_len - 1]) + [eos_id]
+  target = list(target_ids[:target_len - 1]) + [eos_id]
+  encoder_inputs = np.full(seq_len, pad_id, np.int32)
+  encoder_inputs[:len(source)] = source
+  inputs = np.full(target_len, pad_id, np.int32)
+  inputs[:len(target)] = [bos_id] + target[:-1]
+  targets = np.full(target_len, pad_id, np.int32)
+  targets[:len(target)] = target
+  weights = np.zeros(target_len, np.float32)
+  weights[:len(target)] = 1.0
+  return {'encoder_inputs': encoder_inputs,
+          'encoder_mask': np.arange(seq_len) < len(source),
+          'inputs': inputs, 'targets': targets, 'weights': weights}
+
+
+def instruct_example(prompt_ids, answer_ids, *, eos_id: int, pad_id: int,
+                     seq_len: int, target_len: int) -> dict[str, np.ndarray]:
+  answer = list(answer_ids[:target_len - 1]) + [eos_id]
+  prompt = list(prompt_ids[-(seq_len + 1 - len(answer)):])
+  tokens = prompt + answer
+  inputs = np.full(seq_len, pad_id, np.int32)
+  inputs[:len(tokens) - 1] = tokens[:-1]
+  targets = np.full(seq_len, pad_id, np.int32)
+  targets[:len(tokens) - 1] = tokens[1:]
+  weights = np.zeros(seq_len, np.float32)
+  # Position t predicts token t + 1: the answer starts at len(prompt).
+  weights[len(prompt) - 1:len(tokens) - 1] = 1.0
+  return {'inputs': inputs, 'targets': targets, 'weights': weights}
+
+
+def check_lengths(data_config) -> int:
+  """The target length in tokens (data.target_len, or seq_len if 0)."""
+  target_len = data_config.target_len or data_config.seq_len
+  if data_config.seq_len < 2 or target_len < 2:
+    raise UsageError('text-to-text tasks need data.seq_len and '
+                     f'data.target_len >= 2, got {data_config.seq_len} and '
+                     f'{target_len}')
+  if data_config.objective == 'instruct' and target_len >= data_config.seq_len:
+    raise UsageError(
+        f'data.target_len={target_len} leaves no room for the prompt in '
+        f'data.seq_len={data_config.seq_len}; make target_len smaller')
+  if '{source}' not in data_config.prompt:
+    raise UsageError(f'data.prompt={data_config.prompt!r} must contain '
+                     "'{source}', where the source text goes")
+  return target_len
+
+
+def make_text_pair_data(data_config, *, process_index: int = 0,
+                        process_count: int = 1) -> TextPairData:
+  target_len = check_lengths(data_config)
+  builder = datasets.get_builder(data_config.name, data_config.data_dir or None)
+  if 'target' not in builder.info.features:
+    raise UsageError(
+        f'dataset {data_config.name!r} has no source/target pairs; '
+        f'data.objective={data_config.objective!r} needs one of '
+        f'{sorted(datasets.TEXT_PAIR_DATASETS)}')
+  tokenizer = datasets.get_tokenizer(data_config.tokenizer, builder,
+                                     data_config.vocab_size)
+  seq_len, objective = data_config.seq_len, data_config.objective
+
+  def encode_source(text: str) -> list[int]:
+    if objective == 'seq2seq':
+      return tokenizer.encode(text)[:seq_len - 1] + [tokenizer.eos_id]
+    # Room for target_len new tokens within the model's seq_len positions.
+    prompt = tokenizer.encode(data_config.prompt.replace('{source}', text))
+    return prompt[-(seq_len - target_len):]
+
+  def encode(example):
+    source = example['source'].decode('utf-8')
+    target = tokenizer.encode(example['target'].decode('utf-8'))
+    if objective == 'seq2seq':
+      return seq2seq_example(
+          tokenizer.encode(source), target, bos_id=tokenizer.bos_id,
+          eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, seq_len=seq_len,
+          target_len=target_len)
+    prompt = tokenizer.encode(data_config.prompt.replace('{source}', source))
+    return instruct_example(prompt, target, eos_id=tokenizer.eos_id,
+                            pad_id=tokenizer.pad_id, seq_len=seq_len,
+                            target_len=target_len)
+
+  source = {split: datasets.documents(builder, split)
+            for split in sources.SPLITS if split in builder.info.splits}
+
+  def encoded(split):
+    return grain.MapDataset.source(source[split])[
+        process_index::process_count].map(encode)
+
+  train = (encoded('train').shuffle(data_config.shuffle_seed).repeat()
+           .batch(data_config.batch_size, drop_remainder=True))
+  evaluation = {
+      split: encoded(split).batch(data_config.eval_batch_size).map(
+          lambda b: pipeline.pad_batch(b, data_config.eval_batch_size))
+      for split in source if split != 'train'}
+  return TextPairData(tokenizer, objective, train, evaluation,
+                      tokenizer.token_bytes(), type(builder).METRICS, source,
+                      encode_source)
