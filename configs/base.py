@@ -37,7 +37,11 @@ def get_base_config() -> ml_collections.ConfigDict:
       # (lm/data/text_pairs.py), whose targets have up to target_len tokens
       # (0: seq_len) and whose decoder prompt is `prompt`.
       objective='causal', mask_rate=0.15, noise_density=0.15,
-      mean_span_length=3.0, target_len=0, prompt='{source}\n'))
+      mean_span_length=3.0, target_len=0, prompt='{source}\n',
+      # Training-time augmentation of classification text, rates in [0, 1)
+      # (lm/data/augment.py); 0 turns an operation off.
+      augment=ml_collections.ConfigDict(dict(
+          synonym=0.0, delete=0.0, swap=0.0, token_mask=0.0))))
 
   config.optim = ml_collections.ConfigDict(dict(
       name='adamw', learning_rate=3e-3, warmup_steps=100, min_lr_ratio=0.1,
@@ -50,6 +54,11 @@ def get_base_config() -> ml_collections.ConfigDict:
   # A workdir (trained or imported) whose params start this run; parameters
   # the model has and it lacks (a classification head) start fresh.
   config.init_from = ''
+
+  # DP-SGD (lm/privacy.py): per-example clipping to l2_clip, Gaussian noise
+  # of noise_multiplier * l2_clip; delta 0 means 1 / train examples.
+  config.privacy = ml_collections.ConfigDict(dict(
+      dp_sgd=False, l2_clip=1.0, noise_multiplier=1.0, delta=0.0))
 
   # How experiments/evaluate.py writes text for text-pair tasks: beam search
   # for encoder-decoder models (beam_size 1 is greedy), greedy for decoders;

@@ -86,6 +86,9 @@ def evaluate_workdir(workdir: str, split: str, eval_overrides: dict
         metrics.rint_counts(sums['confusion']), trainer.data.class_names)
     result.update(per_class=report['per_class'],
                   confusion_matrix=report['confusion_matrix'])
+  spent = trainer.privacy_spent(step)
+  if spent:
+    result['privacy'] = spent
   if isinstance(trainer.data, text_pairs.TextPairData):
     pairs = trainer.data.pairs(split)
     if eval_config.max_examples > 0:
@@ -124,6 +127,10 @@ def markdown_table(result: dict) -> str:
     lines.append(f'class {name}: precision {row["precision"]:.4f} recall '
                  f'{row["recall"]:.4f} f1 {row["f1"]:.4f} support '
                  f'{row["support"]}')
+  if 'privacy' in result:
+    lines.append('DP-SGD: epsilon {epsilon:.3f}, delta {delta:.2e} after '
+                 '{steps} steps (noise multiplier {noise_multiplier}, clip '
+                 '{l2_clip})'.format(**result['privacy']))
   for sample in result.get('samples', []):
     lines.append(f'source: {sample["source"][:200]!r}\n  reference: '
                  f'{sample["reference"]!r}\n  prediction: '

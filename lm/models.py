@@ -18,7 +18,7 @@ from lm.errors import UsageError
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16,
            'float16': jnp.float16}
 _CHOICES = {
-    'family': ('decoder', 'encoder', 'encoder_decoder'),
+    'family': ('decoder', 'encoder', 'encoder_decoder', 'lstm'),
     'norm': ('layernorm', 'rmsnorm'),
     'norm_position': ('pre', 'post'),
     'activation': tuple(layers.ACTIVATIONS),
@@ -34,7 +34,9 @@ class ModelConfig:
   """Architecture hyperparameters; `num_kv_heads` < `num_heads` gives GQA/MQA.
 
   family: 'decoder' (GPT-2, Llama), 'encoder' (BERT) or 'encoder_decoder'
-  (the original Transformer, T5). Keys that only some families use say so.
+  (the original Transformer, T5); or 'lstm', the baseline text classifier
+  of lm/baselines/lstm.py (vocab_size, d_model, num_layers, num_classes,
+  pooling, dropout_rate). Keys that only some families use say so.
   """
 
   family: str = 'decoder'
@@ -126,6 +128,9 @@ class ModelConfig:
     if self.position == 'rotary' and self.head_width % 2:
       raise UsageError('rotary positions need an even head width, got '
                        f'{self.head_width}')
+    if self.family == 'lstm' and not self.num_classes:
+      raise UsageError("model.family='lstm' is a classifier; set "
+                       'model.num_classes')
     if self.num_classes and self.family == 'encoder_decoder':
       raise UsageError('model.num_classes (a classification head) is for '
                        "'encoder' and 'decoder' models; fine-tune an "
@@ -265,7 +270,7 @@ def _padding_mask(valid_BS, query_len: int):
                           (valid_BS.shape[0], query_len, valid_BS.shape[1]))
 
 
-def _classify(c: ModelConfig, x_BLD, padding_mask_BL, deterministic: bool,
+def classification_logits(c: ModelConfig, x_BLD, padding_mask_BL, deterministic: bool,
               first=None):
   """Class logits from one vector per sequence (see ModelConfig.pooling)."""
   if padding_mask_BL is None:
@@ -334,7 +339,7 @@ class DecoderOnly(nn.Module):
                        num_layers=c.num_layers, causal=True,
                        deterministic=deterministic, decode=decode)
     if c.num_classes:
-      return _classify(c, x_BLD, padding_mask_BL, deterministic)
+      return classification_logits(c, x_BLD, padding_mask_BL, deterministic)
     return _output_logits(c, x_BLD, embed)
 
 
@@ -395,7 +400,7 @@ class EncoderOnly(nn.Module):
                           (c.vocab_size,), param_dtype)
       outputs['logits'] = _output_logits(c, h_BLD, embed, bias_V)
     if c.num_classes:
-      outputs['class_logits'] = _classify(
+      outputs['class_logits'] = classification_logits(
           c, x_BLD, padding_mask_BL, deterministic,
           first=outputs.get('pooled'))
     if all_outputs:
@@ -474,6 +479,9 @@ _FAMILIES = {'decoder': DecoderOnly, 'encoder': EncoderOnly,
 
 
 def build_model(config: ModelConfig) -> nn.Module:
+  if config.family == 'lstm':
+    from lm.baselines import lstm  # pylint: disable=g-import-not-at-top
+    return lstm.LstmClassifier(config)  # (imported here: it imports models)
   if config.family not in _FAMILIES:
     raise UsageError(f'model.family={config.family!r} is not one of '
                      f'{sorted(_FAMILIES)}')

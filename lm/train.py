@@ -28,6 +28,7 @@ from lm import checkpoint
 from lm import metrics
 from lm import models
 from lm import optim
+from lm import privacy
 from lm.data import classification
 from lm.data import objectives
 from lm.data import pipeline
@@ -63,22 +64,38 @@ def batch_sums(model, params, batch, token_bytes_V=None, **kwargs):
                          token_bytes_V)
 
 
-def train_step(state: TrainState, batch, *, model, optimizer, schedule):
-  """One optimizer update on a batch (see lm/data: pipeline, classification)."""
+def train_step(state: TrainState, batch, *, model, optimizer, schedule,
+               per_example: bool = False):
+  """One optimizer update on a batch (see lm/data: pipeline, classification).
+
+  With `per_example` the optimizer gets one gradient per example (a leading
+  batch axis), as DP-SGD's aggregation (lm/privacy.py) needs.
+  """
   dropout_rng = jax.random.fold_in(state.rng, state.step)
 
-  def loss_fn(params):
+  def loss_fn(params, batch, rng):
     sums = batch_sums(model, params, batch, deterministic=False,
-                      rngs={'dropout': dropout_rng})
+                      rngs={'dropout': rng})
     count = jnp.maximum(sums['tokens'], 1.0)
     return sums['nll'] / count, sums['correct'] / count
 
-  (loss, accuracy), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      state.params)
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  if per_example:
+    def example_grad(example, index):
+      return grad_fn(state.params, jax.tree.map(lambda x: x[None], example),
+                     jax.random.fold_in(dropout_rng, index))
+
+    (losses, accuracies), grads = jax.vmap(example_grad)(
+        batch, jnp.arange(len(batch['weights'])))
+    loss, accuracy = jnp.mean(losses), jnp.mean(accuracies)
+    grad_norm = optax.tree.norm(jax.tree.map(lambda g: g.mean(0), grads))
+  else:
+    (loss, accuracy), grads = grad_fn(state.params, batch, dropout_rng)
+    grad_norm = optax.tree.norm(grads)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   step_metrics = {'loss': loss, 'token_accuracy': accuracy,
-                  'grad_norm': optax.tree.norm(grads),
+                  'grad_norm': grad_norm,
                   'learning_rate': schedule(state.step)}
   return state.replace(step=state.step + 1, params=params,
                        opt_state=opt_state), step_metrics
@@ -133,9 +150,14 @@ class Trainer:
       self._check_language_model()
     self.schedule = optim.make_schedule(config.optim, config.train.num_steps)
     self.optimizer = optim.make_optimizer(config.optim, self.schedule)
+    if config.privacy.dp_sgd:
+      self.optimizer = optax.chain(
+          privacy.aggregator(config.privacy, config.train.seed),
+          self.optimizer)
     self.train_step = jax.jit(
         functools.partial(train_step, model=self.model,
-                          optimizer=self.optimizer, schedule=self.schedule),
+                          optimizer=self.optimizer, schedule=self.schedule,
+                          per_example=config.privacy.dp_sgd),
         donate_argnums=0)
     self.eval_step = jax.jit(functools.partial(eval_step, model=self.model))
     # Ids past the tokenizer's ([MASK], sentinels) stand for no text.
@@ -240,6 +262,14 @@ class Trainer:
         f'Initialized from {workdir} (step {restored.step}); new: '
         + (', '.join(sorted(new)) or 'nothing'))
 
+  def privacy_spent(self, steps: int) -> dict | None:
+    """DP-SGD's (epsilon, delta) after `steps`; None for non-private runs."""
+    if not self.config.privacy.dp_sgd:
+      return None
+    return privacy.spent(self.config.privacy, steps=steps,
+                         batch_size=self.config.data.batch_size,
+                         train_examples=self.data.train_examples)
+
   def eval_batches(self, split: str = 'validation'):
     if isinstance(self.data, (classification.ClassificationData,
                               text_pairs.TextPairData)):
@@ -324,6 +354,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         writer.add_scalar(f'eval/{name}', value, step)
       log(f'eval at step {step}: ' + ' '.join(
           f'val_{k}={v:.4f}' for k, v in final.items()))
+      spent = trainer.privacy_spent(step)
+      if spent:
+        writer.add_scalar('privacy/epsilon', spent['epsilon'], step)
+        log(f'DP-SGD at step {step}: epsilon={spent["epsilon"]:.3f} '
+            f'delta={spent["delta"]:.2e} (noise multiplier '
+            f'{spent["noise_multiplier"]}, clip {spent["l2_clip"]})')
       meter.pause()
     if step % tc.checkpoint_every == 0 or is_last:
       checkpointer.save(step, *state.checkpoint_items(),
@@ -340,6 +376,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
 
 def validate_train_config(config: ml_collections.ConfigDict) -> None:
+  privacy.validate(config.privacy)
   tc = config.train
   for key in ('num_steps', 'log_every', 'eval_every', 'checkpoint_every',
               'keep_checkpoints'):

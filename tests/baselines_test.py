@@ -1,9 +1,16 @@
-"""The Kneser-Ney baseline: a proper distribution that beats lower orders."""
+"""The baselines: Kneser-Ney n-grams (a proper distribution that beats lower
+orders) and the LSTM classifier (padding-blind, trained by the same Trainer)."""
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from lm import models
+from lm import train
 from lm.baselines import ngram
+from lm.errors import UsageError
+from tests import finetune_test
 
 
 @pytest.fixture(scope='module')
@@ -34,3 +41,44 @@ def test_longer_contexts_predict_held_out_text_better(stream):
 def test_an_unseen_token_keeps_some_probability(stream):
   model = ngram.KneserNey(stream, 3, vocab_size=25)  # ids 20-24 never occur
   assert 0 < model.prob((3, 4), 24) < model.prob((3, 4), 5)
+
+
+# ------------------------------------------------------------------ LSTM ----
+
+
+def lstm_model(**overrides):
+  config = models.ModelConfig.from_config({**dict(
+      family='lstm', vocab_size=30, d_model=16, num_layers=2, num_classes=3,
+      pooling='mean'), **overrides})
+  model = models.build_model(config)
+  return model, models.init_params(model, jax.random.PRNGKey(0))
+
+
+@pytest.mark.parametrize('pooling', ['mean', 'last', 'first'])
+def test_lstm_ignores_right_padding(pooling):
+  model, params = lstm_model(pooling=pooling)
+  tokens = jnp.array([[5, 6, 7, 8]])
+  short = model.apply({'params': params}, tokens, jnp.ones((1, 4), bool))
+  padded = model.apply({'params': params},
+                       jnp.array([[5, 6, 7, 8, 0, 0, 0]]),
+                       jnp.arange(7)[None] < 4)
+  np.testing.assert_allclose(padded, short, atol=1e-6)
+  # ...but the tokens themselves matter, in both directions.
+  changed = model.apply({'params': params}, jnp.array([[9, 6, 7, 8]]),
+                        jnp.ones((1, 4), bool))
+  assert not np.allclose(changed, short)
+
+
+def test_lstm_must_be_a_classifier():
+  with pytest.raises(UsageError, match='set model.num_classes'):
+    lstm_model(num_classes=0)
+
+
+def test_lstm_baseline_trains_through_the_same_harness(tiny, tmp_path):
+  config = finetune_test.classifier_config(
+      tiny, family='lstm', num_layers=1, pooling='mean')
+  config.train.update(num_steps=30, eval_every=30, checkpoint_every=30)
+  config.optim.learning_rate = 1e-2
+  final = train.train_and_evaluate(config, str(tmp_path))
+  assert final['loss'] < np.log(3)  # better than a uniform guess
+  assert 0 < final['macro_f1'] < 1

@@ -1,11 +1,13 @@
 """Classification fine-tuning, from scratch and from another workdir."""
 
+import chex
 import flax.traverse_util
 import jax
 import numpy as np
 import pytest
 
 from lm import checkpoint
+from lm import evaluation
 from lm import train
 from lm.errors import UsageError
 
@@ -90,3 +92,51 @@ def test_padding_does_not_change_the_class_logits(tiny):
                          np.array([[5, 6, 7, 8, 0, 0]]),
                          padding_mask_BL=np.array([[1, 1, 1, 1, 0, 0]], bool))
     np.testing.assert_allclose(short, padded, atol=1e-5, err_msg=str(model_kw))
+
+
+def test_dp_sgd_without_noise_or_clipping_is_plain_sgd(tiny):
+  """Per-example gradients, averaged, equal the batch gradient (one label
+  per example); noise then makes the step differ."""
+  config = classifier_config(tiny, **ENCODER)
+  # A first step with a learning rate (no warmup), and an Adam epsilon large
+  # enough that rounding in near-zero gradients does not flip updates.
+  config.optim.update(warmup_steps=0, eps=1e-3)
+  steps = {}
+  for name, dp_sgd, noise in [('plain', False, 0.0), ('dp0', True, 0.0),
+                              ('dp1', True, 1.0)]:
+    config.privacy.update(dp_sgd=dp_sgd, noise_multiplier=noise,
+                          l2_clip=1e6)
+    trainer = train.Trainer(config)
+    batch = next(iter(trainer.data.train.to_iter_dataset()))
+    state, step_metrics = trainer.train_step(trainer.init_state(), batch)
+    steps[name] = (jax.device_get(state.params), step_metrics)
+  chex.assert_trees_all_close(steps['dp0'][0], steps['plain'][0], atol=1e-6)
+  np.testing.assert_allclose(steps['dp0'][1]['loss'],
+                             steps['plain'][1]['loss'], rtol=1e-6)
+  with pytest.raises(AssertionError):
+    chex.assert_trees_all_close(steps['dp1'][0], steps['plain'][0], atol=1e-6)
+
+
+def test_dp_sgd_run_reports_epsilon(tiny, tmp_path):
+  config = classifier_config(tiny, **ENCODER)
+  config.train.update(num_steps=6, eval_every=6, checkpoint_every=6)
+  config.privacy.update(dp_sgd=True, noise_multiplier=1.1, l2_clip=1.0)
+  lines = []
+  train.train_and_evaluate(config, str(tmp_path), log=lines.append)
+  assert any(line.startswith('DP-SGD at step 6: epsilon=') for line in lines)
+  result = evaluation.evaluate_workdir(str(tmp_path), 'validation', {})
+  spent = result['privacy']
+  assert spent['steps'] == 6 and 0 < spent['epsilon'] < 100
+  trainer = train.Trainer(config)
+  assert spent['delta'] == 1 / trainer.data.train_examples
+  # More steps, or less noise, spend more.
+  assert trainer.privacy_spent(60)['epsilon'] > spent['epsilon']
+  config.privacy.noise_multiplier = 0.8
+  assert train.Trainer(config).privacy_spent(6)['epsilon'] > spent['epsilon']
+  assert 'DP-SGD: epsilon' in evaluation.markdown_table(result)
+
+
+def test_bad_privacy_settings_are_refused(tiny):
+  tiny.privacy.update(dp_sgd=True, l2_clip=0.0)
+  with pytest.raises(UsageError, match='privacy.l2_clip must be > 0'):
+    train.Trainer(tiny)

@@ -85,6 +85,12 @@ def _required(reader: gguf.GGUFReader, key: str, path: str):
   return value
 
 
+def _decimal(value) -> float:
+  """A float32 field as the decimal it was written from (1e-05, not
+  9.999999747378752e-06), so configs compare equal to the published ones."""
+  return float(str(np.float32(value)))
+
+
 def _unpermute_rotary(w: np.ndarray, heads: int) -> np.ndarray:
   """Inverse of llama.cpp's row permutation of a q/k projection [out, in]."""
   rows, cols = w.shape
@@ -154,9 +160,10 @@ def read_llama(path: str):
       'num_attention_heads': heads, 'num_key_value_heads': kv_heads,
       'intermediate_size': int(_required(
           reader, 'llama.feed_forward_length', path)),
-      'rms_norm_eps': float(_required(
+      'rms_norm_eps': _decimal(_required(
           reader, 'llama.attention.layer_norm_rms_epsilon', path)),
-      'rope_theta': float(_field(reader, 'llama.rope.freq_base', 10_000.0)),
+      'rope_theta': _decimal(_field(reader, 'llama.rope.freq_base',
+                                    10_000.0)),
       'max_position_embeddings': int(_field(reader, 'llama.context_length',
                                             2048)),
       'tie_word_embeddings': 'lm_head.weight' not in tensors,

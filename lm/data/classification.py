@@ -12,6 +12,7 @@ import dataclasses
 import grain
 import numpy as np
 
+from lm.data import augment
 from lm.data import datasets
 from lm.data import pipeline
 from lm.data import tokenizers
@@ -27,11 +28,18 @@ class ClassificationData:
   train: grain.MapDataset  # infinite, shuffled, batched
   evaluation: dict[str, grain.MapDataset]  # validation/test: one pass
   token_bytes: np.ndarray
+  train_examples: int  # in this process's shard
 
 
-def encode_example(text: str, label: int, tokenizer, seq_len: int
+def encode_example(text: str, label: int, tokenizer, seq_len: int,
+                   augmenter: augment.Augmenter | None = None,
+                   rng: np.random.Generator | None = None
                    ) -> dict[str, np.ndarray]:
+  if augmenter is not None:
+    text = augmenter.text(text, rng)
   ids = tokenizers.encode_sequence(tokenizer, text)[:seq_len]
+  if augmenter is not None:
+    ids = augmenter.tokens(ids, tokenizer, rng)
   inputs = np.full(seq_len, tokenizer.pad_id, np.int32)
   inputs[:len(ids)] = ids
   mask = np.zeros(seq_len, bool)
@@ -52,18 +60,29 @@ def make_classification_data(data_config, *, process_index: int = 0,
   tokenizer = datasets.get_tokenizer(data_config.tokenizer, builder,
                                      data_config.vocab_size)
   seq_len = data_config.seq_len
+  augmenter = augment.Augmenter.from_config(data_config.augment)
+
+  def examples(split):
+    source = datasets.documents(builder, split)
+    return grain.MapDataset.source(source)[process_index::process_count]
 
   def encoded(split):
-    source = datasets.documents(builder, split)
-    return grain.MapDataset.source(source)[process_index::process_count].map(
+    return examples(split).map(
         lambda ex: encode_example(ex['text'].decode('utf-8'),
                                   int(ex['label']), tokenizer, seq_len))
 
-  train = (encoded('train').shuffle(data_config.shuffle_seed).repeat()
-           .batch(data_config.batch_size, drop_remainder=True))
+  if augmenter.enabled:
+    # Perturbed anew each epoch, reproducibly (grain's per-element rng).
+    train = examples('train').shuffle(data_config.shuffle_seed).repeat(
+    ).random_map(lambda ex, rng: encode_example(
+        ex['text'].decode('utf-8'), int(ex['label']), tokenizer, seq_len,
+        augmenter, rng), seed=data_config.shuffle_seed)
+  else:
+    train = encoded('train').shuffle(data_config.shuffle_seed).repeat()
+  train = train.batch(data_config.batch_size, drop_remainder=True)
   evaluation = {
       split: encoded(split).batch(data_config.eval_batch_size).map(
           lambda b: pipeline.pad_batch(b, data_config.eval_batch_size))
       for split in SPLITS[1:] if split in builder.info.splits}
   return ClassificationData(tokenizer, list(label.names), train, evaluation,
-                            tokenizer.token_bytes())
+                            tokenizer.token_bytes(), len(examples('train')))

@@ -32,6 +32,7 @@ class LmData:
   train: grain.MapDataset  # infinite, shuffled, batched
   validation: grain.MapDataset  # one pass, batched, last batch padded
   token_bytes: np.ndarray  # [tokenizer vocab] UTF-8 bytes per token id
+  train_examples: int  # windows in this process's shard
 
 
 def make_lm_data(data_config, *, process_index: int = 0,
@@ -62,7 +63,7 @@ def make_lm_data(data_config, *, process_index: int = 0,
                 .batch(data_config.eval_batch_size)
                 .map(lambda b: pad_batch(b, data_config.eval_batch_size)))
   return LmData(tokenizer, objective, train, validation,
-                tokenizer.token_bytes())
+                tokenizer.token_bytes(), len(splits['train']))
 
 
 def tokenize_and_join(documents, tokenizer: tokenizers.Tokenizer) -> np.ndarray:

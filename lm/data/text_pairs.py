@@ -43,6 +43,7 @@ class TextPairData:
   metrics: tuple[str, ...]  # what generation is scored by (lm/metrics.py)
   source: dict  # split -> random-access source of the raw examples
   encode_source: callable  # text -> the ids a model is given to continue
+  train_examples: int  # in this process's shard
 
   def pairs(self, split: str) -> list[tuple[str, str]]:
     return [(ex['source'].decode('utf-8'), ex['target'].decode('utf-8'))
@@ -147,4 +148,4 @@ def make_text_pair_data(data_config, *, process_index: int = 0,
       for split in source if split != 'train'}
   return TextPairData(tokenizer, objective, train, evaluation,
                       tokenizer.token_bytes(), type(builder).METRICS, source,
-                      encode_source)
+                      encode_source, len(encoded('train')))
