@@ -28,7 +28,7 @@ def get_config(arg=None):
                      tokenizer='sentencepiece', vocab_size=8000, seq_len=256,
                      target_len=32, batch_size=32, eval_batch_size=64)
   config.optim.update(learning_rate=2e-3, warmup_steps=100, weight_decay=0.01)
-  config.train.update(num_steps=800, log_every=50, eval_every=400,
-                      checkpoint_every=400)
+  config.train.update(num_steps=600, log_every=50, eval_every=300,
+                      checkpoint_every=300)
   config.evaluate.update(beam_size=4, length_penalty=0.6, batch_size=64)
   return config

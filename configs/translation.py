@@ -28,7 +28,7 @@ def get_config(arg=None):
                      target_len=64, batch_size=32, eval_batch_size=128)
   config.optim.update(learning_rate=2e-3, warmup_steps=100, b2=0.98,
                       weight_decay=0.01)
-  config.train.update(num_steps=1500, log_every=50, eval_every=500,
+  config.train.update(num_steps=1000, log_every=50, eval_every=500,
                       checkpoint_every=500)
   config.evaluate.update(beam_size=4, length_penalty=0.6, batch_size=128)
   return config

@@ -226,6 +226,13 @@ class Trainer:
     name of another shape means another architecture, and is refused.
     """
     restored = checkpoint.restore(workdir)
+    if restored.model_config.family != self.model_config.family:
+      raise UsageError(
+          f'init_from={workdir} holds a {restored.model_config.family} model, '
+          f'which cannot serve this task: data.objective='
+          f'{self.config.data.objective!r} with model.family='
+          f'{self.model_config.family!r}; start from a '
+          f'{self.model_config.family} checkpoint')
     for field in dataclasses.fields(models.ModelConfig):
       if field.name in _HEAD_KEYS:
         continue

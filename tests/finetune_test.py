@@ -140,3 +140,14 @@ def test_bad_privacy_settings_are_refused(tiny):
   tiny.privacy.update(dp_sgd=True, l2_clip=0.0)
   with pytest.raises(UsageError, match='privacy.l2_clip must be > 0'):
     train.Trainer(tiny)
+
+
+def test_init_from_a_family_that_cannot_serve_the_task(tiny, tmp_path):
+  decoder = tiny.copy_and_resolve_references()
+  decoder.train.update(num_steps=3, eval_every=3, checkpoint_every=3)
+  train.train_and_evaluate(decoder, str(tmp_path / 'gpt'))
+  config = classifier_config(tiny, **ENCODER)
+  config.init_from = str(tmp_path / 'gpt')
+  with pytest.raises(UsageError, match='holds a decoder model, which cannot '
+                     'serve this task'):
+    train.Trainer(config).init_from(config.init_from)

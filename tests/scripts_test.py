@@ -170,3 +170,23 @@ def test_ngram_baseline_prints_bits_per_byte_as_json(data_dir):
   report = json.loads(result.stdout.strip().splitlines()[-1])
   assert report['baseline'] == 'kneser_ney_2gram'
   assert 0 < report['bits_per_byte'] < 8  # below uniform over 256 bytes
+
+
+def test_train_then_evaluate_a_qa_task_in_one_command(data_dir, tmp_path):
+  result = run(
+      'experiments.train', '--config=configs/qa.py:scratch',
+      f'--workdir={tmp_path}', f'--config.data.data_dir={data_dir}',
+      '--config.data.tokenizer=byte', '--config.model.vocab_size=260',
+      '--config.model.d_model=32', '--config.model.num_layers=1',
+      '--config.model.d_ff=64', '--config.model.max_len=64',
+      '--config.data.seq_len=64', '--config.data.target_len=16',
+      '--config.train.num_steps=3', '--config.optim.warmup_steps=1',
+      '--config.evaluate.max_examples=4', '--evaluate=test')
+  assert result.returncode == 0, result.stderr
+  assert '--- sample ---' not in result.stdout  # not a free-text LM
+  header = [l for l in result.stdout.splitlines() if l.startswith('| dataset')]
+  assert header and 'exact_match' in header[0] and 'token_f1' in header[0]
+  with open(tmp_path / 'eval' / 'country_qa_test.json', encoding='utf-8') as f:
+    saved = json.load(f)
+  assert saved['generation'] == {'examples': 4, 'decoding': 'greedy'}
+  assert 0 <= saved['metrics']['token_f1'] <= 100
