@@ -20,6 +20,7 @@ through a split with the last one padded by rows of weight 0. Generation
 """
 
 import dataclasses
+from typing import Callable
 
 import grain
 import numpy as np
@@ -42,7 +43,7 @@ class TextPairData:
   token_bytes: np.ndarray
   metrics: tuple[str, ...]  # what generation is scored by (lm/metrics.py)
   source: dict  # split -> random-access source of the raw examples
-  encode_source: callable  # text -> the ids a model is given to continue
+  encode_source: Callable[[str], list[int]]  # source text -> model input ids
   train_examples: int  # in this process's shard
 
   def pairs(self, split: str) -> list[tuple[str, str]]:
