@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import ml_collections
 import pytest
 
 from tests.conftest import ROOT, tiny_config
@@ -23,7 +24,7 @@ def overrides(config):
   flags = ['--config=configs/default.py']
   for section in ('model', 'data', 'optim', 'train', 'sample'):
     for key, value in config[section].items():
-      if not isinstance(value, tuple):
+      if not isinstance(value, (tuple, ml_collections.ConfigDict)):
         flags.append(f'--config.{section}.{key}={value}')
   return flags
 
