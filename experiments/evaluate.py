@@ -12,6 +12,7 @@ DIR/eval/<dataset>_<split>.json and prints a Markdown table.
 
 from absl import flags
 
+from configs import base
 from experiments import cli
 from lm import evaluation
 
@@ -32,7 +33,8 @@ def main(argv):
   cli.setup_jax()
   result = evaluation.evaluate_workdir(
       _WORKDIR.value, _SPLIT.value,
-      {'beam_size': _BEAM_SIZE.value, 'max_examples': _MAX_EXAMPLES.value})
+      {'beam_size': _BEAM_SIZE.value, 'max_examples': _MAX_EXAMPLES.value},
+      base.get_base_config())
   print(evaluation.markdown_table(result))
   print(f'Wrote {result["path"]}')
 

@@ -16,6 +16,7 @@ from absl import flags
 from ml_collections import config_flags
 import tensorboardX
 
+from configs import base
 from experiments import cli
 from lm import checkpoint
 from lm import decode
@@ -47,7 +48,8 @@ def main(argv):
   print('final: ' + ' '.join(f'val_{k}={v:.4f}' for k, v in final.items()),
         flush=True)
   if _EVALUATE.value:
-    result = evaluation.evaluate_workdir(workdir, _EVALUATE.value, {})
+    result = evaluation.evaluate_workdir(workdir, _EVALUATE.value, {},
+                                         base.get_base_config())
     print(evaluation.markdown_table(result))
     print(f'Wrote {result["path"]}', flush=True)
 

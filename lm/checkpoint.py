@@ -107,13 +107,30 @@ def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   os.replace(path + '.tmp', path)
 
 
-def load_config(workdir: str) -> ml_collections.ConfigDict:
+def load_config(workdir: str, defaults: ml_collections.ConfigDict | None = None
+                ) -> ml_collections.ConfigDict:
+  """The workdir's config; keys it lacks (added to lm after it was written)
+  are taken from `defaults` (e.g. configs/base.py), which keep old runs'
+  behaviour."""
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.exists(path):
     raise UsageError(f'{workdir} has no {CONFIG_FILE}; is it a workdir '
                      'written by experiments/train.py?')
   with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+    saved = json.load(f)
+  if defaults is None:
+    return ml_collections.ConfigDict(saved)
+  return ml_collections.ConfigDict(_fill_missing(defaults.to_dict(), saved))
+
+
+def _fill_missing(defaults: dict, saved: dict) -> dict:
+  merged = dict(saved)
+  for key, value in defaults.items():
+    if key not in merged:
+      merged[key] = value
+    elif isinstance(value, dict) and isinstance(merged[key], dict):
+      merged[key] = _fill_missing(value, merged[key])
+  return merged
 
 
 @dataclasses.dataclass

@@ -12,6 +12,7 @@ import json
 import os
 from typing import Any
 
+import ml_collections
 import numpy as np
 
 from lm import checkpoint
@@ -64,13 +65,15 @@ def score_generation(metric_names, predictions, references) -> dict:
   return scores
 
 
-def evaluate_workdir(workdir: str, split: str, eval_overrides: dict
+def evaluate_workdir(workdir: str, split: str, eval_overrides: dict,
+                     defaults: ml_collections.ConfigDict | None = None
                      ) -> dict:
   """Scores the workdir's latest checkpoint on `split` of its own task.
 
+  `defaults` (configs/base.py) fills config keys an older workdir lacks.
   Writes <workdir>/eval/<dataset>_<split>.json and returns what it wrote.
   """
-  config = checkpoint.load_config(workdir)
+  config = checkpoint.load_config(workdir, defaults)
   eval_config = config.evaluate
   eval_config.update({k: v for k, v in eval_overrides.items()
                       if v is not None})

@@ -1,5 +1,6 @@
 """Training: the loss falls, and a resumed run equals an uninterrupted one."""
 
+import json
 import os
 
 import jax
@@ -127,3 +128,18 @@ def test_no_room_for_the_mask_token_is_refused(tiny, tmp_path):
   tiny.data.objective = 'masked'
   with pytest.raises(UsageError, match='at least 261'):
     train.train_and_evaluate(tiny, str(tmp_path))
+
+
+def test_config_of_an_older_workdir_gets_the_keys_added_since(tmp_path):
+  from configs import base  # pylint: disable=g-import-not-at-top
+  old = base.get_base_config().to_dict()
+  del old['privacy']
+  del old['data']['augment']
+  old['model']['d_model'] = 64
+  with open(tmp_path / checkpoint.CONFIG_FILE, 'w') as f:
+    json.dump(old, f)
+  assert 'privacy' not in checkpoint.load_config(str(tmp_path))
+  config = checkpoint.load_config(str(tmp_path), base.get_base_config())
+  assert config.privacy.dp_sgd is False
+  assert config.data.augment.synonym == 0.0
+  assert config.model.d_model == 64  # what was saved wins
