@@ -7,7 +7,7 @@ classes such as noun.animal or verb.motion), with a small encoder.
 
 The `small` encoder of configs/sentiment.py (4 layers, width 192, mean
 pooling) with a SentencePiece BPE of 4096 tokens trained on the glosses;
-300 steps of 64 glosses. The result on a 2-core CPU is in README.md.
+300 steps of 64 glosses. Not yet run to the end on the 2-core CPU.
 """
 
 from configs import sentiment

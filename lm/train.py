@@ -138,6 +138,13 @@ class Trainer:
     self.config = config
     self.model_config = models.ModelConfig.from_config(config.model)
     self.model = models.build_model(self.model_config)
+    longest = max(config.data.seq_len, config.data.target_len)
+    limit = self.model_config.context_limit
+    if limit is not None and longest > limit:
+      raise UsageError(
+          f'data.seq_len/target_len ({longest} tokens) exceed model.max_len='
+          f'{limit}, the size of the learned position table; raise '
+          'model.max_len or shorten the data')
     if config.data.objective == 'classify':
       self.data = classification.make_classification_data(config.data)
       self._check_classifier()

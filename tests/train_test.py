@@ -143,3 +143,9 @@ def test_config_of_an_older_workdir_gets_the_keys_added_since(tmp_path):
   assert config.privacy.dp_sgd is False
   assert config.data.augment.synonym == 0.0
   assert config.model.d_model == 64  # what was saved wins
+
+
+def test_sequences_longer_than_the_position_table_are_refused(tiny):
+  tiny.data.seq_len = 65  # tiny's learned positions stop at 64
+  with pytest.raises(UsageError, match='exceed model.max_len=64'):
+    train.Trainer(tiny)
