@@ -80,12 +80,17 @@ def complete(model_config: models.ModelConfig, params: Any, tokenizer,
 
 def generate(model: nn.Module, params: Any, prompts: list[list[int]], *,
              sampling: SamplingConfig, rng: jax.Array, eos_id: int | None,
-             pad_id: int = 0, max_len: int | None = None) -> list[list[int]]:
-  """Continues each prompt; returns the new tokens of each (EOS excluded)."""
+             pad_id: int = 0, max_len: int | None = None,
+             prompt_len: int | None = None) -> list[list[int]]:
+  """Continues each prompt; returns the new tokens of each (EOS excluded).
+
+  Prompts are padded to the longest, or to `prompt_len` (a fixed shape that
+  batch after batch reuses one compiled program).
+  """
   sampling.validate()
   if not prompts or any(len(p) == 0 for p in prompts):
     raise UsageError('every prompt needs at least one token; got an empty one')
-  prompt_len = max(len(p) for p in prompts)
+  prompt_len = max(prompt_len or 0, max(len(p) for p in prompts))
   cache_len = prompt_len + sampling.max_new_tokens
   if max_len is not None and cache_len > max_len:
     raise UsageError(
@@ -161,20 +166,21 @@ def init_cache(model: nn.Module, batch: int, cache_len: int):
 
 def translate(model: nn.Module, params: Any, sources: list[list[int]], *,
               max_new_tokens: int, bos_id: int, eos_id: int, pad_id: int = 0,
-              beam_size: int = 1, length_penalty: float = 0.6
-              ) -> list[list[int]]:
+              beam_size: int = 1, length_penalty: float = 0.6,
+              source_len: int | None = None) -> list[list[int]]:
   """Writes a target for each source with an encoder-decoder model.
 
   Beam search keeps `beam_size` hypotheses per source (1 is greedy) and
   returns the one with the best log-probability divided by GNMT's length
   penalty ((5 + length) / 6) ** length_penalty; EOS is not returned.
+  Sources are padded to the longest, or to `source_len` (a fixed shape).
   """
   if beam_size < 1 or max_new_tokens < 1:
     raise UsageError(f'beam_size and max_new_tokens must be >= 1, got '
                      f'{beam_size} and {max_new_tokens}')
   if not sources or any(len(s) == 0 for s in sources):
     raise UsageError('every source needs at least one token; got an empty one')
-  source_len = max(len(s) for s in sources)
+  source_len = max(source_len or 0, max(len(s) for s in sources))
   tokens_BS = np.full((len(sources), source_len), pad_id, np.int32)
   mask_BS = np.zeros((len(sources), source_len), bool)
   for row, source in enumerate(sources):

@@ -36,24 +36,30 @@ def generate_texts(trainer: train.Trainer, params: Any, sources: list[str],
   data, model = trainer.data, trainer.model
   tokenizer = data.tokenizer
   target_len = text_pairs.check_lengths(trainer.config.data)
+  seq_len, size = trainer.config.data.seq_len, eval_config.batch_size
   outputs = []
-  for start in range(0, len(sources), eval_config.batch_size):
-    batch = [data.encode_source(s) for s in
-             sources[start:start + eval_config.batch_size]]
+  for start in range(0, len(sources), size):
+    chunk = sources[start:start + size]
+    batch = [data.encode_source(s) for s in chunk]
+    # Every batch has the same shape, so decoding compiles once: the last
+    # is filled with copies of its first row, and inputs padded to full
+    # length.
+    batch += batch[:1] * (size - len(batch))
     if data.objective == 'seq2seq':
       tokens = decode.translate(
           model, params, batch, max_new_tokens=target_len,
           bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id,
           pad_id=tokenizer.pad_id, beam_size=eval_config.beam_size,
-          length_penalty=eval_config.length_penalty)
+          length_penalty=eval_config.length_penalty, source_len=seq_len)
     else:
       tokens = decode.generate(
           model, params, batch,
           sampling=decode.SamplingConfig(max_new_tokens=target_len,
                                          temperature=0.0),
           rng=np.zeros(2, np.uint32), eos_id=tokenizer.eos_id,
-          pad_id=tokenizer.pad_id, max_len=trainer.model_config.context_limit)
-    outputs += [tokenizer.decode(t).strip() for t in tokens]
+          pad_id=tokenizer.pad_id, max_len=trainer.model_config.context_limit,
+          prompt_len=seq_len - target_len)
+    outputs += [tokenizer.decode(t).strip() for t in tokens[:len(chunk)]]
   return outputs
 
 
