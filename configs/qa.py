@@ -11,7 +11,8 @@ The imported model (configs/llama.py:smollm2_135m) is fine-tuned on
 (data.objective='instruct'); evaluation continues each test prompt greedily.
 Preset `scratch` trains the same recipe on a small decoder from random
 weights, which cannot know the facts: the gap is what pretraining carries.
-The results on a 2-core CPU are in README.md.
+Test exact match / token F1 on a 2-core CPU: smollm2 69.57 / 72.07,
+scratch 6.52 / 6.79 (92 questions).
 """
 
 from configs import base

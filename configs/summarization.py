@@ -9,7 +9,9 @@ tied rescaled head) at CPU size: 3 + 3 layers, width 256, 4 heads, MLP of
 1024; one SentencePiece BPE of 8000 tokens trained on code and summaries;
 functions cut to their first 128 tokens (the signature and the start of
 the body), summaries to 32; 400 steps of 32. Evaluation decodes the test
-split with beam search (beam 4). The result on a 2-core CPU is in README.md.
+split with beam search (beam 4). On a 2-core CPU this budget is too small:
+validation loss 6.21 nats/token, test ROUGE-L 3.46 greedy and 0.00 with
+beam 4, which prefers the empty summary (README.md).
 """
 
 from configs import base
