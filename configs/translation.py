@@ -9,7 +9,9 @@ A pre-LN Transformer with sinusoidal positions (3 + 3 layers, width 256,
 4 heads, ReLU MLP of 1024, scaled and tied embeddings), one SentencePiece
 BPE of 8000 tokens trained on both languages, verses cut to 64 tokens;
 AdamW, batch 32. Evaluation decodes the test split with beam search (beam
-4, length penalty 0.6). The result on a 2-core CPU is in README.md.
+4, length penalty 0.6). On a 2-core CPU, 1,000 steps reach validation loss
+4.14 nats/token and test BLEU 2.68 / chrF 13.99: too few to translate
+(README.md).
 """
 
 from configs import base
