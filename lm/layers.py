@@ -188,7 +188,8 @@ class Attention(nn.Module):
   own positions, so prefill and one-token steps share this code and prompts
   of different lengths share a batch. `score_bias(query_positions_BL,
   key_positions_BS)` returns a [B, N, L, S] term added to the scores (T5's
-  relative positions; called with the cache's positions when decoding); `scale_queries=False` drops the 1/sqrt(H)
+  relative positions; called with the cache's positions when decoding);
+  `scale_queries=False` drops the 1/sqrt(H)
   factor, which T5 folds into its initialization instead.
   """
 

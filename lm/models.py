@@ -270,8 +270,8 @@ def _padding_mask(valid_BS, query_len: int):
                           (valid_BS.shape[0], query_len, valid_BS.shape[1]))
 
 
-def classification_logits(c: ModelConfig, x_BLD, padding_mask_BL, deterministic: bool,
-              first=None):
+def classification_logits(c: ModelConfig, x_BLD, padding_mask_BL,
+                          deterministic: bool, first=None):
   """Class logits from one vector per sequence (see ModelConfig.pooling)."""
   if padding_mask_BL is None:
     padding_mask_BL = jnp.ones(x_BLD.shape[:2], bool)
