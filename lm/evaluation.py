@@ -35,7 +35,7 @@ def generate_texts(trainer: train.Trainer, params: Any, sources: list[str],
   """The model's output text for each source, in batches."""
   data, model = trainer.data, trainer.model
   tokenizer = data.tokenizer
-  target_len = text_pairs.check_lengths(trainer.config.data)
+  target_len = data.target_len
   seq_len, size = trainer.config.data.seq_len, eval_config.batch_size
   outputs = []
   for start in range(0, len(sources), size):

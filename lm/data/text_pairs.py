@@ -42,13 +42,14 @@ class TextPairData:
   evaluation: dict[str, grain.MapDataset]
   token_bytes: np.ndarray
   metrics: tuple[str, ...]  # what generation is scored by (lm/metrics.py)
-  source: dict  # split -> random-access source of the raw examples
+  raw_examples: dict  # split -> random-access source of the raw examples
   encode_source: Callable[[str], list[int]]  # source text -> model input ids
   train_examples: int  # in this process's shard
+  target_len: int  # the most target tokens trained on, and generated
 
   def pairs(self, split: str) -> list[tuple[str, str]]:
     return [(ex['source'].decode('utf-8'), ex['target'].decode('utf-8'))
-            for ex in self.source[split]]
+            for ex in self.raw_examples[split]]
 
 
 def seq2seq_example(source_ids, target_ids, *, bos_id: int, eos_id: int,
@@ -114,31 +115,34 @@ def make_text_pair_data(data_config, *, process_index: int = 0,
                                      data_config.vocab_size)
   seq_len, objective = data_config.seq_len, data_config.objective
 
+  def source_ids(text: str) -> list[int]:
+    """The source's tokens, or the decoder prompt's, before truncation."""
+    if objective == 'seq2seq':
+      return tokenizer.encode(text)
+    return tokenizer.encode(data_config.prompt.replace('{source}', text))
+
   def encode_source(text: str) -> list[int]:
     if objective == 'seq2seq':
-      return tokenizer.encode(text)[:seq_len - 1] + [tokenizer.eos_id]
+      return source_ids(text)[:seq_len - 1] + [tokenizer.eos_id]
     # Room for target_len new tokens within the model's seq_len positions.
-    prompt = tokenizer.encode(data_config.prompt.replace('{source}', text))
-    return prompt[-(seq_len - target_len):]
+    return source_ids(text)[-(seq_len - target_len):]
 
   def encode(example):
-    source = example['source'].decode('utf-8')
+    ids = source_ids(example['source'].decode('utf-8'))
     target = tokenizer.encode(example['target'].decode('utf-8'))
     if objective == 'seq2seq':
       return seq2seq_example(
-          tokenizer.encode(source), target, bos_id=tokenizer.bos_id,
-          eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id, seq_len=seq_len,
-          target_len=target_len)
-    prompt = tokenizer.encode(data_config.prompt.replace('{source}', source))
-    return instruct_example(prompt, target, eos_id=tokenizer.eos_id,
+          ids, target, bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id,
+          pad_id=tokenizer.pad_id, seq_len=seq_len, target_len=target_len)
+    return instruct_example(ids, target, eos_id=tokenizer.eos_id,
                             pad_id=tokenizer.pad_id, seq_len=seq_len,
                             target_len=target_len)
 
-  source = {split: datasets.documents(builder, split)
-            for split in sources.SPLITS if split in builder.info.splits}
+  raw = {split: datasets.documents(builder, split)
+         for split in sources.SPLITS if split in builder.info.splits}
 
   def encoded(split):
-    return grain.MapDataset.source(source[split])[
+    return grain.MapDataset.source(raw[split])[
         process_index::process_count].map(encode)
 
   train = (encoded('train').shuffle(data_config.shuffle_seed).repeat()
@@ -146,7 +150,7 @@ def make_text_pair_data(data_config, *, process_index: int = 0,
   evaluation = {
       split: encoded(split).batch(data_config.eval_batch_size).map(
           lambda b: pipeline.pad_batch(b, data_config.eval_batch_size))
-      for split in source if split != 'train'}
+      for split in raw if split != 'train'}
   return TextPairData(tokenizer, objective, train, evaluation,
-                      tokenizer.token_bytes(), type(builder).METRICS, source,
-                      encode_source, len(encoded('train')))
+                      tokenizer.token_bytes(), type(builder).METRICS, raw,
+                      encode_source, len(encoded('train')), target_len)
