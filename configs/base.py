@@ -21,7 +21,10 @@ def get_base_config() -> ml_collections.ConfigDict:
       type_vocab_size=0, pooler=False, mlm_head=True, num_classes=0,
       pooling='first', tie_embeddings=True,
       rescale_tied_head=False, use_bias=True, dropout_rate=0.0,
-      init_std=0.02, dtype='float32', param_dtype='float32'))
+      init_std=0.02, dtype='float32', param_dtype='float32',
+      scan_layers=False, remat='none', num_experts=0, experts_per_token=2,
+      expert_capacity_factor=1.25, moe_every=1, router_aux_loss=0.01,
+      router_z_loss=0.001))
 
   config.data = ml_collections.ConfigDict(dict(
       name='shakespeare',
@@ -49,7 +52,12 @@ def get_base_config() -> ml_collections.ConfigDict:
 
   config.train = ml_collections.ConfigDict(dict(
       num_steps=1000, seed=0, log_every=50, eval_every=500,
-      checkpoint_every=500, keep_checkpoints=3))
+      checkpoint_every=500, keep_checkpoints=3, grad_accum_steps=1))
+
+  # Devices as a data x fsdp x tensor x expert mesh (lm/sharding.py); -1
+  # takes the devices the other axes leave, so the default is data
+  # parallelism over every device.
+  config.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1, 1, 1)))
 
   # A workdir (trained or imported) whose params start this run; parameters
   # the model has and it lacks (a classification head) start fresh.

@@ -64,6 +64,27 @@ def setup_jax() -> None:
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
 
 
+def initialize_distributed(coordinator_address: str,
+                           num_processes: int | None,
+                           process_id: int | None) -> None:
+  """jax.distributed.initialize, with one clear error for a bad setup."""
+  import jax  # pylint: disable=g-import-not-at-top
+  if coordinator_address and (num_processes is None or process_id is None):
+    fail('--coordinator_address needs --num_processes and --process_id')
+  if num_processes is not None and not (
+      num_processes >= 1 and process_id is not None
+      and 0 <= process_id < num_processes):
+    fail(f'--process_id={process_id} must be in [0, --num_processes='
+         f'{num_processes})')
+  # CPU processes exchange arrays through gloo (GPUs and TPUs use their own).
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  try:
+    jax.distributed.initialize(coordinator_address or None, num_processes,
+                               process_id)
+  except (RuntimeError, ValueError) as e:
+    fail(f'could not join the multi-process run: {e}')
+
+
 def run(main) -> None:
   """app.run(main) with one-line errors for UsageError and bad flags."""
 

@@ -5,7 +5,9 @@ r"""Continues a prompt with the latest checkpoint of a workdir.
   python -m experiments.generate --workdir=workdirs/smollm2 --chat \
       --prompt="What is the capital of France?"
 
---temperature=0 is greedy decoding. Decoding is jit-compiled: one prefill
+--temperature=0 is greedy decoding. --mesh=1,1,8 runs the model sharded
+over 8 devices with tensor parallelism (sizes of the data, fsdp, tensor,
+expert axes; see lm/sharding.py). Decoding is jit-compiled: one prefill
 call over the prompt, then a KV-cache loop of one token per step. --chat
 wraps the prompt as a user message in the instruct model's chat template
 (imported with its tokenizer) and prints the assistant's reply.
@@ -16,6 +18,7 @@ from absl import flags
 from experiments import cli
 from lm import checkpoint
 from lm import decode
+from lm import sharding
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A workdir written by '
                                'experiments/train.py.', required=True)
@@ -28,6 +31,9 @@ _TOP_K = flags.DEFINE_integer('top_k', 0, 'Sample among the k most likely '
                               'tokens; 0 disables.')
 _TOP_P = flags.DEFINE_float('top_p', 1.0, 'Nucleus sampling mass; 1 disables.')
 _SEED = flags.DEFINE_integer('seed', 0, 'Sampling seed.')
+_MESH = flags.DEFINE_list(
+    'mesh', [], 'Device mesh sizes (data,fsdp,tensor,expert), e.g. 1,1,8 '
+    'for tensor parallelism over 8 devices; empty: one device.')
 _CHAT = flags.DEFINE_bool('chat', False, "Apply the model's chat template to "
                           'the prompt (instruct models).')
 
@@ -51,9 +57,17 @@ def main(argv):
                'models do); drop --chat')
     prompt = restored.tokenizer.apply_chat_template(
         [{'role': 'user', 'content': prompt}])
+  mesh = None
+  if _MESH.value:
+    try:
+      shape = [int(size) for size in _MESH.value]
+    except ValueError:
+      cli.fail(f'--mesh={",".join(_MESH.value)} must be integers, e.g. '
+               '--mesh=1,1,8')
+    mesh = sharding.make_mesh(shape)
   text = decode.complete(restored.model_config, restored.params,
                          restored.tokenizer, [prompt], sampling,
-                         _SEED.value)[0]
+                         _SEED.value, mesh=mesh)[0]
   print(f'[{workdir} at step {restored.step}]')
   print(text.strip() if _CHAT.value else prompt + text)
 

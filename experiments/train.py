@@ -8,11 +8,19 @@ orbax checkpoints and TensorBoard files in --workdir, prints samples, and
 ends with the final validation metrics (val_bits_per_byte=...). With
 --evaluate=SPLIT it then scores the model on that split as
 experiments/evaluate.py does (generating text for text-to-text tasks).
+
+Multi-host: start the same command on every host with
+--coordinator_address=HOST:PORT --num_processes=N --process_id=I (or
+--distributed alone where a launcher's environment says it: SLURM, Open
+MPI, Cloud TPU); jax.distributed joins them into one mesh. Each process
+reads its rows of every batch, all write the checkpoint together, and the
+first one logs.
 """
 
 import os
 
 from absl import flags
+import jax
 from ml_collections import config_flags
 import tensorboardX
 
@@ -27,6 +35,16 @@ _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Config file, e.g. configs/default.py[:preset].')
 _WORKDIR = flags.DEFINE_string(
     'workdir', None, 'Where checkpoints, logs and samples go.', required=True)
+_DISTRIBUTED = flags.DEFINE_bool(
+    'distributed', False, 'Join a multi-process run (jax.distributed); with '
+    'no --coordinator_address, the launcher environment says where.')
+_COORDINATOR = flags.DEFINE_string(
+    'coordinator_address', '', 'HOST:PORT of process 0 in a multi-process '
+    'run (implies --distributed).')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None,
+                                      'Processes in a multi-process run.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None,
+                                   "This process's index in [0, N).")
 _EVALUATE = flags.DEFINE_string(
     'evaluate', '', "After training, evaluate on this split ('validation' or "
     "'test') as experiments/evaluate.py does.")
@@ -38,11 +56,23 @@ def main(argv):
   cli.setup_jax()
   config = cli.get_config(_CONFIG)
   workdir = _WORKDIR.value
-  print(config, flush=True)
+  if _DISTRIBUTED.value or _COORDINATOR.value:
+    cli.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
+                               _PROCESS_ID.value)
+    if _EVALUATE.value:
+      cli.fail('--evaluate runs on one process; run experiments/evaluate.py '
+               'after the multi-process run')
+  primary = jax.process_index() == 0
+  if primary:
+    print(config, flush=True)
   final = train.train_and_evaluate(
       config, workdir, log=lambda line: print(line, flush=True))
+  if not primary:
+    return
   # Only causal language models continue free text.
-  if config.data.objective == 'causal':
+  if jax.process_count() > 1:
+    print('(samples: run experiments/generate.py on one process)')
+  elif config.data.objective == 'causal':
     for prompt, text in sample(config, workdir):
       print(f'--- sample ---\n{prompt}{text}', flush=True)
   print('final: ' + ' '.join(f'val_{k}={v:.4f}' for k, v in final.items()),

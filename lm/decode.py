@@ -7,6 +7,7 @@ feeds one token per row per step until every row has produced EOS or
 `max_new_tokens` tokens.
 """
 
+import contextlib
 import dataclasses
 import functools
 from typing import Any
@@ -17,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lm import models
+from lm import sharding
 from lm.errors import UsageError
 
 
@@ -62,19 +64,32 @@ def sample_logits(logits_BV, rng, sampling: SamplingConfig):
 
 
 def complete(model_config: models.ModelConfig, params: Any, tokenizer,
-             prompts: list[str], sampling: SamplingConfig, seed: int = 0
-             ) -> list[str]:
-  """Text in, text out: each prompt's continuation (without the prompt)."""
+             prompts: list[str], sampling: SamplingConfig, seed: int = 0,
+             mesh: jax.sharding.Mesh | None = None) -> list[str]:
+  """Text in, text out: each prompt's continuation (without the prompt).
+
+  With a `mesh` the parameters are laid out on it as in training (tensor
+  parallelism splits heads and MLP units over its 'tensor' axis) and the
+  compiled decode runs on all its devices.
+  """
   if model_config.family != 'decoder':
     raise UsageError(f'sampling continues text with decoder-only models; '
                      f'this is a {model_config.family} model')
   if any(not p for p in prompts):
     raise UsageError('a prompt is empty; give some text to continue')
-  new_tokens = generate(
-      models.build_model(model_config), params,
-      [tokenizer.encode(p) for p in prompts], sampling=sampling,
-      rng=jax.random.PRNGKey(seed), eos_id=tokenizer.eos_id,
-      pad_id=tokenizer.pad_id, max_len=model_config.context_limit)
+  model = models.build_model(model_config)
+  context = contextlib.nullcontext()
+  if mesh is not None:
+    sharding.check_batch(len(prompts), mesh, 'the number of prompts')
+    params = jax.device_put(params, sharding.logical_shardings(
+        models.logical_abstract_params(model), mesh))
+    context = sharding.activation_rules(mesh)
+  with context:
+    new_tokens = generate(
+        model, params, [tokenizer.encode(p) for p in prompts],
+        sampling=sampling, rng=jax.random.PRNGKey(seed),
+        eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
+        max_len=model_config.context_limit)
   return [tokenizer.decode(t) for t in new_tokens]
 
 

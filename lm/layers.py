@@ -46,6 +46,41 @@ class Embed(nn.Module):
     return jnp.einsum('bld,vd->blv', x_BLD, self.embedding.astype(self.dtype))
 
 
+class HeadsDense(nn.Module):
+  """A dense layer into or out of heads: [.., D] -> [.., N, H] (`to_heads`)
+  or [.., N, H] -> [.., D].
+
+  The kernel is created in its final 3-D shape (what `nn.DenseGeneral` names
+  'kernel' and 'bias', with the same shapes), so its logical axes stay valid
+  when a mesh is set; DenseGeneral reshapes a 2-D kernel, which the sharding
+  annotation of a 3-D one rejects (flax issue 3676).
+  """
+
+  features: tuple[int, ...]
+  axes: tuple[str, ...]
+  to_heads: bool = True
+  use_bias: bool = True
+  init_std: float = 0.02
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    if self.to_heads:
+      shape, equation = (x.shape[-1],) + self.features, '...d,dnh->...nh'
+    else:
+      shape, equation = x.shape[-2:] + self.features, '...nh,nhd->...d'
+    kernel = self.param('kernel', logical(nn.initializers.normal(
+        self.init_std), self.axes), shape, self.param_dtype)
+    y = jnp.einsum(equation, x.astype(self.dtype), kernel.astype(self.dtype))
+    if self.use_bias:
+      out_axes = self.axes[1:] if self.to_heads else self.axes[-1:]
+      bias = self.param('bias', logical(nn.initializers.zeros, out_axes),
+                        self.features, self.param_dtype)
+      y += bias.astype(self.dtype)
+    return y
+
+
 def make_norm(kind: str, eps: float, dtype: Dtype, param_dtype: Dtype,
               name: str) -> nn.Module:
   """LayerNorm (scale and bias) or RMSNorm (scale only)."""
@@ -211,11 +246,10 @@ class Attention(nn.Module):
     d_model = x_BLD.shape[-1]
 
     def project(x, heads, axes, name):
-      return nn.DenseGeneral(
-          (heads, self.head_dim), use_bias=self.use_bias, dtype=self.dtype,
-          param_dtype=self.param_dtype,
-          kernel_init=logical(nn.initializers.normal(self.init_std), axes),
-          bias_init=logical(nn.initializers.zeros, axes[1:]), name=name)(x)
+      return HeadsDense(
+          (heads, self.head_dim), axes, use_bias=self.use_bias,
+          init_std=self.init_std, dtype=self.dtype,
+          param_dtype=self.param_dtype, name=name)(x)
 
     source_BSD = x_BLD if kv_BSD is None else kv_BSD
     q_BLNH = project(x_BLD, self.num_heads, ('embed', 'heads', 'head_dim'),
@@ -247,13 +281,10 @@ class Attention(nn.Module):
         scale=None if self.scale_queries else 1.0)
     out_BLNH = nn.with_logical_constraint(
         out_BLNH, ('batch', 'length', 'heads', 'head_dim'))
-    return nn.DenseGeneral(
-        d_model, axis=(-2, -1), use_bias=self.use_bias, dtype=self.dtype,
-        param_dtype=self.param_dtype,
-        kernel_init=logical(nn.initializers.normal(self.out_init_std),
-                            ('heads', 'head_dim', 'embed')),
-        bias_init=logical(nn.initializers.zeros, ('embed',)),
-        name='out')(out_BLNH)
+    return HeadsDense(
+        (d_model,), ('heads', 'head_dim', 'embed'), to_heads=False,
+        use_bias=self.use_bias, init_std=self.out_init_std, dtype=self.dtype,
+        param_dtype=self.param_dtype, name='out')(out_BLNH)
 
   def _update_cache(self, k_BLKH, v_BLKH, positions_BL):
     """Writes this call's keys/values at each row's positions; returns all.

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from lm import layers
+from lm import moe
 from lm.errors import UsageError
 
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16,
@@ -26,7 +27,12 @@ _CHOICES = {
     'pooling': ('first', 'mean', 'last'),
     'dtype': tuple(_DTYPES),
     'param_dtype': tuple(_DTYPES),
+    'remat': ('none', 'full', 'dots'),
 }
+# What a rematerialized block keeps from the forward pass for the backward:
+# nothing ('full': it is recomputed), or the matmul results ('dots').
+_REMAT_POLICIES = {'full': None,
+                   'dots': jax.checkpoint_policies.checkpoint_dots}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,8 +81,22 @@ class ModelConfig:
   use_bias: bool = True
   dropout_rate: float = 0.0
   init_std: float = 0.02
+  # Compute dtype and the dtype parameters (and the optimizer) keep:
+  # dtype='bfloat16' with param_dtype='float32' is mixed precision.
   dtype: str = 'float32'
   param_dtype: str = 'float32'
+  # Memory: one block compiled once and scanned over the layers (parameters
+  # get a leading 'layers' axis), and recomputing blocks in the backward pass.
+  scan_layers: bool = False
+  remat: str = 'none'
+  # Mixture of experts (lm/moe.py) in place of the MLP of every
+  # `moe_every`-th block (0 experts: none).
+  num_experts: int = 0
+  experts_per_token: int = 2
+  expert_capacity_factor: float = 1.25
+  moe_every: int = 1
+  router_aux_loss: float = 0.01
+  router_z_loss: float = 0.001
 
   @property
   def kv_heads(self) -> int:
@@ -150,6 +170,26 @@ class ModelConfig:
                        'model.relative_max_distance above half of it; got '
                        f'{self.relative_buckets} and '
                        f'{self.relative_max_distance}')
+    if self.num_experts < 0 or self.num_experts == 1:
+      raise UsageError(f'model.num_experts must be 0 (no experts) or >= 2, '
+                       f'got {self.num_experts}')
+    if self.num_experts and not (
+        1 <= self.experts_per_token <= self.num_experts
+        and self.expert_capacity_factor > 0 and self.moe_every >= 1):
+      raise UsageError(
+          f'model.experts_per_token={self.experts_per_token} must be in [1, '
+          f'num_experts={self.num_experts}], expert_capacity_factor '
+          f'({self.expert_capacity_factor}) positive and moe_every '
+          f'({self.moe_every}) >= 1')
+    if self.scan_layers and self.num_experts and self.moe_every != 1:
+      raise UsageError('model.scan_layers repeats one block, but '
+                       f'model.moe_every={self.moe_every} mixes two kinds; '
+                       'set model.moe_every=1 or model.scan_layers=False')
+    if (self.scan_layers or self.remat != 'none') and (
+        self.position == 'relative'):
+      raise UsageError("model.scan_layers and model.remat do not support "
+                       "position='relative' (its bias table is shared by "
+                       "the blocks); set scan_layers=False, remat='none'")
     if not 0.0 <= self.dropout_rate < 1.0:
       raise UsageError(f'model.dropout_rate must be in [0, 1), got '
                        f'{self.dropout_rate}')
@@ -160,17 +200,24 @@ class TransformerBlock(nn.Module):
 
   Each sub-layer has a residual and a norm, before it ('pre', GPT-2, Llama,
   T5) or after the residual sum ('post', the original Transformer, BERT).
+  The feed-forward is a mixture of experts when `moe` is set. Arguments are
+  positional and flags are fields, as `nn.scan` and `nn.remat` need; a
+  scanned block returns (output, None), the carry and a scan output.
   """
 
   config: ModelConfig
   causal: bool = True
   cross_attention: bool = False
+  moe: bool = False
+  deterministic: bool = True
+  decode: bool = False
+  scanned: bool = False
 
   @nn.compact
-  def __call__(self, x_BLD, positions_BL, *, mask_BLS=None, score_bias=None,
-               encoded_BSD=None, cross_mask_BLS=None, deterministic: bool,
-               decode: bool):
+  def __call__(self, x_BLD, positions_BL, mask_BLS=None, encoded_BSD=None,
+               cross_mask_BLS=None, score_bias=None):
     c = self.config
+    deterministic = self.deterministic
     dtype, param_dtype = _DTYPES[c.dtype], _DTYPES[c.param_dtype]
     # GPT-2 scales the residual projections by 1/sqrt(2 * num_layers).
     out_std = c.init_std / (2 * c.num_layers) ** 0.5
@@ -199,18 +246,28 @@ class TransformerBlock(nn.Module):
                                self.causal)
     x_BLD = residual(x_BLD, lambda h: self_attention(
         h, positions_BL, mask_BLS=mask_BLS, score_bias=score_bias,
-        decode=decode), 'attention_norm')
+        decode=self.decode), 'attention_norm')
     if self.cross_attention:
       cross = attention('cross_attention', False, False)
       x_BLD = residual(x_BLD, lambda h: cross(
           h, positions_BL, kv_BSD=encoded_BSD, mask_BLS=cross_mask_BLS),
                        'cross_attention_norm')
-    mlp = layers.Mlp(
-        d_ff=c.d_ff, activation=c.activation, gated=c.gated_mlp,
-        use_bias=c.use_bias, init_std=c.init_std, out_init_std=out_std,
-        dtype=dtype, param_dtype=param_dtype, name='mlp')
+    if self.moe:
+      mlp = moe.MoeMlp(
+          num_experts=c.num_experts, experts_per_token=c.experts_per_token,
+          capacity_factor=c.expert_capacity_factor, d_ff=c.d_ff,
+          activation=c.activation, gated=c.gated_mlp, init_std=c.init_std,
+          out_init_std=out_std, aux_loss_weight=c.router_aux_loss,
+          z_loss_weight=c.router_z_loss, dtype=dtype,
+          param_dtype=param_dtype, name='moe')
+    else:
+      mlp = layers.Mlp(
+          d_ff=c.d_ff, activation=c.activation, gated=c.gated_mlp,
+          use_bias=c.use_bias, init_std=c.init_std, out_init_std=out_std,
+          dtype=dtype, param_dtype=param_dtype, name='mlp')
     x_BLD = residual(x_BLD, lambda h: mlp(h, deterministic), 'mlp_norm')
-    return nn.with_logical_constraint(x_BLD, ('batch', 'length', 'embed'))
+    x_BLD = nn.with_logical_constraint(x_BLD, ('batch', 'length', 'embed'))
+    return (x_BLD, None) if self.scanned else x_BLD
 
 
 def _run_stack(module: nn.Module, c: ModelConfig, x_BLD, positions_BL, *,
@@ -219,7 +276,8 @@ def _run_stack(module: nn.Module, c: ModelConfig, x_BLD, positions_BL, *,
   """Positions, blocks and final norm, as submodules of `module`.
 
   Called from a compact method, so every family names its parameters the same
-  way: position_embed, embed_norm, relative_bias, block_{i}, final_norm.
+  way: position_embed, embed_norm, relative_bias, block_{i} (or blocks, with
+  a leading layer axis, when scanned), final_norm.
   """
   dtype, param_dtype = _DTYPES[c.dtype], _DTYPES[c.param_dtype]
   if c.scale_embeddings:
@@ -245,13 +303,26 @@ def _run_stack(module: nn.Module, c: ModelConfig, x_BLD, positions_BL, *,
         num_buckets=c.relative_buckets,
         max_distance=c.relative_max_distance, init_std=c.init_std,
         dtype=dtype, param_dtype=param_dtype, name='relative_bias')
-  for i in range(num_layers):
-    x_BLD = TransformerBlock(
-        c, causal=causal, cross_attention=encoded_BSD is not None,
-        name=f'block_{i}')(
-            x_BLD, positions_BL, mask_BLS=mask_BLS, score_bias=score_bias,
-            encoded_BSD=encoded_BSD, cross_mask_BLS=cross_mask_BLS,
-            deterministic=deterministic, decode=decode)
+  block_args = (positions_BL, mask_BLS, encoded_BSD, cross_mask_BLS)
+  flags = dict(causal=causal, cross_attention=encoded_BSD is not None,
+               deterministic=deterministic, decode=decode)
+  block = TransformerBlock
+  if c.remat != 'none':
+    block = nn.remat(block, policy=_REMAT_POLICIES[c.remat])
+  if c.scan_layers:
+    # One block traced and compiled once; params[blocks] stacks the layers.
+    x_BLD, _ = nn.scan(
+        block, variable_axes={'params': 0, 'cache': 0, 'aux': 0},
+        split_rngs={'params': True, 'dropout': True},
+        in_axes=(nn.broadcast,) * len(block_args), length=num_layers,
+        metadata_params={nn.PARTITION_NAME: 'layers'})(
+            c, moe=c.num_experts > 0, scanned=True, name='blocks', **flags)(
+                x_BLD, *block_args)
+  else:
+    for i in range(num_layers):
+      x_BLD = block(c, moe=c.num_experts > 0 and (i + 1) % c.moe_every == 0,
+                    name=f'block_{i}', **flags)(x_BLD, *block_args,
+                                                score_bias)
   if c.norm_position == 'pre':
     x_BLD = layers.make_norm(c.norm, c.norm_eps, dtype, param_dtype,
                              'final_norm')(x_BLD)
@@ -494,16 +565,27 @@ def model_inputs(model: nn.Module, batch: dict) -> dict:
           if key in batch}
 
 
+def _example_inputs(model: nn.Module, seq_len: int) -> dict:
+  tokens = jnp.zeros((1, seq_len), jnp.int32)
+  return model_inputs(model, {'inputs': tokens, 'encoder_inputs': tokens})
+
+
 def init_params(model: nn.Module, rng: jax.Array, seq_len: int = 8) -> Any:
   """Fresh parameters as a plain pytree (logical-axis boxes removed)."""
-  tokens = jnp.zeros((1, seq_len), jnp.int32)
-  batch = {'inputs': tokens, 'encoder_inputs': tokens}
-  return nn.unbox(model.init(rng, **model_inputs(model, batch))['params'])
+  return nn.unbox(model.init(rng, **_example_inputs(model, seq_len))[
+      'params'])
+
+
+def logical_abstract_params(model: nn.Module) -> Any:
+  """Shapes of the parameters in `nn.Partitioned` boxes that name their
+  logical axes (what lm/sharding.py turns into shardings)."""
+  return jax.eval_shape(lambda: model.init(
+      jax.random.key(0), **_example_inputs(model, 8))['params'])
 
 
 def abstract_params(model: nn.Module) -> Any:
   """Shapes and dtypes of the parameters, without allocating them."""
-  return jax.eval_shape(lambda: init_params(model, jax.random.key(0)))
+  return nn.unbox(logical_abstract_params(model))
 
 
 def count_params(params: Any) -> int:

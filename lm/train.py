@@ -15,9 +15,11 @@ import os
 import time
 from typing import Any, Callable
 
+import flax.linen as nn
 import flax.struct
 import flax.traverse_util
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -29,6 +31,7 @@ from lm import metrics
 from lm import models
 from lm import optim
 from lm import privacy
+from lm import sharding
 from lm.data import classification
 from lm.data import objectives
 from lm.data import pipeline
@@ -52,11 +55,21 @@ class TrainState:
 # ----------------------------------------------------------------- steps ----
 
 
+def forward(model, params, batch, **kwargs):
+  """The model's outputs on a batch, and the auxiliary values its layers
+  sowed in the 'aux' collection (lm/moe.py: router losses, expert load)."""
+  return model.apply({'params': params}, **models.model_inputs(model, batch),
+                     mutable=['aux'], **kwargs)
+
+
 def batch_sums(model, params, batch, token_bytes_V=None, **kwargs):
   """Loss sums of one batch: per target token for the language-modelling
   objectives, per sequence for classification (batches with a 'label')."""
-  outputs = model.apply({'params': params},
-                        **models.model_inputs(model, batch), **kwargs)
+  return _sums(forward(model, params, batch, **kwargs)[0], batch,
+               token_bytes_V)
+
+
+def _sums(outputs, batch, token_bytes_V=None):
   if 'label' in batch:
     return metrics.classification_sums(outputs, batch['label'],
                                        batch['weights'])
@@ -65,40 +78,103 @@ def batch_sums(model, params, batch, token_bytes_V=None, **kwargs):
 
 
 def train_step(state: TrainState, batch, *, model, optimizer, schedule,
-               per_example: bool = False):
+               per_example: bool = False, accum_steps: int = 1):
   """One optimizer update on a batch (see lm/data: pipeline, classification).
 
-  With `per_example` the optimizer gets one gradient per example (a leading
-  batch axis), as DP-SGD's aggregation (lm/privacy.py) needs.
+  The loss is the mean over the batch's weighted targets, plus the router
+  losses of mixture-of-experts layers. With `accum_steps` > 1 the batch is
+  split into that many micro-batches whose gradients are summed one after
+  another (a scan), so only a micro-batch's activations are alive at once;
+  the update equals the whole batch's. With `per_example` the optimizer
+  gets one gradient per example (a leading batch axis), as DP-SGD's
+  aggregation (lm/privacy.py) needs.
   """
   dropout_rng = jax.random.fold_in(state.rng, state.step)
 
-  def loss_fn(params, batch, rng):
-    sums = batch_sums(model, params, batch, deterministic=False,
-                      rngs={'dropout': rng})
-    count = jnp.maximum(sums['tokens'], 1.0)
-    return sums['nll'] / count, sums['correct'] / count
+  def loss_fn(params, batch, rng, num_targets, aux_share):
+    outputs, aux = forward(model, params, batch, deterministic=False,
+                           rngs={'dropout': rng})
+    sums = _sums(outputs, batch)
+    router_loss = sum(jnp.sum(x) for x in _sown(aux, 'router_loss'))
+    loss = sums['nll'] / num_targets + aux_share * router_loss
+    return loss, {'nll': sums['nll'], 'correct': sums['correct'],
+                  'router_loss': aux_share * router_loss,
+                  'expert_load': _expert_load(aux)}
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  num_targets = jnp.maximum(jnp.sum(batch['weights']), 1.0)
   if per_example:
     def example_grad(example, index):
       return grad_fn(state.params, jax.tree.map(lambda x: x[None], example),
-                     jax.random.fold_in(dropout_rng, index))
+                     jax.random.fold_in(dropout_rng, index),
+                     jnp.maximum(jnp.sum(example['weights']), 1.0), 1.0)
 
-    (losses, accuracies), grads = jax.vmap(example_grad)(
+    (_, parts), grads = jax.vmap(example_grad)(
         batch, jnp.arange(len(batch['weights'])))
-    loss, accuracy = jnp.mean(losses), jnp.mean(accuracies)
+    parts = jax.tree.map(lambda x: jnp.sum(x, 0), parts)
+    parts['router_loss'] /= len(batch['weights'])
+    parts['expert_load'] /= len(batch['weights'])
     grad_norm = optax.tree.norm(jax.tree.map(lambda g: g.mean(0), grads))
+  elif accum_steps > 1:
+    def micro_step(total, micro):
+      micro_batch, index = micro
+      (_, parts), grads = grad_fn(state.params, micro_batch,
+                                  jax.random.fold_in(dropout_rng, index),
+                                  num_targets, 1.0 / accum_steps)
+      parts['expert_load'] /= accum_steps
+      return jax.tree.map(jnp.add, total, (grads, parts)), None
+
+    micro_batches = _micro_batches(batch, accum_steps)
+    (_, parts), grads = jax.eval_shape(
+        grad_fn, state.params, jax.tree.map(lambda x: x[0], micro_batches),
+        dropout_rng, num_targets, 1.0)
+    zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), (grads, parts))
+    (grads, parts), _ = jax.lax.scan(
+        micro_step, zeros, (micro_batches, jnp.arange(accum_steps)))
+    grad_norm = optax.tree.norm(grads)
   else:
-    (loss, accuracy), grads = grad_fn(state.params, batch, dropout_rng)
+    (_, parts), grads = grad_fn(state.params, batch, dropout_rng,
+                                num_targets, 1.0)
     grad_norm = optax.tree.norm(grads)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  step_metrics = {'loss': loss, 'token_accuracy': accuracy,
+  step_metrics = {'loss': parts['nll'] / num_targets,
+                  'token_accuracy': parts['correct'] / num_targets,
                   'grad_norm': grad_norm,
                   'learning_rate': schedule(state.step)}
+  if parts['expert_load'].size:
+    # 1.0 when every expert gets its share of tokens; E when one gets all.
+    step_metrics['router_loss'] = parts['router_loss']
+    step_metrics['expert_load_max'] = (jnp.max(parts['expert_load'])
+                                       * parts['expert_load'].size)
   return state.replace(step=state.step + 1, params=params,
                        opt_state=opt_state), step_metrics
+
+
+def _micro_batches(batch, count: int):
+  """[count, B / count, ...]: micro-batch i takes rows i, i + count, ...,
+  so each stays spread over the devices the batch's rows are on."""
+  return jax.tree.map(
+      lambda x: x.reshape((x.shape[0] // count, count) + x.shape[1:])
+      .swapaxes(0, 1), batch)
+
+
+def _sown(aux, name: str) -> list[jax.Array]:
+  """Every value the model's layers sowed as `name` (one per layer; a
+  stacked one for scanned layers)."""
+  flat = flax.traverse_util.flatten_dict(aux.get('aux', {}))
+  return [x for path, values in flat.items() if path[-1] == name
+          for x in jax.tree.leaves(values)]
+
+
+def _expert_load(aux) -> jax.Array:
+  """The fraction of routed tokens each expert got, averaged over the
+  mixture-of-experts layers; empty for a model without them."""
+  loads = _sown(aux, 'expert_load')
+  if not loads:
+    return jnp.zeros((0,))
+  stacked = jnp.concatenate([x.reshape(-1, x.shape[-1]) for x in loads])
+  return jnp.mean(stacked, axis=0)
 
 
 def eval_step(params, batch, token_bytes_V, *, model):
@@ -127,7 +203,7 @@ def evaluate(eval_fn, params, batches, token_bytes_V) -> dict[str, float]:
 
 # Model keys fine-tuning may change: heads and regularization.
 _HEAD_KEYS = ('num_classes', 'pooling', 'pooler', 'mlm_head', 'dropout_rate',
-              'dtype')
+              'dtype', 'remat')
 
 
 class Trainer:
@@ -136,6 +212,7 @@ class Trainer:
   def __init__(self, config: ml_collections.ConfigDict):
     validate_train_config(config)
     self.config = config
+    self.mesh = self._make_mesh(config)
     self.model_config = models.ModelConfig.from_config(config.model)
     self.model = models.build_model(self.model_config)
     longest = max(config.data.seq_len, config.data.target_len)
@@ -145,15 +222,21 @@ class Trainer:
           f'data.seq_len/target_len ({longest} tokens) exceed model.max_len='
           f'{limit}, the size of the learned position table; raise '
           'model.max_len or shorten the data')
+    if config.data.objective in text_pairs.FAMILY_OF:
+      self._check_family(text_pairs.FAMILY_OF[config.data.objective])
+    # The first process builds (and caches) datasets and tokenizers before
+    # the others read them, so that no two write the same files.
+    if jax.process_index() == 0:
+      self.data = self._make_data()
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices('lm: data built')
+    if jax.process_index() != 0:
+      self.data = self._make_data()
     if config.data.objective == 'classify':
-      self.data = classification.make_classification_data(config.data)
       self._check_classifier()
     elif config.data.objective in text_pairs.FAMILY_OF:
-      self._check_family(text_pairs.FAMILY_OF[config.data.objective])
-      self.data = text_pairs.make_text_pair_data(config.data)
       self._check_vocab(0)
     else:
-      self.data = pipeline.make_lm_data(config.data)
       self._check_language_model()
     self.schedule = optim.make_schedule(config.optim, config.train.num_steps)
     self.optimizer = optim.make_optimizer(config.optim, self.schedule)
@@ -161,15 +244,108 @@ class Trainer:
       self.optimizer = optax.chain(
           privacy.aggregator(config.privacy, config.train.seed),
           self.optimizer)
-    self.train_step = jax.jit(
+    self.state_shardings = sharding.logical_shardings(
+        self._abstract_boxed_state(), self.mesh)
+    self.batch_sharding = sharding.batch_sharding(self.mesh)
+    self._train_step_jit = jax.jit(
         functools.partial(train_step, model=self.model,
                           optimizer=self.optimizer, schedule=self.schedule,
-                          per_example=config.privacy.dp_sgd),
+                          per_example=config.privacy.dp_sgd,
+                          accum_steps=config.train.grad_accum_steps),
+        in_shardings=(self.state_shardings, self.batch_sharding),
+        out_shardings=(self.state_shardings,
+                       sharding.replicated(self.mesh)),
         donate_argnums=0)
-    self.eval_step = jax.jit(functools.partial(eval_step, model=self.model))
+    self._train_step = sharding.with_rules(self._train_step_jit, self.mesh)
+    self._eval_step = sharding.with_rules(jax.jit(
+        functools.partial(eval_step, model=self.model),
+        out_shardings=sharding.replicated(self.mesh)), self.mesh)
     # Ids past the tokenizer's ([MASK], sentinels) stand for no text.
     self.token_bytes = jnp.zeros(self.model_config.vocab_size, jnp.int32).at[
         :len(self.data.token_bytes)].set(self.data.token_bytes)
+
+  def _make_data(self):
+    """This process's share of the data (see lm/data/pipeline.py)."""
+    shard = {'process_index': jax.process_index(),
+             'process_count': jax.process_count()}
+    objective = self.config.data.objective
+    if objective == 'classify':
+      return classification.make_classification_data(self.config.data,
+                                                     **shard)
+    if objective in text_pairs.FAMILY_OF:
+      return text_pairs.make_text_pair_data(self.config.data, **shard)
+    return pipeline.make_lm_data(self.config.data, **shard)
+
+  def _make_mesh(self, config):
+    """The mesh, after checking that the batches split over it."""
+    mesh = sharding.make_mesh(config.mesh.shape)
+    processes = jax.process_count()
+    accum = config.train.grad_accum_steps
+    if accum <= 0:
+      raise UsageError(f'train.grad_accum_steps must be positive, got '
+                       f'{accum}')
+    if accum > 1 and config.privacy.dp_sgd:
+      raise UsageError('train.grad_accum_steps > 1 with privacy.dp_sgd: '
+                       'DP-SGD clips per-example gradients of the whole '
+                       'batch already; set train.grad_accum_steps=1')
+    if config.data.batch_size % accum:
+      raise UsageError(
+          f'data.batch_size={config.data.batch_size} is not divisible by '
+          f'train.grad_accum_steps={accum}; use a multiple of it')
+    sharding.check_batch(config.data.batch_size // accum, mesh,
+                         'data.batch_size / train.grad_accum_steps'
+                         if accum > 1 else 'data.batch_size', processes)
+    sharding.check_batch(config.data.eval_batch_size, mesh,
+                         'data.eval_batch_size', processes)
+    return mesh
+
+  def _abstract_boxed_state(self) -> 'TrainState':
+    """The train state's shapes, its parameters (and their optimizer
+    moments) boxed with logical axis names."""
+
+    def state(params):
+      return TrainState(step=jnp.int32(0), params=params,
+                        opt_state=self.optimizer.init(params),
+                        rng=jax.random.PRNGKey(0))
+
+    return jax.eval_shape(state, models.logical_abstract_params(self.model))
+
+  def abstract_state(self) -> 'TrainState':
+    """Shapes, dtypes and shardings of the train state (for restoring)."""
+    return jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+        nn.unbox(self._abstract_boxed_state()), self.state_shardings)
+
+  def put_batch(self, batch):
+    """This process's rows of a batch -> global arrays on the mesh."""
+    return sharding.put_batch(batch, self.batch_sharding)
+
+  def train_step(self, state: 'TrainState', batch):
+    """One update on a batch of this process's rows (host arrays)."""
+    return self._train_step(state, self.put_batch(batch))
+
+  def step_memory(self) -> dict[str, int]:
+    """Bytes of the compiled train step, from XLA's memory analysis (per
+    device): arguments (state and batch), outputs, temporaries (the
+    activations kept for the backward pass, mostly), and their peak."""
+    local = next(iter(self.data.train.to_iter_dataset()))
+    batch = {k: jax.ShapeDtypeStruct(
+        (v.shape[0] * jax.process_count(),) + v.shape[1:], v.dtype,
+        sharding=self.batch_sharding) for k, v in local.items()}
+    state = self.abstract_state()  # (Outside the mesh context: see it.)
+    with sharding.activation_rules(self.mesh):
+      analysis = self._train_step_jit.lower(
+          state, batch).compile().memory_analysis()
+    sizes = {'argument_bytes': analysis.argument_size_in_bytes,
+             'output_bytes': analysis.output_size_in_bytes,
+             'alias_bytes': analysis.alias_size_in_bytes,
+             'temp_bytes': analysis.temp_size_in_bytes}
+    sizes['peak_bytes'] = (sizes['argument_bytes'] + sizes['output_bytes']
+                           - sizes['alias_bytes'] + sizes['temp_bytes'])
+    return sizes
+
+  def eval_step(self, params, batch, token_bytes_V):
+    return self._eval_step(params, self.put_batch(batch), token_bytes_V)
 
   def _check_classifier(self):
     names = self.data.class_names
@@ -212,7 +388,7 @@ class Trainer:
     """Step 0: fresh parameters, or `params` (e.g. from init_from)."""
     init_rng, rng = self._init_rngs()
 
-    @jax.jit
+    @functools.partial(jax.jit, out_shardings=self.state_shardings)
     def init(init_rng, rng, params):
       if params is None:
         params = models.init_params(self.model, init_rng)
@@ -310,6 +486,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   checkpoint at that step; the schedule still targets `train.num_steps`.
   """
   trainer = Trainer(config)
+  primary = jax.process_index() == 0
+  if not primary:  # One process speaks for all; every one checkpoints.
+    log = lambda line: None
   os.makedirs(workdir, exist_ok=True)
   check_workdir_matches(config, workdir)
   tc = config.train
@@ -321,9 +500,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         f'{workdir} holds imported weights without optimizer state; train '
         f'from them into a new --workdir with --config.init_from={workdir}')
   if latest is not None:
-    state = trainer.init_state()
+    # Restored straight onto this run's mesh, whatever mesh saved it.
     params, rest, data_state = checkpointer.restore(
-        latest, *jax.eval_shape(lambda s: s.checkpoint_items(), state))
+        latest, *trainer.abstract_state().checkpoint_items())
     state = TrainState(params=params, **rest)
     if data_state is not None:
       train_iter.set_state(data_state)
@@ -335,10 +514,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   else:
     log(f'Starting a new run in {workdir}.')
     state = trainer.init_state()
-  checkpoint.save_config(config, workdir)
-  trainer.data.tokenizer.save(workdir)
-
-  writer = tensorboardX.SummaryWriter(os.path.join(workdir, 'tensorboard'))
+  log(f'Mesh: {sharding.describe(trainer.mesh)}.')
+  if primary:
+    checkpoint.save_config(config, workdir)
+    trainer.data.tokenizer.save(workdir)
+  writer = (tensorboardX.SummaryWriter(os.path.join(workdir, 'tensorboard'))
+            if primary else _NoWriter())
   num_steps = tc.num_steps if stop_at_step is None else min(tc.num_steps,
                                                             stop_at_step)
   step = int(state.step)
@@ -360,7 +541,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       log(f'step {step}/{tc.num_steps} | loss {step_metrics["loss"]:.4f} | '
           f'lr {step_metrics["learning_rate"]:.2e} | '
           f'grad_norm {step_metrics["grad_norm"]:.3f} | '
-          f'{tokens_per_s:,.0f} tokens/s | ETA {_format_seconds(eta_s)}')
+          + (f'router_loss {step_metrics["router_loss"]:.4f} | '
+             f'expert_load_max {step_metrics["expert_load_max"]:.2f} | '
+             if 'router_loss' in step_metrics else '')
+          + f'{tokens_per_s:,.0f} tokens/s | ETA {_format_seconds(eta_s)}')
     is_last = step == num_steps
     if step % tc.eval_every == 0 or is_last:
       final = trainer.evaluate(state.params)
@@ -410,7 +594,8 @@ def check_workdir_matches(config: ml_collections.ConfigDict, workdir: str):
   saved = checkpoint.load_config(workdir)
   for section, keys in _RESUME_KEYS.items():
     old, new = saved[section].to_dict(), config[section].to_dict()
-    keys = keys or sorted(set(old) | set(new))
+    # Remat trades memory for time; the parameters are the same.
+    keys = keys or sorted(set(old) | set(new) - {'remat'})
     for key in keys:
       # A key the saved config lacks was added to lm later, with a default
       # that keeps the old behaviour.
@@ -418,6 +603,16 @@ def check_workdir_matches(config: ml_collections.ConfigDict, workdir: str):
         raise UsageError(
             f'{workdir} was trained with {section}.{key}={old.get(key)!r}, '
             f'not {new.get(key)!r}; use a new --workdir or the old value')
+
+
+class _NoWriter:
+  """Stands in for the TensorBoard writer on processes other than the first."""
+
+  def add_scalar(self, *args, **kwargs):
+    pass
+
+  def close(self):
+    pass
 
 
 class _ThroughputMeter:

@@ -1,7 +1,9 @@
 """Data: Shakespeare builder, tokenizers, and the grain pipeline."""
 
+import itertools
 import os
 
+import grain
 import numpy as np
 import pytest
 
@@ -72,12 +74,28 @@ def test_pipeline_windows_overlap_by_one_and_cover_the_stream():
       np.concatenate([e['targets'] for e in examples]), tokens[1:21])
 
 
-def test_padded_eval_rows_carry_no_weight():
-  batch = {'inputs': np.ones((1, 4), np.int32),
-           'weights': np.ones((1, 4), np.float32)}
-  padded = pipeline.pad_batch(batch, 3)
-  np.testing.assert_array_equal(padded['weights'].sum(axis=1), [4, 0, 0])
-  assert padded['inputs'].shape == (3, 4)
+def _numbered(count):
+  return grain.MapDataset.range(count).map(
+      lambda i: {'id': np.int32(i), 'weights': np.float32(1.0)})
+
+
+def test_eval_batches_pad_the_last_batch_with_rows_of_no_weight():
+  batches = list(pipeline.eval_batches(_numbered(7), 3))
+  assert [b['id'].tolist() for b in batches] == [[0, 1, 2], [3, 4, 5],
+                                                 [6, 0, 0]]
+  np.testing.assert_array_equal(batches[-1]['weights'], [1, 0, 0])
+
+
+@pytest.mark.parametrize('endless', [False, True])
+def test_processes_together_read_the_batches_of_one_process(endless):
+  examples = _numbered(10).shuffle(0).repeat() if endless else _numbered(10)
+  make = pipeline.train_batches if endless else pipeline.eval_batches
+  alone = [b['id'] for b in itertools.islice(make(examples, 4), 3)]
+  parts = [[b['id'] for b in itertools.islice(make(examples, 4, p, 2), 3)]
+           for p in range(2)]
+  for step, batch in enumerate(alone):
+    np.testing.assert_array_equal(
+        np.concatenate([parts[0][step], parts[1][step]]), batch)
 
 
 def _objective(name, **kwargs):

@@ -64,7 +64,7 @@ def make_classification_data(data_config, *, process_index: int = 0,
 
   def examples(split):
     source = datasets.documents(builder, split)
-    return grain.MapDataset.source(source)[process_index::process_count]
+    return grain.MapDataset.source(source)
 
   def encoded(split):
     return examples(split).map(
@@ -79,10 +79,11 @@ def make_classification_data(data_config, *, process_index: int = 0,
         augmenter, rng), seed=data_config.shuffle_seed)
   else:
     train = encoded('train').shuffle(data_config.shuffle_seed).repeat()
-  train = train.batch(data_config.batch_size, drop_remainder=True)
+  train = pipeline.train_batches(train, data_config.batch_size,
+                                 process_index, process_count)
   evaluation = {
-      split: encoded(split).batch(data_config.eval_batch_size).map(
-          lambda b: pipeline.pad_batch(b, data_config.eval_batch_size))
+      split: pipeline.eval_batches(encoded(split), data_config.eval_batch_size,
+                                   process_index, process_count)
       for split in SPLITS[1:] if split in builder.info.splits}
   return ClassificationData(tokenizer, list(label.names), train, evaluation,
                             tokenizer.token_bytes(), len(examples('train')))

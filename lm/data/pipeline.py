@@ -32,7 +32,7 @@ class LmData:
   train: grain.MapDataset  # infinite, shuffled, batched
   validation: grain.MapDataset  # one pass, batched, last batch padded
   token_bytes: np.ndarray  # [tokenizer vocab] UTF-8 bytes per token id
-  train_examples: int  # windows in this process's shard
+  train_examples: int  # windows in the train split
 
 
 def make_lm_data(data_config, *, process_index: int = 0,
@@ -49,21 +49,68 @@ def make_lm_data(data_config, *, process_index: int = 0,
   for split in ('train', 'validation'):
     tokens = tokenize_and_join(datasets.documents(builder, split), tokenizer)
     windows = Windows(tokens, data_config.seq_len, objective.window_len)
-    if len(windows) < process_count:
+    if not len(windows):
       raise UsageError(f'the {split} split has only {len(tokens)} tokens, '
                        f'too few for data.seq_len={data_config.seq_len}')
-    splits[split] = grain.MapDataset.source(windows)[process_index::
-                                                     process_count]
-  train = (splits['train'].shuffle(data_config.shuffle_seed).repeat()
-           .random_map(objective.example, seed=data_config.shuffle_seed)
-           .batch(data_config.batch_size, drop_remainder=True))
+    splits[split] = grain.MapDataset.source(windows)
+  train = train_batches(
+      splits['train'].shuffle(data_config.shuffle_seed).repeat()
+      .random_map(objective.example, seed=data_config.shuffle_seed),
+      data_config.batch_size, process_index, process_count)
   # Validation corruption is the same at every evaluation (fixed seed).
-  validation = (splits['validation']
-                .random_map(objective.example, seed=data_config.shuffle_seed)
-                .batch(data_config.eval_batch_size)
-                .map(lambda b: pad_batch(b, data_config.eval_batch_size)))
+  validation = eval_batches(
+      splits['validation'].random_map(objective.example,
+                                      seed=data_config.shuffle_seed),
+      data_config.eval_batch_size, process_index, process_count)
   return LmData(tokenizer, objective, train, validation,
                 tokenizer.token_bytes(), len(splits['train']))
+
+
+def train_batches(examples: grain.MapDataset, batch_size: int,
+                  process_index: int = 0, process_count: int = 1
+                  ) -> grain.MapDataset:
+  """This process's rows of each global batch of an endless `examples`."""
+  return _process_rows(examples, batch_size, process_index, process_count,
+                       pad=False).batch(batch_size // process_count,
+                                        drop_remainder=True)
+
+
+def eval_batches(examples: grain.MapDataset, batch_size: int,
+                 process_index: int = 0, process_count: int = 1
+                 ) -> grain.MapDataset:
+  """One pass over `examples` in this process's rows of global batches; the
+  last batch is filled with zero rows (weight 0: nothing scored)."""
+  return _process_rows(examples, batch_size, process_index, process_count,
+                       pad=True).batch(batch_size // process_count)
+
+
+def _process_rows(examples: grain.MapDataset, batch_size: int,
+                  process_index: int, process_count: int, pad: bool
+                  ) -> grain.MapDataset:
+  """The examples process `process_index` of `process_count` contributes.
+
+  Global batch b is examples [b * batch_size, (b + 1) * batch_size); each
+  process reads a contiguous block of its rows, in process order -- the
+  rows of this process's devices on the batch axes. So any number of
+  processes together train on exactly the batches one process would, and
+  each reads (and corrupts, augments, tokenizes) only its own.
+  """
+  if batch_size % process_count:
+    raise UsageError(f'batch size {batch_size} is not divisible by the '
+                     f'{process_count} processes; use a multiple of '
+                     f'{process_count}')
+  local = batch_size // process_count
+  total = len(examples)
+  num_batches = -(-total // batch_size) if pad else total // batch_size
+  blank = None
+  if pad and total:  # Zeros shaped like an example.
+    blank = {k: np.zeros_like(v) for k, v in examples[0].items()}
+
+  def example(i):
+    index = (i // local) * batch_size + process_index * local + i % local
+    return examples[index] if index < total else blank
+
+  return grain.MapDataset.range(num_batches * local).map(example)
 
 
 def tokenize_and_join(documents, tokenizer: tokenizers.Tokenizer) -> np.ndarray:
@@ -86,11 +133,3 @@ class Windows:
   def __getitem__(self, index: int) -> np.ndarray:
     start = index * self.stride
     return self.tokens[start:start + self.length]
-
-
-def pad_batch(batch: dict[str, np.ndarray], batch_size: int
-              ) -> dict[str, np.ndarray]:
-  """Pads a short last batch with zero rows (weight 0: nothing scored)."""
-  missing = batch_size - len(batch['weights'])
-  return {k: np.pad(v, [(0, missing)] + [(0, 0)] * (v.ndim - 1))
-          for k, v in batch.items()}

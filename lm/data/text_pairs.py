@@ -142,14 +142,14 @@ def make_text_pair_data(data_config, *, process_index: int = 0,
          for split in sources.SPLITS if split in builder.info.splits}
 
   def encoded(split):
-    return grain.MapDataset.source(raw[split])[
-        process_index::process_count].map(encode)
+    return grain.MapDataset.source(raw[split]).map(encode)
 
-  train = (encoded('train').shuffle(data_config.shuffle_seed).repeat()
-           .batch(data_config.batch_size, drop_remainder=True))
+  train = pipeline.train_batches(
+      encoded('train').shuffle(data_config.shuffle_seed).repeat(),
+      data_config.batch_size, process_index, process_count)
   evaluation = {
-      split: encoded(split).batch(data_config.eval_batch_size).map(
-          lambda b: pipeline.pad_batch(b, data_config.eval_batch_size))
+      split: pipeline.eval_batches(encoded(split), data_config.eval_batch_size,
+                                   process_index, process_count)
       for split in raw if split != 'train'}
   return TextPairData(tokenizer, objective, train, evaluation,
                       tokenizer.token_bytes(), type(builder).METRICS, raw,

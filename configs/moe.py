@@ -1,0 +1,20 @@
+"""configs/default.py with a mixture of experts in every block.
+
+  python -m experiments.train --config=configs/moe.py --workdir=workdirs/moe
+
+Each block's MLP becomes 8 experts of the same size (d_ff 768), of which
+every token uses its top 2 (lm/moe.py), with capacity factor 1.25 and the
+Switch load-balancing and router z-losses. Experts shard over the mesh's
+'expert' axis: --config.mesh.shape=1,1,1,8 puts one expert on each of 8
+devices. Log lines carry router_loss and expert_load_max (1.0: every expert
+gets its share of tokens; 8: one gets all).
+"""
+
+from configs import default
+
+
+def get_config(arg=None):
+  config = default.get_config(arg)
+  config.model.update(num_experts=8, experts_per_token=2,
+                      expert_capacity_factor=1.25, moe_every=1)
+  return config

@@ -1,0 +1,131 @@
+"""Sharded training and decoding on 8 CPU devices equal one device.
+
+These tests need 8 devices, which must be requested before JAX starts:
+tests/multidevice_test.py runs this file in a subprocess with
+XLA_FLAGS=--xla_force_host_platform_device_count=8 (run it directly that
+way, too). In the main, single-device test process they are skipped.
+"""
+
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from lm import checkpoint
+from lm import decode
+from lm import sharding
+from lm import train
+from lm.errors import UsageError
+from tests.conftest import tiny_config
+
+pytestmark = pytest.mark.skipif(
+    jax.device_count() < 8,
+    reason='needs 8 devices; tests/multidevice_test.py runs it with them')
+
+
+def _config(data_dir, shape, **model):
+  config = tiny_config(data_dir)
+  config.mesh.shape = shape
+  config.model.update(model)
+  config.optim.warmup_steps = 0  # So that the first step changes params.
+  return config
+
+
+def _one_step(config):
+  """Loss and parameters after one train step, on the host."""
+  trainer = train.Trainer(config)
+  batch = next(iter(trainer.data.train.to_iter_dataset()))
+  state, step_metrics = trainer.train_step(trainer.init_state(), batch)
+  return jax.device_get(step_metrics), jax.device_get(state.params), state
+
+
+def _assert_same_step(expected, actual, atol=1e-5):
+  (metrics_a, params_a, _), (metrics_b, params_b, _) = expected, actual
+  np.testing.assert_allclose(metrics_b['loss'], metrics_a['loss'], rtol=1e-5)
+  # Updates are ~1e-2 (Adam, lr 1e-2). Adam divides each gradient by its
+  # own size, so where the true gradient is ~0 (the key bias; an expert
+  # weight few tokens reached) rounding noise becomes a visible update.
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(b, a, atol=atol),
+               params_a, params_b)
+
+
+@pytest.fixture(scope='module')
+def single_device_step(data_dir):
+  return _one_step(_config(data_dir, (1,)))
+
+
+@pytest.mark.parametrize('shape', [(8, 1, 1), (1, 8, 1), (2, 2, 2)])
+def test_train_step_on_a_mesh_equals_one_device(data_dir, single_device_step,
+                                                shape):
+  result = _one_step(_config(data_dir, shape))
+  _assert_same_step(single_device_step, result)
+  # The mesh is really used: FSDP splits d_model (32), tensor the heads (4).
+  _, fsdp, tensor = shape
+  query = result[2].params['block_0']['attention']['query']['kernel']
+  assert query.sharding.shard_shape(query.shape) == (32 // fsdp, 4 // tensor,
+                                                     8)
+  # Adam's moments are laid out like their parameters (ZeRO-3).
+  kernel = result[2].params['block_0']['mlp']['wi']['kernel']
+  moments = [x for x in jax.tree.leaves(result[2].opt_state)
+             if x.shape == kernel.shape]
+  assert len(moments) == 2 * 2  # mu and nu of wi and of wo's transpose
+  assert all(m.sharding.shard_shape(m.shape) in (
+      kernel.sharding.shard_shape(kernel.shape),
+      kernel.sharding.shard_shape(kernel.shape)[::-1]) for m in moments)
+
+
+@pytest.mark.parametrize('shape', [(2, 1, 1, 4), (1, 2, 2, 2)])
+def test_mixture_of_experts_step_on_a_mesh_equals_one_device(data_dir, shape):
+  moe = dict(num_experts=4, experts_per_token=2)
+  expected = _one_step(_config(data_dir, (1,), **moe))
+  result = _one_step(_config(data_dir, shape, **moe))
+  _assert_same_step(expected, result, atol=1e-4)
+  assert 'expert' in result[2].params['block_0']['moe']['wi'].sharding.spec
+
+
+def test_checkpoint_restores_on_other_meshes(data_dir, tmp_path):
+  config = _config(data_dir, (8, 1, 1))
+  config.train.update(num_steps=4, checkpoint_every=2, eval_every=4)
+  train.train_and_evaluate(config, str(tmp_path / 'a'), stop_at_step=2)
+  for name in ('b', 'c'):
+    shutil.copytree(tmp_path / 'a', tmp_path / name)
+  finals = {}
+  for name, shape in (('a', (8, 1, 1)), ('b', (2, 4, 1)), ('c', (1,))):
+    config.mesh.shape = shape
+    finals[name] = train.train_and_evaluate(config, str(tmp_path / name))
+  for name in ('b', 'c'):
+    np.testing.assert_allclose(finals[name]['loss'], finals['a']['loss'],
+                               rtol=1e-5)
+  params = {name: checkpoint.restore(str(tmp_path / name)).params
+            for name in finals}
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(b, a, atol=1e-5),
+               params['a'], params['b'])
+
+
+def test_a_mesh_that_does_not_divide_the_devices_is_refused(data_dir):
+  with pytest.raises(UsageError, match=r'needs 3 devices.*8 devices'):
+    train.Trainer(_config(data_dir, (3, 1, 1)))
+
+
+def test_a_batch_the_data_axes_do_not_divide_is_refused(data_dir):
+  config = _config(data_dir, (4, 2, 1))
+  config.data.batch_size = 12
+  with pytest.raises(UsageError, match=r'batch_size=12 is not divisible by '
+                     r'8.*data=4 x fsdp=2'):
+    train.Trainer(config)
+
+
+def test_tensor_parallel_decoding_equals_one_device(data_dir, tmp_path):
+  config = _config(data_dir, (1,))
+  config.train.update(num_steps=2, eval_every=2, checkpoint_every=2)
+  train.train_and_evaluate(config, str(tmp_path))
+  restored = checkpoint.restore(str(tmp_path))
+  sampling = decode.SamplingConfig(max_new_tokens=12, temperature=0.0)
+  prompts = ['ROMEO:', 'O']
+  alone = decode.complete(restored.model_config, restored.params,
+                          restored.tokenizer, prompts, sampling)
+  mesh = sharding.make_mesh((1, 1, 4, 2))
+  sharded = decode.complete(restored.model_config, restored.params,
+                            restored.tokenizer, prompts, sampling, mesh=mesh)
+  assert sharded == alone
