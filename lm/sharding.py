@@ -77,9 +77,9 @@ def mesh_shape(shape: Sequence[int], device_count: int) -> tuple[int, ...]:
   known = math.prod(s for s in shape if s != -1)
   if device_count % known:
     raise UsageError(
-        f'mesh.shape={shape} needs {known} devices (or a multiple), which '
-        f'does not divide the {device_count} devices there are; make the '
-        f'product of its sizes a divisor of {device_count}')
+        f'mesh.shape={shape} uses {known} devices, which does not divide '
+        f'the {device_count} devices there are; make the product of its '
+        f'sizes divide {device_count}')
   return tuple(device_count // known if s == -1 else s for s in shape)
 
 

@@ -1,9 +1,10 @@
-"""Sharded training and decoding on 8 CPU devices equal one device.
+"""Mesh rules, and sharded training and decoding on 8 CPU devices equal
+to one device.
 
-These tests need 8 devices, which must be requested before JAX starts:
-tests/multidevice_test.py runs this file in a subprocess with
-XLA_FLAGS=--xla_force_host_platform_device_count=8 (run it directly that
-way, too). In the main, single-device test process they are skipped.
+The tests marked `needs_8_devices` need devices that must be requested
+before JAX starts: tests/multidevice_test.py runs this file in a subprocess
+with XLA_FLAGS=--xla_force_host_platform_device_count=8 (run it directly
+that way, too). In the main, single-device test process they are skipped.
 """
 
 import shutil
@@ -19,9 +20,44 @@ from lm import train
 from lm.errors import UsageError
 from tests.conftest import tiny_config
 
-pytestmark = pytest.mark.skipif(
+needs_8_devices = pytest.mark.skipif(
     jax.device_count() < 8,
     reason='needs 8 devices; tests/multidevice_test.py runs it with them')
+P = jax.sharding.PartitionSpec
+
+
+def test_mesh_shape_pads_to_four_axes_and_fills_the_minus_one():
+  assert sharding.mesh_shape((-1,), 8) == (8, 1, 1, 1)
+  assert sharding.mesh_shape((2, -1, 2), 8) == (2, 2, 2, 1)
+  assert sharding.mesh_shape((1,), 8) == (1, 1, 1, 1)  # one of 8 devices
+
+
+@pytest.mark.parametrize('shape, message', [
+    ((3, 1, 1), r'uses 3 devices, which does not divide the 8 devices'),
+    ((-1, -1), 'at most one -1'),
+    ((1, 1, 1, 1, 1), 'needs 1 to 4 sizes'),
+    ((0, 8), 'sizes must be positive')])
+def test_bad_mesh_shapes_are_refused(shape, message):
+  with pytest.raises(UsageError, match=message):
+    sharding.mesh_shape(shape, 8)
+
+
+def test_rules_split_parameters_and_activations():
+  mesh = jax.sharding.AbstractMesh((2, 2, 4, 1), sharding.AXES)
+  attention = ('embed', 'heads', 'head_dim')
+  assert sharding.spec_for(attention, (32, 4, 8), mesh) == P(
+      'fsdp', 'tensor', None)
+  # 2 KV heads do not split over 4 tensor devices: they stay whole.
+  assert sharding.spec_for(('embed', 'kv_heads', 'head_dim'), (32, 2, 8),
+                           mesh) == P('fsdp', None, None)
+  # Activations: the batch takes data, fsdp and expert; 'embed' stays whole.
+  assert sharding.spec_for(('batch', 'length', 'embed'), (8, 16, 32),
+                           mesh) == P(('data', 'fsdp', 'expert'), None, None)
+  # Inside an expert's buffer the batch gives up the expert axis.
+  experts = jax.sharding.AbstractMesh((2, 1, 1, 2), sharding.AXES)
+  assert sharding.spec_for(('expert', 'batch', 'capacity', 'embed'),
+                           (2, 8, 4, 32), experts) == P(
+                               'expert', ('data', 'fsdp'), None, None)
 
 
 def _config(data_dir, shape, **model):
@@ -55,6 +91,7 @@ def single_device_step(data_dir):
   return _one_step(_config(data_dir, (1,)))
 
 
+@needs_8_devices
 @pytest.mark.parametrize('shape', [(8, 1, 1), (1, 8, 1), (2, 2, 2)])
 def test_train_step_on_a_mesh_equals_one_device(data_dir, single_device_step,
                                                 shape):
@@ -75,6 +112,7 @@ def test_train_step_on_a_mesh_equals_one_device(data_dir, single_device_step,
       kernel.sharding.shard_shape(kernel.shape)[::-1]) for m in moments)
 
 
+@needs_8_devices
 @pytest.mark.parametrize('shape', [(2, 1, 1, 4), (1, 2, 2, 2)])
 def test_mixture_of_experts_step_on_a_mesh_equals_one_device(data_dir, shape):
   moe = dict(num_experts=4, experts_per_token=2)
@@ -84,6 +122,7 @@ def test_mixture_of_experts_step_on_a_mesh_equals_one_device(data_dir, shape):
   assert 'expert' in result[2].params['block_0']['moe']['wi'].sharding.spec
 
 
+@needs_8_devices
 def test_checkpoint_restores_on_other_meshes(data_dir, tmp_path):
   config = _config(data_dir, (8, 1, 1))
   config.train.update(num_steps=4, checkpoint_every=2, eval_every=4)
@@ -103,11 +142,13 @@ def test_checkpoint_restores_on_other_meshes(data_dir, tmp_path):
                params['a'], params['b'])
 
 
+@needs_8_devices
 def test_a_mesh_that_does_not_divide_the_devices_is_refused(data_dir):
-  with pytest.raises(UsageError, match=r'needs 3 devices.*8 devices'):
+  with pytest.raises(UsageError, match=r'uses 3 devices.*8 devices'):
     train.Trainer(_config(data_dir, (3, 1, 1)))
 
 
+@needs_8_devices
 def test_a_batch_the_data_axes_do_not_divide_is_refused(data_dir):
   config = _config(data_dir, (4, 2, 1))
   config.data.batch_size = 12
@@ -116,6 +157,7 @@ def test_a_batch_the_data_axes_do_not_divide_is_refused(data_dir):
     train.Trainer(config)
 
 
+@needs_8_devices
 def test_tensor_parallel_decoding_equals_one_device(data_dir, tmp_path):
   config = _config(data_dir, (1,))
   config.train.update(num_steps=2, eval_every=2, checkpoint_every=2)
