@@ -48,7 +48,10 @@ def get_base_config() -> ml_collections.ConfigDict:
 
   config.optim = ml_collections.ConfigDict(dict(
       name='adamw', learning_rate=3e-3, warmup_steps=100, min_lr_ratio=0.1,
-      b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, clip_norm=1.0))
+      b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, clip_norm=1.0,
+      # By parameter name (lm/optim.py): regexes of frozen parameters,
+      # (regex, factor) learning-rate scales, layer-wise decay (1: off).
+      freeze=(), lr_scale=(), layer_decay=1.0))
 
   config.train = ml_collections.ConfigDict(dict(
       num_steps=1000, seed=0, log_every=50, eval_every=500,

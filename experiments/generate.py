@@ -5,12 +5,13 @@ r"""Continues a prompt with the latest checkpoint of a workdir.
   python -m experiments.generate --workdir=workdirs/smollm2 --chat \
       --prompt="What is the capital of France?"
 
---temperature=0 is greedy decoding. --mesh=1,1,8 runs the model sharded
+--temperature=0 is greedy decoding. Decoding is jit-compiled: one prefill
+call over the prompt, then a KV-cache loop of one token per step; --no_jit
+runs the same code op by op instead. --mesh=1,1,8 runs the model sharded
 over 8 devices with tensor parallelism (sizes of the data, fsdp, tensor,
-expert axes; see lm/sharding.py). Decoding is jit-compiled: one prefill
-call over the prompt, then a KV-cache loop of one token per step. --chat
-wraps the prompt as a user message in the instruct model's chat template
-(imported with its tokenizer) and prints the assistant's reply.
+expert axes; see lm/sharding.py). --chat wraps the prompt as a user
+message in the instruct model's chat template (imported with its
+tokenizer) and prints the assistant's reply.
 """
 
 from absl import flags
@@ -34,6 +35,9 @@ _SEED = flags.DEFINE_integer('seed', 0, 'Sampling seed.')
 _MESH = flags.DEFINE_list(
     'mesh', [], 'Device mesh sizes (data,fsdp,tensor,expert), e.g. 1,1,8 '
     'for tensor parallelism over 8 devices; empty: one device.')
+_NO_JIT = flags.DEFINE_bool(
+    'no_jit', False, 'Run decoding op by op, without compiling (to compare '
+    'with the compiled path).')
 _CHAT = flags.DEFINE_bool('chat', False, "Apply the model's chat template to "
                           'the prompt (instruct models).')
 
@@ -67,7 +71,7 @@ def main(argv):
     mesh = sharding.make_mesh(shape)
   text = decode.complete(restored.model_config, restored.params,
                          restored.tokenizer, [prompt], sampling,
-                         _SEED.value, mesh=mesh)[0]
+                         _SEED.value, mesh=mesh, jit=not _NO_JIT.value)[0]
   print(f'[{workdir} at step {restored.step}]')
   print(text.strip() if _CHAT.value else prompt + text)
 

@@ -65,7 +65,8 @@ def sample_logits(logits_BV, rng, sampling: SamplingConfig):
 
 def complete(model_config: models.ModelConfig, params: Any, tokenizer,
              prompts: list[str], sampling: SamplingConfig, seed: int = 0,
-             mesh: jax.sharding.Mesh | None = None) -> list[str]:
+             mesh: jax.sharding.Mesh | None = None, jit: bool = True
+             ) -> list[str]:
   """Text in, text out: each prompt's continuation (without the prompt).
 
   With a `mesh` the parameters are laid out on it as in training (tensor
@@ -89,18 +90,21 @@ def complete(model_config: models.ModelConfig, params: Any, tokenizer,
         model, params, [tokenizer.encode(p) for p in prompts],
         sampling=sampling, rng=jax.random.PRNGKey(seed),
         eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
-        max_len=model_config.context_limit)
+        max_len=model_config.context_limit, jit=jit)
   return [tokenizer.decode(t) for t in new_tokens]
 
 
 def generate(model: nn.Module, params: Any, prompts: list[list[int]], *,
              sampling: SamplingConfig, rng: jax.Array, eos_id: int | None,
              pad_id: int = 0, max_len: int | None = None,
-             prompt_len: int | None = None) -> list[list[int]]:
+             prompt_len: int | None = None, jit: bool = True
+             ) -> list[list[int]]:
   """Continues each prompt; returns the new tokens of each (EOS excluded).
 
   Prompts are padded to the longest, or to `prompt_len` (a fixed shape that
-  batch after batch reuses one compiled program).
+  batch after batch reuses one compiled program). `jit=False` runs the same
+  code op by op, as eager ("dynamic graph") frameworks do: the while loop
+  becomes a Python loop and each operation is dispatched on its own.
   """
   sampling.validate()
   if not prompts or any(len(p) == 0 for p in prompts):
@@ -116,8 +120,10 @@ def generate(model: nn.Module, params: Any, prompts: list[list[int]], *,
   for row, prompt in enumerate(prompts):
     tokens_BP[row, :len(prompt)] = prompt
   lengths_B = np.array([len(p) for p in prompts], np.int32)
-  new_BN, count_B = _generate_jit(model, sampling, -1 if eos_id is None else
-                                  eos_id, params, tokens_BP, lengths_B, rng)
+  with contextlib.nullcontext() if jit else jax.disable_jit():
+    new_BN, count_B = _generate_jit(model, sampling,
+                                    -1 if eos_id is None else eos_id, params,
+                                    tokens_BP, lengths_B, rng)
   new_BN, count_B = np.asarray(new_BN), np.asarray(count_B)
   return [new_BN[row, :count_B[row]].tolist() for row in range(len(prompts))]
 

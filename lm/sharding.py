@@ -132,6 +132,8 @@ def logical_shardings(boxed_tree: Any, mesh: jax.sharding.Mesh) -> Any:
 
   def leaf(x):
     if isinstance(x, nn.Partitioned):
+      if not jax.tree.leaves(x.value):  # optax's MaskedNode: no array
+        return x.value
       return NamedSharding(mesh, spec_for(x.names, x.value.shape, mesh))
     return replicated(mesh)
 

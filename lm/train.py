@@ -239,7 +239,8 @@ class Trainer:
     else:
       self._check_language_model()
     self.schedule = optim.make_schedule(config.optim, config.train.num_steps)
-    self.optimizer = optim.make_optimizer(config.optim, self.schedule)
+    self.optimizer = optim.make_optimizer(config.optim, self.schedule,
+                                          self.model_config.num_layers)
     if config.privacy.dp_sgd:
       self.optimizer = optax.chain(
           privacy.aggregator(config.privacy, config.train.seed),

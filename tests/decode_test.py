@@ -53,6 +53,16 @@ def test_greedy_generate_equals_repeated_argmax_of_full_forward():
     assert generated == tokens[len(prompt):]
 
 
+def test_op_by_op_decoding_writes_what_the_compiled_loop_does():
+  model, params = make(**VARIANTS['llama_gqa'])
+  kwargs = dict(rng=jax.random.PRNGKey(3), eos_id=None, sampling=(
+      decode.SamplingConfig(max_new_tokens=4, temperature=0.7, top_k=5)))
+  prompts = [[5, 9, 3], [7]]
+  assert decode.generate(model, params, prompts, jit=False,
+                         **kwargs) == decode.generate(model, params, prompts,
+                                                      **kwargs)
+
+
 def test_generation_stops_at_eos():
   model, params = make()
   sampling = decode.SamplingConfig(max_new_tokens=6, temperature=0.0)

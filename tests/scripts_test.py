@@ -191,3 +191,13 @@ def test_train_then_evaluate_a_qa_task_in_one_command(data_dir, tmp_path):
     saved = json.load(f)
   assert saved['generation'] == {'examples': 4, 'decoding': 'greedy'}
   assert 0 <= saved['metrics']['token_f1'] <= 100
+
+
+def test_decode_speed_compares_compiled_and_op_by_op_decoding():
+  result = run('experiments.decode_speed', '--config=configs/default.py',
+               '--config.model.num_layers=1', '--prompt_len=4',
+               '--max_new_tokens=3')
+  assert result.returncode == 0, result.stderr
+  report = json.loads(result.stdout.strip().splitlines()[-1])
+  assert report['same_tokens'] and report['new_tokens'] == 3
+  assert report['no_jit_s'] > 0 and report['jit_s'] > 0

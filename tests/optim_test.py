@@ -1,0 +1,83 @@
+"""Per-parameter optimizer settings by name: freezing, learning-rate scales,
+layer-wise decay."""
+
+import jax
+import numpy as np
+import pytest
+
+from lm import optim
+from lm import train
+from lm.errors import UsageError
+
+
+def _steps(config, count=2):
+  trainer = train.Trainer(config)
+  start = trainer.init_state()
+  initial = jax.device_get(start.params)
+  state, batches = start, iter(trainer.data.train.to_iter_dataset())
+  for _ in range(count):
+    state, _ = trainer.train_step(state, next(batches))
+  return initial, jax.device_get(state.params), state
+
+
+def _by_name(params):
+  return {optim.param_name(path): x for path, x in
+          jax.tree_util.tree_flatten_with_path(params)[0]}
+
+
+def test_frozen_parameters_stay_exactly_and_keep_no_optimizer_state(tiny):
+  tiny.optim.update(warmup_steps=0,
+                    freeze=('embed/embedding', r'block_0/.*'))
+  initial, trained, state = _steps(tiny)
+  before, after = _by_name(initial), _by_name(trained)
+  for name in before:
+    frozen = name == 'embed/embedding' or name.startswith('block_0/')
+    assert np.array_equal(before[name], after[name]) == frozen, name
+  # Adam's two moments exist for the trainable parameters only.
+  moments = sum(x.size for x in jax.tree.leaves(state.opt_state)
+                if x.ndim >= 1)
+  trainable = sum(v.size for k, v in before.items()
+                  if not (k == 'embed/embedding' or k.startswith('block_0/')))
+  assert moments == 2 * trainable
+
+
+def test_a_learning_rate_scale_scales_the_update(tiny):
+  tiny.optim.warmup_steps = 0
+  initial, plain, _ = _steps(tiny, 1)
+  tiny.optim.lr_scale = ((r'block_1/.*', 0.5),)
+  _, scaled, _ = _steps(tiny, 1)
+  before, plain, scaled = map(_by_name, (initial, plain, scaled))
+  for name in before:
+    if name.startswith('block_1/') and name.endswith('kernel'):
+      np.testing.assert_allclose(scaled[name] - before[name],
+                                 0.5 * (plain[name] - before[name]),
+                                 rtol=1e-4, atol=1e-8)
+    elif name.endswith('kernel'):
+      np.testing.assert_array_equal(scaled[name], plain[name])
+
+
+def test_layer_decay_slows_lower_layers_geometrically():
+  factor = lambda name: optim._lr_factor(name, (), 0.5, 4)  # pylint: disable=protected-access
+  assert factor('embed/embedding') == 0.5 ** 5
+  assert factor('position_embed/embedding') == 0.5 ** 5
+  assert factor('block_0/mlp/wi/kernel') == 0.5 ** 4
+  assert factor('block_3/attention/query/kernel') == 0.5
+  assert factor('final_norm/scale') == 1.0
+  np.testing.assert_array_equal(factor('blocks/mlp/wi/kernel'),
+                                0.5 ** np.array([4, 3, 2, 1]))
+  updates = {'blocks': {'w': np.ones((4, 2, 3), np.float32)}}
+  scaled, _ = optim.scale_by_name(factor).update(updates, None)
+  np.testing.assert_array_equal(scaled['blocks']['w'][:, 0, 0],
+                                0.5 ** np.array([4, 3, 2, 1]))
+
+
+@pytest.mark.parametrize('setting, message', [
+    (dict(freeze=('nothing/like/this',)), 'matches no parameter'),
+    (dict(freeze=('.*',)), 'matches every parameter'),
+    (dict(freeze=('block_[',)), 'not a regular expression'),
+    (dict(layer_decay=0.0), r'layer_decay must be in \(0, 1\]'),
+    (dict(lr_scale=(('embed/.*', -1.0),)), 'must be >= 0')])
+def test_bad_settings_are_one_clear_error(tiny, setting, message):
+  tiny.optim.update(setting)
+  with pytest.raises(UsageError, match=message):
+    train.Trainer(tiny)
