@@ -245,8 +245,10 @@ class Trainer:
       self.optimizer = optax.chain(
           privacy.aggregator(config.privacy, config.train.seed),
           self.optimizer)
-    self.state_shardings = sharding.logical_shardings(
-        self._abstract_boxed_state(), self.mesh)
+    # Traced once: the shardings and restoring both read it.
+    self._boxed_state = self._abstract_boxed_state()
+    self.state_shardings = sharding.logical_shardings(self._boxed_state,
+                                                      self.mesh)
     self.batch_sharding = sharding.batch_sharding(self.mesh)
     self._train_step_jit = jax.jit(
         functools.partial(train_step, model=self.model,
@@ -315,7 +317,7 @@ class Trainer:
     """Shapes, dtypes and shardings of the train state (for restoring)."""
     return jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-        nn.unbox(self._abstract_boxed_state()), self.state_shardings)
+        nn.unbox(self._boxed_state), self.state_shardings)
 
   def put_batch(self, batch):
     """This process's rows of a batch -> global arrays on the mesh."""
