@@ -72,7 +72,7 @@ def main(argv):
   # Only causal language models continue free text.
   if jax.process_count() > 1:
     print('(samples: run experiments/generate.py on one process)')
-  elif config.data.objective == 'causal':
+  elif config.data.objective == 'causal' and config.sample.prompts:
     for prompt, text in sample(config, workdir):
       print(f'--- sample ---\n{prompt}{text}', flush=True)
   print('final: ' + ' '.join(f'val_{k}={v:.4f}' for k, v in final.items()),

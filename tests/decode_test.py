@@ -16,13 +16,16 @@ def test_prefill_then_cached_steps_equal_full_forward(variant):
   """Ragged rows: row 0 has a 5-token prompt, row 1 a 2-token prompt."""
   model, params = make(**VARIANTS[variant])
   sequence = jax.random.randint(jax.random.PRNGKey(2), (2, 9), 1, 50)
-  full = model.apply({'params': params}, sequence)
+  full = jax.jit(model.apply)({'params': params}, sequence)
   lengths = np.array([5, 2])
   prompt = np.where(np.arange(5) < lengths[:, None], sequence[:, :5], 0)
   cache = decode.init_cache(model, batch=2, cache_len=12)
-  logits, variables = model.apply(
+  cached_apply = jax.jit(
+      lambda variables, tokens, positions: model.apply(
+          variables, tokens, positions, decode=True, mutable=['cache']))
+  logits, variables = cached_apply(
       {'params': params, 'cache': cache}, prompt,
-      jnp.broadcast_to(jnp.arange(5), (2, 5)), decode=True, mutable=['cache'])
+      jnp.broadcast_to(jnp.arange(5), (2, 5)))
   for row in range(2):
     np.testing.assert_allclose(logits[row, :lengths[row]],
                                full[row, :lengths[row]], atol=1e-5)
@@ -30,9 +33,8 @@ def test_prefill_then_cached_steps_equal_full_forward(variant):
   for step in range(4):
     positions = lengths + step
     token = sequence[np.arange(2), positions][:, None]
-    logits, variables = model.apply(
-        {'params': params, 'cache': cache}, token, positions[:, None],
-        decode=True, mutable=['cache'])
+    logits, variables = cached_apply(
+        {'params': params, 'cache': cache}, token, positions[:, None])
     cache = variables['cache']
     np.testing.assert_allclose(logits[:, 0], full[np.arange(2), positions],
                                atol=1e-5)
@@ -45,11 +47,16 @@ def test_greedy_generate_equals_repeated_argmax_of_full_forward():
                         sampling=decode.SamplingConfig(max_new_tokens=6,
                                                        temperature=0.0),
                         eos_id=None)
+  # One compiled pass at a fixed length: the causal model never sees the
+  # right padding, so position t's logits are those of tokens[:t + 1].
+  forward = jax.jit(model.apply)
   for prompt, generated in zip(prompts, new):
     tokens = list(prompt)
     for _ in range(6):
-      logits = model.apply({'params': params}, jnp.array([tokens]))
-      tokens.append(int(jnp.argmax(logits[0, -1])))
+      padded = np.zeros((1, 10), np.int32)
+      padded[0, :len(tokens)] = tokens
+      logits = forward({'params': params}, padded)
+      tokens.append(int(jnp.argmax(logits[0, len(tokens) - 1])))
     assert generated == tokens[len(prompt):]
 
 
@@ -131,22 +138,33 @@ def seq2seq_model(position, vocab_size=40):
   return model, jax.tree.map(lambda x: 6 * x, params)
 
 
-def full_forward_logprobs(model, params, source, prefix):
-  logits = model.apply({'params': params}, jnp.array([source]),
-                       jnp.array([[1] + prefix]))
-  return jax.nn.log_softmax(logits[0, -1])
+def full_forward_logprobs(forward, params, source, prefix):
+  """Log-probs after `prefix` from one uncached pass.
+
+  Source and target are padded to fixed lengths (the source under its mask;
+  the causal decoder never sees the target's right padding) so `forward`
+  compiles once instead of once per prefix length.
+  """
+  source_BS = np.zeros((1, 8), np.int32)
+  source_BS[0, :len(source)] = source
+  target_BL = np.zeros((1, 10), np.int32)
+  target_BL[0, :len(prefix) + 1] = [1] + prefix
+  mask_BS = np.arange(8)[None] < len(source)
+  logits = forward({'params': params}, source_BS, target_BL, mask_BS)
+  return jax.nn.log_softmax(logits[0, len(prefix)])
 
 
 @pytest.mark.parametrize('position', ['sinusoidal', 'relative'])
 def test_cached_beam_of_one_equals_full_forward_greedy(position):
   model, params = seq2seq_model(position)
+  forward = jax.jit(model.apply)
   sources = [[3, 4, 5, 6], [7, 8, 9], [10]]
   got = decode.translate(model, params, sources, max_new_tokens=8, bos_id=1,
                          eos_id=2, beam_size=1)
   for source, tokens in zip(sources, got):
     expected = []
     for _ in range(8):
-      token = int(jnp.argmax(full_forward_logprobs(model, params, source,
+      token = int(jnp.argmax(full_forward_logprobs(forward, params, source,
                                                    expected)))
       if token == 2:
         break
@@ -158,13 +176,14 @@ def test_wide_beam_finds_the_most_likely_output():
   """With as many beams as 2-token prefixes, 3-step search is exhaustive."""
   vocab, eos, steps = 5, 2, 3
   model, params = seq2seq_model('relative', vocab_size=vocab)
+  forward = jax.jit(model.apply)
   source = [3, 4, 0, 1]
   best_score, best = -np.inf, None
   frontier = [([], 0.0)]
   for _ in range(steps):
     grown = []
     for prefix, score in frontier:
-      logprobs = np.asarray(full_forward_logprobs(model, params, source,
+      logprobs = np.asarray(full_forward_logprobs(forward, params, source,
                                                   prefix))
       for token in range(vocab):
         total = score + logprobs[token]

@@ -81,7 +81,7 @@ def test_smollm2_log_probabilities_match_transformers(smollm_workdir):
   with torch.no_grad():
     reference = torch.log_softmax(
         reference_model(torch.tensor([ids])).logits, -1).numpy()[0]
-  logits = models.build_model(restored.model_config).apply(
+  logits = jax.jit(models.build_model(restored.model_config).apply)(
       {'params': restored.params}, np.array([ids]))
   ours = np.asarray(jax.nn.log_softmax(logits, -1))[0]
   assert np.max(np.abs(ours - reference)) < 0.01

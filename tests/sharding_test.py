@@ -124,18 +124,17 @@ def test_mixture_of_experts_step_on_a_mesh_equals_one_device(data_dir, shape):
 
 @needs_8_devices
 def test_checkpoint_restores_on_other_meshes(data_dir, tmp_path):
+  """Saved on (8,1,1), continued on (2,4,1) and on one device: same run."""
   config = _config(data_dir, (8, 1, 1))
   config.train.update(num_steps=4, checkpoint_every=2, eval_every=4)
   train.train_and_evaluate(config, str(tmp_path / 'a'), stop_at_step=2)
-  for name in ('b', 'c'):
-    shutil.copytree(tmp_path / 'a', tmp_path / name)
+  shutil.copytree(tmp_path / 'a', tmp_path / 'b')
   finals = {}
-  for name, shape in (('a', (8, 1, 1)), ('b', (2, 4, 1)), ('c', (1,))):
+  for name, shape in (('a', (2, 4, 1)), ('b', (1,))):
     config.mesh.shape = shape
     finals[name] = train.train_and_evaluate(config, str(tmp_path / name))
-  for name in ('b', 'c'):
-    np.testing.assert_allclose(finals[name]['loss'], finals['a']['loss'],
-                               rtol=1e-5)
+  np.testing.assert_allclose(finals['b']['loss'], finals['a']['loss'],
+                             rtol=1e-5)
   params = {name: checkpoint.restore(str(tmp_path / name)).params
             for name in finals}
   jax.tree.map(lambda a, b: np.testing.assert_allclose(b, a, atol=1e-5),
