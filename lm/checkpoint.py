@@ -14,6 +14,7 @@ looks finished.
 import dataclasses
 import json
 import os
+import shutil
 from typing import Any
 
 import ml_collections
@@ -150,3 +151,38 @@ def restore(workdir: str) -> Restored:
   params, step = load_params(
       workdir, models.abstract_params(models.build_model(model_config)))
   return Restored(model_config, params, step, tokenizer)
+
+
+def check_new_directory(path: str) -> None:
+  if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
+    raise UsageError(f'{path} already exists and is not empty; choose a new '
+                     'directory (nothing was written)')
+
+
+def staging_path(final: str) -> str:
+  """A sibling folder a result is built in before its one rename."""
+  staging = f'{final}.partial-{os.getpid()}'
+  shutil.rmtree(staging, ignore_errors=True)
+  os.makedirs(staging)
+  return staging
+
+
+def write_params_workdir(workdir: str, config: ml_collections.ConfigDict,
+                         params: Any, tokenizer: tokenizers.Tokenizer,
+                         step: int = 0) -> None:
+  """A new inference workdir: config.json, the tokenizer and a params-only
+  checkpoint at `step`. It appears whole (one rename) or not at all."""
+  check_new_directory(workdir)
+  final = os.path.abspath(workdir)
+  staging = staging_path(final)
+  try:
+    save_config(config, staging)
+    tokenizer.save(staging)
+    checkpointer = Checkpointer(staging, async_save=False)
+    checkpointer.save(step, params, None, None)
+    checkpointer.close()
+    if os.path.isdir(final):
+      os.rmdir(final)  # Empty (checked above); replaced in one rename.
+    os.rename(staging, final)
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)

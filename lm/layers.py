@@ -15,6 +15,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lm.compress import quantize
+from lm.compress.quantize import Quant
+
 Dtype = Any
 
 
@@ -24,7 +27,11 @@ def logical(init, axes):
 
 
 class Embed(nn.Module):
-  """Token embedding; `attend` reuses the table as a tied output layer."""
+  """Token embedding; `attend` reuses the table as a tied output layer.
+
+  Quantized (`quant`), the table has one scale per row (int8) or per group of
+  a row (int4); a lookup dequantizes only the rows it gathers.
+  """
 
   num_embeddings: int
   features: int
@@ -32,21 +39,74 @@ class Embed(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   axes: tuple[str, str] = ('vocab', 'embed')
+  quant: Quant = quantize.NONE
 
   def setup(self):
-    self.embedding = self.param(
-        'embedding',
-        logical(nn.initializers.normal(self.init_std), self.axes),
-        (self.num_embeddings, self.features), self.param_dtype)
+    shape = (self.num_embeddings, self.features)
+    if self.quant.bits:
+      self.table = quantize.quantized_param(
+          self, 'embedding', shape, self.axes, self.param_dtype, (-1,),
+          self.quant)
+    else:
+      self.table = self.param(
+          'embedding', logical(nn.initializers.normal(self.init_std),
+                               self.axes), shape, self.param_dtype)
+
+  @property
+  def embedding(self):
+    """The whole table as floats."""
+    if self.quant.bits:
+      return quantize.dequantize(*self.table, -1, self.quant)
+    return self.table
 
   def __call__(self, ids):
-    return jnp.take(self.embedding, ids, axis=0).astype(self.dtype)
+    if self.quant.bits:
+      q, scale = (jnp.take(t, ids, axis=0) for t in self.table)
+      return quantize.dequantize(q, scale, -1, self.quant).astype(self.dtype)
+    return jnp.take(self.table, ids, axis=0).astype(self.dtype)
 
   def attend(self, x_BLD):
     return jnp.einsum('bld,vd->blv', x_BLD, self.embedding.astype(self.dtype))
 
 
-class HeadsDense(nn.Module):
+class Dense(nn.Module):
+  """x W + b over the last axis, [..., in] -> [..., features].
+
+  `nn.Dense`'s parameter names and shapes ('kernel' [in, features], 'bias'),
+  with logical axes and optional quantized kernels.
+  """
+
+  features: int
+  axes: tuple[str, str]
+  use_bias: bool = True
+  init_std: float = 0.02
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  quant: Quant = quantize.NONE
+
+  @nn.compact
+  def __call__(self, x):
+    return _project(self, x, (x.shape[-1], self.features), '...d,df->...f',
+                    (-2,), (self.features,), self.axes[-1:])
+
+
+def _project(module, x, shape, equation, contract, features, bias_axes):
+  """x times `module`'s 'kernel' of `shape` (contracted on `contract`), plus
+  its 'bias' if it has one: the body of Dense and HeadsDense."""
+  kernel = quantize.kernel_param(
+      module, 'kernel', shape, module.axes,
+      nn.initializers.normal(module.init_std), module.param_dtype, contract,
+      module.quant)
+  y = jnp.einsum(equation, x.astype(module.dtype),
+                 kernel.astype(module.dtype))
+  if module.use_bias:
+    bias = module.param('bias', logical(nn.initializers.zeros, bias_axes),
+                        features, module.param_dtype)
+    y += bias.astype(module.dtype)
+  return y
+
+
+class HeadsDense(Dense):
   """A dense layer into or out of heads: [.., D] -> [.., N, H] (`to_heads`)
   or [.., N, H] -> [.., D].
 
@@ -59,26 +119,14 @@ class HeadsDense(nn.Module):
   features: tuple[int, ...]
   axes: tuple[str, ...]
   to_heads: bool = True
-  use_bias: bool = True
-  init_std: float = 0.02
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x):
     if self.to_heads:
-      shape, equation = (x.shape[-1],) + self.features, '...d,dnh->...nh'
-    else:
-      shape, equation = x.shape[-2:] + self.features, '...nh,nhd->...d'
-    kernel = self.param('kernel', logical(nn.initializers.normal(
-        self.init_std), self.axes), shape, self.param_dtype)
-    y = jnp.einsum(equation, x.astype(self.dtype), kernel.astype(self.dtype))
-    if self.use_bias:
-      out_axes = self.axes[1:] if self.to_heads else self.axes[-1:]
-      bias = self.param('bias', logical(nn.initializers.zeros, out_axes),
-                        self.features, self.param_dtype)
-      y += bias.astype(self.dtype)
-    return y
+      return _project(self, x, (x.shape[-1],) + self.features,
+                      '...d,dnh->...nh', (-3,), self.features, self.axes[1:])
+    return _project(self, x, x.shape[-2:] + self.features, '...nh,nhd->...d',
+                    (-3, -2), self.features, self.axes[-1:])
 
 
 def make_norm(kind: str, eps: float, dtype: Dtype, param_dtype: Dtype,
@@ -139,17 +187,16 @@ class Mlp(nn.Module):
   out_init_std: float = 0.02
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  quant: Quant = quantize.NONE
 
   @nn.compact
   def __call__(self, x_BLD, deterministic: bool = True):
     d_model = x_BLD.shape[-1]
 
     def dense(features, axes, std, name):
-      return nn.Dense(
-          features, use_bias=self.use_bias, dtype=self.dtype,
-          param_dtype=self.param_dtype,
-          kernel_init=logical(nn.initializers.normal(std), axes),
-          bias_init=logical(nn.initializers.zeros, axes[-1:]), name=name)
+      return Dense(features, axes, use_bias=self.use_bias, init_std=std,
+                   dtype=self.dtype, param_dtype=self.param_dtype,
+                   quant=self.quant, name=name)
 
     act = ACTIVATIONS[self.activation]
     if self.gated:
@@ -239,6 +286,8 @@ class Attention(nn.Module):
   out_init_std: float = 0.02
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  quant: Quant = quantize.NONE
+  kv_cache_int8: bool = False
 
   @nn.compact
   def __call__(self, x_BLD, positions_BL, *, kv_BSD=None, mask_BLS=None,
@@ -249,7 +298,7 @@ class Attention(nn.Module):
       return HeadsDense(
           (heads, self.head_dim), axes, use_bias=self.use_bias,
           init_std=self.init_std, dtype=self.dtype,
-          param_dtype=self.param_dtype, name=name)(x)
+          param_dtype=self.param_dtype, quant=self.quant, name=name)(x)
 
     source_BSD = x_BLD if kv_BSD is None else kv_BSD
     q_BLNH = project(x_BLD, self.num_heads, ('embed', 'heads', 'head_dim'),
@@ -284,30 +333,45 @@ class Attention(nn.Module):
     return HeadsDense(
         (d_model,), ('heads', 'head_dim', 'embed'), to_heads=False,
         use_bias=self.use_bias, init_std=self.out_init_std, dtype=self.dtype,
-        param_dtype=self.param_dtype, name='out')(out_BLNH)
+        param_dtype=self.param_dtype, quant=self.quant, name='out')(out_BLNH)
 
   def _update_cache(self, k_BLKH, v_BLKH, positions_BL):
     """Writes this call's keys/values at each row's positions; returns all.
 
     The cache's length is fixed by the first (initializing) call. Slots not
     yet written hold stale values, but they sit at positions later than any
-    query that can see them, so the causal mask hides them.
+    query that can see them, so the causal mask hides them. With
+    `kv_cache_int8` the cache holds int8 and one scale per token and head,
+    half the bytes of bfloat16 (a quarter of float32).
     """
-    cached_k = self.variable('cache', 'cached_key', jnp.zeros, k_BLKH.shape,
-                             k_BLKH.dtype)
-    cached_v = self.variable('cache', 'cached_value', jnp.zeros, v_BLKH.shape,
-                             v_BLKH.dtype)
-    if self.is_initializing():
-      return k_BLKH, v_BLKH, positions_BL
     write = jax.vmap(
         lambda cache, new, start: jax.lax.dynamic_update_slice(
-            cache, new, (start, 0, 0)))
+            cache, new, (start,) + (0,) * (new.ndim - 1)))
     starts_B = positions_BL[:, 0]
-    cached_k.value = write(cached_k.value, k_BLKH.astype(cached_k.value.dtype),
-                           starts_B)
-    cached_v.value = write(cached_v.value, v_BLKH.astype(cached_v.value.dtype),
-                           starts_B)
-    batch, cache_len = cached_k.value.shape[:2]
+    out = []
+    for name, x_BLKH in (('cached_key', k_BLKH), ('cached_value', v_BLKH)):
+      parts = {name: (x_BLKH, x_BLKH.dtype)}
+      if self.kv_cache_int8:
+        q_BLKH, scale_BLK1 = quantize.quantize_kv(x_BLKH)
+        parts = {name: (q_BLKH, jnp.int8),
+                 name + '_scale': (scale_BLK1, jnp.float32)}
+      cached = {key: self.variable('cache', key, jnp.zeros, value.shape, dtype)
+                for key, (value, dtype) in parts.items()}
+      if self.is_initializing():
+        out.append(x_BLKH)
+        continue
+      for key, variable in cached.items():
+        variable.value = write(variable.value,
+                               parts[key][0].astype(variable.value.dtype),
+                               starts_B)
+      if self.kv_cache_int8:
+        out.append((cached[name].value * cached[name + '_scale'].value
+                    ).astype(x_BLKH.dtype))
+      else:
+        out.append(cached[name].value)
+    if self.is_initializing():
+      return k_BLKH, v_BLKH, positions_BL
+    batch, cache_len = out[0].shape[:2]
     key_positions_BS = jnp.broadcast_to(jnp.arange(cache_len), (batch,
                                                                cache_len))
-    return cached_k.value, cached_v.value, key_positions_BS
+    return out[0], out[1], key_positions_BS

@@ -14,6 +14,7 @@ import ml_collections
 
 from lm import layers
 from lm import moe
+from lm.compress import quantize
 from lm.errors import UsageError
 
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16,
@@ -28,6 +29,8 @@ _CHOICES = {
     'dtype': tuple(_DTYPES),
     'param_dtype': tuple(_DTYPES),
     'remat': ('none', 'full', 'dots'),
+    'quant': ('none', 'int8', 'int4'),
+    'kv_cache': ('float', 'int8'),
 }
 # What a rematerialized block keeps from the forward pass for the backward:
 # nothing ('full': it is recomputed), or the matmul results ('dots').
@@ -97,6 +100,16 @@ class ModelConfig:
   moe_every: int = 1
   router_aux_loss: float = 0.01
   router_z_loss: float = 0.001
+  # Inference (lm/compress/quantize.py): weight-only 'int8' (per channel) or
+  # 'int4' (in groups of `quant_group` weights) dense kernels and token
+  # embeddings, written by experiments/compress.py; an 'int8' KV cache.
+  quant: str = 'none'
+  quant_group: int = 64
+  kv_cache: str = 'float'
+
+  @property
+  def quantization(self) -> quantize.Quant:
+    return quantize.Quant.named(self.quant, self.quant_group)
 
   @property
   def kv_heads(self) -> int:
@@ -193,6 +206,10 @@ class ModelConfig:
     if not 0.0 <= self.dropout_rate < 1.0:
       raise UsageError(f'model.dropout_rate must be in [0, 1), got '
                        f'{self.dropout_rate}')
+    if self.quant == 'int4' and (self.quant_group < 2 or
+                                 self.quant_group % 2):
+      raise UsageError(f'model.quant_group={self.quant_group} must be an '
+                       'even number of weights (int4 packs two per byte)')
 
 
 class TransformerBlock(nn.Module):
@@ -229,7 +246,8 @@ class TransformerBlock(nn.Module):
           rotary_theta=c.rotary_theta if rotary else None,
           scale_queries=c.scale_queries, use_bias=c.use_bias,
           init_std=c.init_std, out_init_std=out_std, dtype=dtype,
-          param_dtype=param_dtype, name=name)
+          param_dtype=param_dtype, quant=c.quantization,
+          kv_cache_int8=c.kv_cache == 'int8', name=name)
 
     def norm(name):
       return layers.make_norm(c.norm, c.norm_eps, dtype, param_dtype, name)
@@ -264,7 +282,8 @@ class TransformerBlock(nn.Module):
       mlp = layers.Mlp(
           d_ff=c.d_ff, activation=c.activation, gated=c.gated_mlp,
           use_bias=c.use_bias, init_std=c.init_std, out_init_std=out_std,
-          dtype=dtype, param_dtype=param_dtype, name='mlp')
+          dtype=dtype, param_dtype=param_dtype, quant=c.quantization,
+          name='mlp')
     x_BLD = residual(x_BLD, lambda h: mlp(h, deterministic), 'mlp_norm')
     x_BLD = nn.with_logical_constraint(x_BLD, ('batch', 'length', 'embed'))
     return (x_BLD, None) if self.scanned else x_BLD
@@ -357,13 +376,10 @@ def classification_logits(c: ModelConfig, x_BLD, padding_mask_BL,
     pooled_BD = jnp.take_along_axis(x_BLD, last_B[:, None, None], 1)[:, 0]
   pooled_BD = nn.Dropout(c.dropout_rate)(pooled_BD,
                                          deterministic=deterministic)
-  return nn.Dense(
-      c.num_classes, dtype=_DTYPES[c.dtype],
-      param_dtype=_DTYPES[c.param_dtype],
-      kernel_init=layers.logical(nn.initializers.normal(c.init_std),
-                                 ('embed', 'classes')),
-      bias_init=layers.logical(nn.initializers.zeros, ('classes',)),
-      name='classifier')(pooled_BD).astype(jnp.float32)
+  return layers.Dense(
+      c.num_classes, ('embed', 'classes'), init_std=c.init_std,
+      dtype=_DTYPES[c.dtype], param_dtype=_DTYPES[c.param_dtype],
+      quant=c.quantization, name='classifier')(pooled_BD).astype(jnp.float32)
 
 
 def _output_logits(c: ModelConfig, x_BLD, embed: layers.Embed, bias=None):
@@ -374,10 +390,9 @@ def _output_logits(c: ModelConfig, x_BLD, embed: layers.Embed, bias=None):
       x_BLD = x_BLD * c.d_model ** -0.5
     logits_BLV = embed.attend(x_BLD)
   else:
-    logits_BLV = nn.Dense(
-        c.vocab_size, use_bias=False, dtype=dtype, param_dtype=param_dtype,
-        kernel_init=layers.logical(nn.initializers.normal(c.init_std),
-                                   ('embed', 'vocab')),
+    logits_BLV = layers.Dense(
+        c.vocab_size, ('embed', 'vocab'), use_bias=False, init_std=c.init_std,
+        dtype=dtype, param_dtype=param_dtype, quant=c.quantization,
         name='head')(x_BLD)
   if bias is not None:
     logits_BLV += bias
@@ -405,7 +420,7 @@ class DecoderOnly(nn.Module):
       positions_BL = _default_positions(tokens_BL)
     embed = layers.Embed(c.vocab_size, c.d_model, c.init_std,
                          _DTYPES[c.dtype], _DTYPES[c.param_dtype],
-                         name='embed')
+                         quant=c.quantization, name='embed')
     x_BLD = _run_stack(self, c, embed(tokens_BL), positions_BL,
                        num_layers=c.num_layers, causal=True,
                        deterministic=deterministic, decode=decode)
@@ -435,7 +450,7 @@ class EncoderOnly(nn.Module):
     c = self.config
     dtype, param_dtype = _DTYPES[c.dtype], _DTYPES[c.param_dtype]
     embed = layers.Embed(c.vocab_size, c.d_model, c.init_std, dtype,
-                         param_dtype, name='embed')
+                         param_dtype, quant=c.quantization, name='embed')
     x_BLD = embed(tokens_BL)
     if c.type_vocab_size:
       if token_types_BL is None:
@@ -450,19 +465,15 @@ class EncoderOnly(nn.Module):
         deterministic=deterministic)
     outputs = {'hidden': x_BLD}
     if c.pooler:
-      outputs['pooled'] = jnp.tanh(nn.Dense(
-          c.d_model, dtype=dtype, param_dtype=param_dtype,
-          kernel_init=layers.logical(nn.initializers.normal(c.init_std),
-                                     ('embed', 'mlp')),
-          bias_init=layers.logical(nn.initializers.zeros, ('mlp',)),
-          name='pooler')(x_BLD[:, 0]))
+      outputs['pooled'] = jnp.tanh(layers.Dense(
+          c.d_model, ('embed', 'mlp'), init_std=c.init_std, dtype=dtype,
+          param_dtype=param_dtype, quant=c.quantization, name='pooler')(
+              x_BLD[:, 0]))
     if c.mlm_head:
-      h_BLD = nn.Dense(
-          c.d_model, dtype=dtype, param_dtype=param_dtype,
-          kernel_init=layers.logical(nn.initializers.normal(c.init_std),
-                                     ('embed', 'mlp')),
-          bias_init=layers.logical(nn.initializers.zeros, ('mlp',)),
-          name='mlm_dense')(x_BLD)
+      h_BLD = layers.Dense(
+          c.d_model, ('embed', 'mlp'), init_std=c.init_std, dtype=dtype,
+          param_dtype=param_dtype, quant=c.quantization, name='mlm_dense')(
+              x_BLD)
       h_BLD = layers.make_norm(c.norm, c.norm_eps, dtype, param_dtype,
                                'mlm_norm')(layers.ACTIVATIONS[c.activation](
                                    h_BLD))
@@ -513,7 +524,8 @@ class EncoderDecoder(nn.Module):
   def setup(self):
     c = self.config
     self.embed = layers.Embed(c.vocab_size, c.d_model, c.init_std,
-                              _DTYPES[c.dtype], _DTYPES[c.param_dtype])
+                              _DTYPES[c.dtype], _DTYPES[c.param_dtype],
+                              quant=c.quantization)
     self.encoder = Stack(c, c.num_layers, causal=False)
     self.decoder = Stack(c, c.decoder_layers, causal=True)
 

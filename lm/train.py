@@ -488,6 +488,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   `stop_at_step` ends the run early, as a preemption would, after saving a
   checkpoint at that step; the schedule still targets `train.num_steps`.
   """
+  if config.model.get('quant', 'none') != 'none':
+    raise UsageError(
+        f"model.quant={config.model.quant!r} is an inference format that "
+        "experiments/compress.py writes; train with model.quant='none' and "
+        'quantize the trained workdir')
   trainer = Trainer(config)
   primary = jax.process_index() == 0
   if not primary:  # One process speaks for all; every one checkpoints.

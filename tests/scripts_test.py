@@ -201,3 +201,33 @@ def test_decode_speed_compares_compiled_and_op_by_op_decoding():
   report = json.loads(result.stdout.strip().splitlines()[-1])
   assert report['same_tokens'] and report['new_tokens'] == 3
   assert report['no_jit_s'] > 0 and report['jit_s'] > 0
+
+
+def test_compress_writes_a_quantized_workdir_and_reports_it(trained,
+                                                            tmp_path):
+  workdir, _ = trained
+  output = str(tmp_path / 'int8')
+  result = run('experiments.compress', f'--workdir={workdir}',
+               '--method=int8', f'--output={output}')
+  assert result.returncode == 0, result.stderr
+  assert "model.quant='int8'" in result.stdout
+  plot = tmp_path / 'report.png'
+  result = run('experiments.compress', f'--report={workdir},{output}',
+               '--names=fp32,int8', '--decode_tokens=4', f'--plot={plot}')
+  assert result.returncode == 0, result.stderr
+  rows = [json.loads(line) for line in result.stdout.splitlines()
+          if line.startswith('{')]
+  assert [row['name'] for row in rows] == ['fp32', 'int8']
+  # Orbax's metadata is much of the files of a model this small, and one
+  # float scale per 32 weights adds 1/8; biases and norms stay float.
+  assert rows[1]['array_bytes'] < 0.4 * rows[0]['array_bytes'], rows
+  assert rows[1]['params_bytes'] < rows[0]['params_bytes'], rows
+  assert rows[0]['weights'] == rows[1]['weights']
+  assert all(row['decode_tokens_per_s'] > 0 for row in rows)
+  assert '| int8 |' in result.stdout
+  assert plot.stat().st_size > 10_000
+  before = snapshot(output)
+  assert_one_line_error(run('experiments.compress', f'--workdir={workdir}',
+                            '--method=int4', f'--output={output}'),
+                        'already exists')
+  assert snapshot(output) == before

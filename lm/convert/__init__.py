@@ -108,26 +108,15 @@ def import_checkpoint(source: str, workdir: str,
   The workdir's config.json is `base_config` (configs/base.py's defaults)
   with the imported model section and tokenizer.
   """
-  _check_new_directory(workdir)
+  checkpoint.check_new_directory(workdir)
   imported = read_checkpoint(source, tokenizer_dir)
-  final = os.path.abspath(workdir)
-  staging = _staging_path(final)
-  try:
-    config = ml_collections.ConfigDict(base_config.to_dict())
-    config.model = dataclasses.asdict(imported.model_config)
-    # The tokenizer travels with the workdir; data.tokenizer names it.
-    config.data.update(tokenizer=final,
-                       vocab_size=imported.tokenizer.vocab_size)
-    checkpoint.save_config(config, staging)
-    imported.tokenizer.save(staging)
-    checkpointer = checkpoint.Checkpointer(staging, async_save=False)
-    checkpointer.save(0, imported.params, None, None)
-    checkpointer.close()
-    if os.path.isdir(final):
-      os.rmdir(final)  # Empty (checked above); replaced in one rename.
-    os.rename(staging, final)
-  finally:
-    shutil.rmtree(staging, ignore_errors=True)
+  config = ml_collections.ConfigDict(base_config.to_dict())
+  config.model = dataclasses.asdict(imported.model_config)
+  # The tokenizer travels with the workdir; data.tokenizer names it.
+  config.data.update(tokenizer=os.path.abspath(workdir),
+                     vocab_size=imported.tokenizer.vocab_size)
+  checkpoint.write_params_workdir(workdir, config, imported.params,
+                                  imported.tokenizer)
   return imported
 
 
@@ -140,9 +129,9 @@ def export_workdir(workdir: str, output: str) -> str:
   hf_config['torch_dtype'] = 'float32'
   params = jax.tree.map(lambda x: np.asarray(x, np.float32), restored.params)
   tensors = hf_layouts.params_to_hf(arch.rules(restored.model_config), params)
-  _check_new_directory(output)
+  checkpoint.check_new_directory(output)
   final = os.path.abspath(output)
-  staging = _staging_path(final)
+  staging = checkpoint.staging_path(final)
   try:
     safetensors.numpy.save_file(tensors, os.path.join(staging, _WEIGHTS_FILE),
                                 metadata={'format': 'pt'})
@@ -199,17 +188,3 @@ def _check_shapes(model_config: models.ModelConfig, params: dict) -> None:
           f'{name} has shape {tuple(have[name].shape)} in the checkpoint but '
           f'the config implies {tuple(want[name].shape)}; the config.json '
           'does not match the weights')
-
-
-def _check_new_directory(path: str) -> None:
-  if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
-    raise UsageError(f'{path} already exists and is not empty; choose a new '
-                     'directory (nothing was written)')
-
-
-def _staging_path(final: str) -> str:
-  """A sibling folder the result is built in before its one rename."""
-  staging = f'{final}.partial-{os.getpid()}'
-  shutil.rmtree(staging, ignore_errors=True)
-  os.makedirs(staging)
-  return staging

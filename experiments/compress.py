@@ -1,0 +1,79 @@
+r"""Compresses a workdir into a new one, or reports on several.
+
+  python -m experiments.compress --workdir=SRC --method=int8 --output=DST
+  python -m experiments.compress --workdir=SRC --method=int4 --group=64 \
+      --output=DST
+  python -m experiments.compress --report=DIR1,DIR2,... [--names=a,b,...] \
+      [--plot=report.png]
+
+Methods: 'int8' (weight-only, one scale per output channel) and 'int4'
+(weight-only, one scale per --group weights), both with --kv_cache=int8 for
+an int8 KV cache too. The source is never changed; the output is a complete
+workdir for generate.py, evaluate.py and --report.
+
+--report prints one JSON line per workdir, then a Markdown table: params on
+disk, weights (and how many are nonzero), validation bits per byte (and the
+change from the first workdir) and greedy decode tokens/s; --plot writes the
+same as a PNG.
+"""
+
+import json
+
+from absl import flags
+
+from configs import base
+from experiments import cli
+from lm.compress import report
+from lm.compress import workdirs
+
+_METHODS = ('int8', 'int4')
+
+_WORKDIR = flags.DEFINE_string('workdir', None, 'The workdir to compress.')
+_METHOD = flags.DEFINE_enum('method', None, _METHODS, 'What to apply.')
+_OUTPUT = flags.DEFINE_string('output', None, 'The new workdir to write.')
+_GROUP = flags.DEFINE_integer('group', 64, 'int4: weights per scale.')
+_KV_CACHE = flags.DEFINE_enum('kv_cache', 'float', ('float', 'int8'),
+                              'The KV cache the output decodes with.')
+_REPORT = flags.DEFINE_list('report', None, 'Workdirs to measure.')
+_NAMES = flags.DEFINE_list('names', None, 'Their names in the table.')
+_PLOT = flags.DEFINE_string('plot', None, 'Where to write the PNG.')
+_NEW_TOKENS = flags.DEFINE_integer('decode_tokens', 64,
+                                   'Tokens per row in the speed test.')
+
+
+def main(argv):
+  if len(argv) > 1:
+    cli.fail(f'unexpected arguments {argv[1:]}; flags look like --name=value')
+  if _REPORT.value:
+    return run_report()
+  if not (_WORKDIR.value and _METHOD.value and _OUTPUT.value):
+    cli.fail('give --workdir, --method and --output to compress, or '
+             '--report=DIR,... to measure workdirs')
+  cli.setup_jax()
+  model_config = workdirs.quantize_workdir(
+      _WORKDIR.value, _OUTPUT.value, _METHOD.value, _GROUP.value,
+      _KV_CACHE.value, base.get_base_config())
+  print(f'Wrote {_OUTPUT.value}: model.quant={model_config.quant!r}, '
+        f'quant_group={model_config.quant_group}, '
+        f'kv_cache={model_config.kv_cache!r}')
+
+
+def run_report():
+  names = _NAMES.value or _REPORT.value
+  if len(names) != len(_REPORT.value):
+    cli.fail(f'--names has {len(names)} entries for {len(_REPORT.value)} '
+             'workdirs in --report')
+  cli.setup_jax()
+  rows = []
+  for name, workdir in zip(names, _REPORT.value):
+    row = report.measure(workdir, base.get_base_config(), _NEW_TOKENS.value)
+    print(json.dumps({'name': name, **row}), flush=True)
+    rows.append(row)
+  print(report.markdown(rows, names))
+  if _PLOT.value:
+    report.plot(rows, names, _PLOT.value, 'Compression of ' + names[0])
+    print(f'Wrote {_PLOT.value}')
+
+
+if __name__ == '__main__':
+  cli.run(main)

@@ -1,0 +1,1 @@
+"""Model compression: quantization, pruning, low-rank adapters, distillation."""

@@ -1,0 +1,134 @@
+"""Size, quality and speed of workdirs, side by side (experiments/compress.py).
+
+For each workdir: bytes its latest params take on disk (orbax's files,
+metadata included) and in memory, parameter count and
+how many are nonzero, validation bits per byte of its own task, and greedy
+decode tokens/s (median of three timed calls after a compiling one).
+"""
+
+import math
+import os
+import statistics
+import time
+
+import flax.traverse_util
+import jax
+import ml_collections
+import numpy as np
+
+from lm import checkpoint
+from lm import decode
+from lm import evaluation
+from lm import models
+from lm.compress import quantize
+
+_DECODE_BATCH = 4
+_PROMPT = 'ROMEO:\n'
+
+
+def params_bytes(workdir: str) -> int:
+  """Bytes of the latest checkpoint's params item, as written on disk."""
+  checkpointer = checkpoint.Checkpointer(workdir, read_only=True)
+  step = checkpointer.latest_step()
+  checkpointer.close()
+  directory = os.path.join(checkpoint.checkpoint_dir(workdir), str(step),
+                           'params')
+  return sum(os.path.getsize(os.path.join(root, name))
+             for root, _, names in os.walk(directory) for name in names)
+
+
+def count_weights(params) -> tuple[int, int]:
+  """(weights, nonzero weights); an int4 byte holds two weights, and
+  quantization scales are not counted."""
+  total = nonzero = 0
+  for name, leaf in flax.traverse_util.flatten_dict(params, sep='/').items():
+    if name.endswith(quantize.SCALE_SUFFIX):
+      continue
+    leaf = np.asarray(leaf)
+    if leaf.dtype == np.uint8:  # packed int4
+      nibbles = np.stack([leaf & 0xF, leaf >> 4])
+      total += nibbles.size
+      nonzero += int(np.count_nonzero(nibbles))
+    else:
+      total += leaf.size
+      nonzero += int(np.count_nonzero(leaf))
+  return total, nonzero
+
+
+def decode_tokens_per_s(restored: checkpoint.Restored,
+                        new_tokens: int) -> float:
+  model = models.build_model(restored.model_config)
+  prompt = restored.tokenizer.encode(_PROMPT)
+  kwargs = dict(sampling=decode.SamplingConfig(max_new_tokens=new_tokens,
+                                               temperature=0.0),
+                rng=jax.random.key(0), eos_id=None,
+                max_len=restored.model_config.context_limit)
+  prompts = [prompt] * _DECODE_BATCH
+  decode.generate(model, restored.params, prompts, **kwargs)  # compiles
+  seconds = []
+  for _ in range(3):
+    start = time.perf_counter()
+    decode.generate(model, restored.params, prompts, **kwargs)
+    seconds.append(time.perf_counter() - start)
+  return _DECODE_BATCH * new_tokens / statistics.median(seconds)
+
+
+def measure(workdir: str, defaults: ml_collections.ConfigDict,
+            new_tokens: int = 64) -> dict:
+  restored = checkpoint.restore(workdir)
+  c = restored.model_config
+  weights, nonzero = count_weights(restored.params)
+  result = evaluation.evaluate_workdir(workdir, 'validation', {}, defaults)
+  row = {'workdir': workdir, 'quant': c.quant, 'layers': c.num_layers,
+         'params_bytes': params_bytes(workdir),
+         'array_bytes': sum(x.nbytes for x in jax.tree.leaves(
+             restored.params)), 'weights': weights,
+         'nonzero': nonzero,
+         'bits_per_byte': result['metrics'].get('bits_per_byte', math.nan)}
+  if c.family == 'decoder':
+    row['decode_tokens_per_s'] = decode_tokens_per_s(restored, new_tokens)
+  return row
+
+
+def markdown(rows: list[dict], names: list[str]) -> str:
+  base_bpb = rows[0]['bits_per_byte']
+  lines = ['| model | params on disk | in memory | weights (nonzero) | '
+           'val bits/byte | vs first | decode tokens/s |', '|' + ' --- |' * 7]
+  for name, row in zip(names, rows):
+    lines.append(
+        f"| {name} | {row['params_bytes'] / 2**20:.2f} MiB | "
+        f"{row['array_bytes'] / 2**20:.2f} MiB | "
+        f"{row['weights']:,} ({row['nonzero'] / row['weights']:.0%}) | "
+        f"{row['bits_per_byte']:.4f} | "
+        f"{100 * (row['bits_per_byte'] / base_bpb - 1):+.2f}% | "
+        f"{row.get('decode_tokens_per_s', math.nan):,.0f} |")
+  return '\n'.join(lines)
+
+
+def plot(rows: list[dict], names: list[str], path: str, title: str) -> None:
+  """Quality vs size (left) and decode speed (right), one PNG."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+  for name, row in zip(names, rows):
+    left.scatter(row['params_bytes'] / 2**20, row['bits_per_byte'],
+                 label=name, s=40)
+    left.annotate(name, (row['params_bytes'] / 2**20, row['bits_per_byte']),
+                  textcoords='offset points', xytext=(4, 4), fontsize=8)
+  left.set_xlabel('params on disk (MiB)')
+  left.set_ylabel('validation bits per byte (lower is better)')
+  left.set_title('Quality vs size')
+  left.legend(fontsize=8)
+  speeds = [row.get('decode_tokens_per_s', 0.0) for row in rows]
+  right.bar(range(len(rows)), speeds, color='tab:green',
+            label=f'greedy, batch {_DECODE_BATCH}')
+  right.set_xticks(range(len(rows)), names, rotation=30, ha='right',
+                   fontsize=8)
+  right.set_ylabel('decode tokens/s')
+  right.set_title('Decoding speed')
+  right.legend(fontsize=8)
+  fig.suptitle(title)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
