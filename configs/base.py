@@ -53,6 +53,13 @@ def get_base_config() -> ml_collections.ConfigDict:
       # (regex, factor) learning-rate scales, layer-wise decay (1: off).
       freeze=(), lr_scale=(), layer_decay=1.0))
 
+  # Magnitude pruning during training (lm/compress/prune.py): 'unstructured'
+  # or 'N:M' (e.g. '2:4'), reaching `sparsity` (unstructured) on a cubic
+  # schedule from start_step to end_step, masks updated every `every` steps.
+  config.prune = ml_collections.ConfigDict(dict(
+      pattern='none', sparsity=0.5, start_step=0, end_step=0, every=10,
+      targets=r'.*kernel'))
+
   config.train = ml_collections.ConfigDict(dict(
       num_steps=1000, seed=0, log_every=50, eval_every=500,
       checkpoint_every=500, keep_checkpoints=3, grad_accum_steps=1))

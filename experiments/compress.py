@@ -3,12 +3,16 @@ r"""Compresses a workdir into a new one, or reports on several.
   python -m experiments.compress --workdir=SRC --method=int8 --output=DST
   python -m experiments.compress --workdir=SRC --method=int4 --group=64 \
       --output=DST
+  python -m experiments.compress --workdir=SRC --method=prune --pattern=2:4 \
+      --output=DST
   python -m experiments.compress --report=DIR1,DIR2,... [--names=a,b,...] \
       [--plot=report.png]
 
 Methods: 'int8' (weight-only, one scale per output channel) and 'int4'
 (weight-only, one scale per --group weights), both with --kv_cache=int8 for
-an int8 KV cache too. The source is never changed; the output is a complete
+an int8 KV cache too; 'prune': one-shot magnitude pruning of the dense
+kernels, --pattern=unstructured (--sparsity of each kernel) or N:M such as
+2:4. To prune gradually while training, see config.prune (configs/base.py). The source is never changed; the output is a complete
 workdir for generate.py, evaluate.py and --report.
 
 --report prints one JSON line per workdir, then a Markdown table: params on
@@ -23,10 +27,11 @@ from absl import flags
 
 from configs import base
 from experiments import cli
+from lm.compress import prune
 from lm.compress import report
 from lm.compress import workdirs
 
-_METHODS = ('int8', 'int4')
+_METHODS = ('int8', 'int4', 'prune')
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'The workdir to compress.')
 _METHOD = flags.DEFINE_enum('method', None, _METHODS, 'What to apply.')
@@ -34,6 +39,10 @@ _OUTPUT = flags.DEFINE_string('output', None, 'The new workdir to write.')
 _GROUP = flags.DEFINE_integer('group', 64, 'int4: weights per scale.')
 _KV_CACHE = flags.DEFINE_enum('kv_cache', 'float', ('float', 'int8'),
                               'The KV cache the output decodes with.')
+_PATTERN = flags.DEFINE_string('pattern', '2:4',
+                               "prune: 'unstructured' or N:M such as 2:4.")
+_SPARSITY = flags.DEFINE_float('sparsity', 0.5,
+                               'prune, unstructured: the fraction of zeros.')
 _REPORT = flags.DEFINE_list('report', None, 'Workdirs to measure.')
 _NAMES = flags.DEFINE_list('names', None, 'Their names in the table.')
 _PLOT = flags.DEFINE_string('plot', None, 'Where to write the PNG.')
@@ -50,6 +59,17 @@ def main(argv):
     cli.fail('give --workdir, --method and --output to compress, or '
              '--report=DIR,... to measure workdirs')
   cli.setup_jax()
+  if _METHOD.value == 'prune':
+    config = prune.PruneConfig(pattern=_PATTERN.value,
+                               sparsity=_SPARSITY.value)
+    config.validate()
+    if config.pattern == 'none':
+      cli.fail("--pattern=none prunes nothing; use 'unstructured' or N:M")
+    sparsity = workdirs.prune_workdir(_WORKDIR.value, _OUTPUT.value, config,
+                                      base.get_base_config())
+    print(f'Wrote {_OUTPUT.value}: {config.pattern} pruning, '
+          f'{sparsity:.1%} of the dense kernels are zero')
+    return
   model_config = workdirs.quantize_workdir(
       _WORKDIR.value, _OUTPUT.value, _METHOD.value, _GROUP.value,
       _KV_CACHE.value, base.get_base_config())

@@ -32,6 +32,7 @@ from lm import models
 from lm import optim
 from lm import privacy
 from lm import sharding
+from lm.compress import prune
 from lm.data import classification
 from lm.data import objectives
 from lm.data import pipeline
@@ -245,6 +246,10 @@ class Trainer:
       self.optimizer = optax.chain(
           privacy.aggregator(config.privacy, config.train.seed),
           self.optimizer)
+    prune_config = prune.PruneConfig.from_config(config.prune)
+    if prune_config.pattern != 'none':  # Masks join the optimizer state.
+      self.optimizer = prune.masked(self.optimizer, prune_config,
+                                    prune.input_axes(self.model_config))
     # Traced once: the shardings and restoring both read it.
     self._boxed_state = self._abstract_boxed_state()
     self.state_shardings = sharding.logical_shardings(self._boxed_state,
@@ -592,7 +597,9 @@ def validate_train_config(config: ml_collections.ConfigDict) -> None:
 
 # Keys whose change makes a workdir's checkpoints meaningless to resume.
 _RESUME_KEYS = {'model': None, 'data': ('name', 'tokenizer', 'vocab_size',
-                                        'seq_len', 'batch_size', 'objective')}
+                                        'seq_len', 'batch_size', 'objective'),
+                # Pruning keeps masks in the optimizer state.
+                'prune': ('pattern',)}
 
 
 def check_workdir_matches(config: ml_collections.ConfigDict, workdir: str):
@@ -601,6 +608,8 @@ def check_workdir_matches(config: ml_collections.ConfigDict, workdir: str):
     return
   saved = checkpoint.load_config(workdir)
   for section, keys in _RESUME_KEYS.items():
+    if section not in saved:  # Written before lm had the section.
+      continue
     old, new = saved[section].to_dict(), config[section].to_dict()
     # Remat trades memory for time; the parameters are the same.
     keys = keys or sorted(set(old) | set(new) - {'remat'})

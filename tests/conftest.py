@@ -46,3 +46,14 @@ def tiny_config(data_dir: str):
 @pytest.fixture
 def tiny(data_dir):
   return tiny_config(data_dir)
+
+
+@pytest.fixture(scope='session')
+def float_workdir(data_dir, tmp_path_factory):
+  """A trained tiny decoder's workdir, for compression to read (not write)."""
+  from lm import train  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path_factory.mktemp('float'))
+  config = tiny_config(data_dir)
+  config.model.update(d_model=64, d_ff=128)
+  train.train_and_evaluate(config, workdir)
+  return workdir

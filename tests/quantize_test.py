@@ -148,15 +148,6 @@ def test_int4_group_sizes_that_do_not_tile_are_refused():
     models.abstract_params(model)
 
 
-@pytest.fixture(scope='module')
-def float_workdir(data_dir, tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp('float'))
-  config = tiny_config(data_dir)
-  config.model.update(d_model=64, d_ff=128)
-  train.train_and_evaluate(config, workdir)
-  return workdir
-
-
 def test_a_quantized_workdir_is_smaller_and_scores_close(float_workdir,
                                                          tmp_path):
   defaults = base.get_base_config()

@@ -14,20 +14,39 @@ import ml_collections
 
 from lm import checkpoint
 from lm import models
+from lm.compress import prune
 from lm.compress import quantize
 from lm.errors import UsageError
 
 
-def _derived_config(source: str, model_config: models.ModelConfig,
-                    output: str, defaults: ml_collections.ConfigDict | None
-                    ) -> ml_collections.ConfigDict:
-  """The source's config with `model_config`, its tokenizer moved along."""
+def _write(source: str, output: str, restored: checkpoint.Restored,
+           model_config: models.ModelConfig, params,
+           defaults: ml_collections.ConfigDict | None,
+           **sections) -> None:
+  """`output`: the source's config with `model_config` (and `sections`
+  replaced), its tokenizer moved along, and `params` at the source's step."""
   config = checkpoint.load_config(source, defaults)
   config.model = dataclasses.asdict(model_config)
+  for name, values in sections.items():
+    config[name] = ml_collections.ConfigDict(values)
   tokenizer = config.data.tokenizer
   if os.path.isdir(tokenizer) and os.path.samefile(tokenizer, source):
     config.data.tokenizer = os.path.abspath(output)
-  return config
+  checkpoint.write_params_workdir(output, config, jax.device_get(params),
+                                  restored.tokenizer, restored.step)
+
+
+def _restore_float(source: str, output: str) -> checkpoint.Restored:
+  checkpoint.check_new_directory(output)
+  restored = checkpoint.restore(source)
+  if restored.model_config.quant != 'none':
+    raise UsageError(f'{source} is already quantized '
+                     f'(model.quant={restored.model_config.quant!r}); '
+                     'compress the float workdir it came from')
+  if restored.model_config.family == 'lstm':
+    raise UsageError('compression applies to Transformer workdirs; '
+                     f'{source} holds the LSTM baseline')
+  return restored
 
 
 def quantize_workdir(source: str, output: str, quant: str, group: int = 64,
@@ -35,22 +54,26 @@ def quantize_workdir(source: str, output: str, quant: str, group: int = 64,
                      defaults: ml_collections.ConfigDict | None = None
                      ) -> models.ModelConfig:
   """Writes `output`: the source's latest params quantized to `quant`."""
-  checkpoint.check_new_directory(output)
-  restored = checkpoint.restore(source)
-  if restored.model_config.quant != 'none':
-    raise UsageError(f'{source} is already quantized '
-                     f'(model.quant={restored.model_config.quant!r}); '
-                     'quantize the float workdir it came from')
-  if restored.model_config.family == 'lstm':
-    raise UsageError('quantization applies to Transformer workdirs; '
-                     f'{source} holds the LSTM baseline')
+  restored = _restore_float(source, output)
   model_config = dataclasses.replace(restored.model_config, quant=quant,
                                      quant_group=group, kv_cache=kv_cache)
   model_config.validate()
   abstract = models.abstract_params(models.build_model(model_config))
-  params = jax.device_get(quantize.quantize_params(
-      restored.params, abstract, model_config.quantization))
-  config = _derived_config(source, model_config, output, defaults)
-  checkpoint.write_params_workdir(output, config, params, restored.tokenizer,
-                                  restored.step)
+  params = quantize.quantize_params(restored.params, abstract,
+                                    model_config.quantization)
+  _write(source, output, restored, model_config, params, defaults)
   return model_config
+
+
+def prune_workdir(source: str, output: str, config: prune.PruneConfig,
+                  defaults: ml_collections.ConfigDict | None = None) -> float:
+  """Writes `output`: the source's latest params pruned at once to the
+  config's final sparsity; returns the sparsity of the pruned kernels.
+  Its config's `prune` section says how, so fine-tuning it with the same
+  pattern (init_from) keeps the zeros."""
+  restored = _restore_float(source, output)
+  params = prune.prune_params(restored.params, config,
+                              prune.input_axes(restored.model_config))
+  _write(source, output, restored, restored.model_config, params, defaults,
+         prune=dataclasses.asdict(config))
+  return prune.sparsity_of(params, config)
