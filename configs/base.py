@@ -24,7 +24,8 @@ def get_base_config() -> ml_collections.ConfigDict:
       init_std=0.02, dtype='float32', param_dtype='float32',
       scan_layers=False, remat='none', num_experts=0, experts_per_token=2,
       expert_capacity_factor=1.25, moe_every=1, router_aux_loss=0.01,
-      router_z_loss=0.001, quant='none', quant_group=64, kv_cache='float'))
+      router_z_loss=0.001, quant='none', quant_group=64, kv_cache='float',
+      lora_rank=0, lora_alpha=16.0, lora_targets=('query', 'value')))
 
   config.data = ml_collections.ConfigDict(dict(
       name='shakespeare',

@@ -12,7 +12,8 @@ Methods: 'int8' (weight-only, one scale per output channel) and 'int4'
 (weight-only, one scale per --group weights), both with --kv_cache=int8 for
 an int8 KV cache too; 'prune': one-shot magnitude pruning of the dense
 kernels, --pattern=unstructured (--sparsity of each kernel) or N:M such as
-2:4. To prune gradually while training, see config.prune (configs/base.py). The source is never changed; the output is a complete
+2:4. To prune gradually while training, see config.prune (configs/base.py);
+'merge_lora': a LoRA-trained workdir's adapters folded into its kernels. The source is never changed; the output is a complete
 workdir for generate.py, evaluate.py and --report.
 
 --report prints one JSON line per workdir, then a Markdown table: params on
@@ -31,7 +32,7 @@ from lm.compress import prune
 from lm.compress import report
 from lm.compress import workdirs
 
-_METHODS = ('int8', 'int4', 'prune')
+_METHODS = ('int8', 'int4', 'prune', 'merge_lora')
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'The workdir to compress.')
 _METHOD = flags.DEFINE_enum('method', None, _METHODS, 'What to apply.')
@@ -69,6 +70,11 @@ def main(argv):
                                       base.get_base_config())
     print(f'Wrote {_OUTPUT.value}: {config.pattern} pruning, '
           f'{sparsity:.1%} of the dense kernels are zero')
+    return
+  if _METHOD.value == 'merge_lora':
+    workdirs.merge_lora_workdir(_WORKDIR.value, _OUTPUT.value,
+                                base.get_base_config())
+    print(f'Wrote {_OUTPUT.value}: LoRA adapters merged into their kernels')
     return
   model_config = workdirs.quantize_workdir(
       _WORKDIR.value, _OUTPUT.value, _METHOD.value, _GROUP.value,

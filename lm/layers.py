@@ -8,6 +8,7 @@ Shape letters in names: B batch, L query length, S key length, D model width,
 N query heads, K key/value heads, H head width, F feed-forward width, V vocab.
 """
 
+import dataclasses
 from typing import Any
 
 import flax.linen as nn
@@ -83,6 +84,13 @@ class Dense(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   quant: Quant = quantize.NONE
+  # LoRA (Hu et al., 2021): with rank > 0 and this layer's name among the
+  # targets, y += (alpha / rank) * x A B, with A [in, rank] and B [rank,
+  # out] ('lora_a', 'lora_b'; B starts at zero, so training starts from the
+  # layer as it was).
+  lora_rank: int = 0
+  lora_alpha: float = 16.0
+  lora_targets: tuple[str, ...] = ()
 
   @nn.compact
   def __call__(self, x):
@@ -103,7 +111,28 @@ def _project(module, x, shape, equation, contract, features, bias_axes):
     bias = module.param('bias', logical(nn.initializers.zeros, bias_axes),
                         features, module.param_dtype)
     y += bias.astype(module.dtype)
+  if module.lora_rank and module.name in module.lora_targets:
+    y += _lora(module, x, shape, len(contract))
   return y
+
+
+def _lora(module, x, shape, num_in: int):
+  """The low-rank update (alpha / r) x A B of a kernel of `shape` whose first
+  `num_in` axes are its inputs."""
+  r = module.lora_rank
+  in_shape, out_shape = shape[:num_in], shape[num_in:]
+  in_axes, out_axes = module.axes[:num_in], module.axes[num_in:]
+  a = module.param('lora_a', logical(nn.initializers.normal(
+      1 / np.sqrt(np.prod(in_shape))), in_axes + (None,)), in_shape + (r,),
+                   module.param_dtype)
+  b = module.param('lora_b', logical(nn.initializers.zeros,
+                                     (None,) + out_axes), (r,) + out_shape,
+                   module.param_dtype)
+  x_flat = x.reshape(x.shape[:x.ndim - num_in] + (-1,)).astype(module.dtype)
+  h = x_flat @ a.reshape(-1, r).astype(module.dtype)
+  out = h @ b.reshape(r, -1).astype(module.dtype)
+  return (module.lora_alpha / r) * out.reshape(x.shape[:x.ndim - num_in] +
+                                               out_shape)
 
 
 class HeadsDense(Dense):
@@ -188,6 +217,7 @@ class Mlp(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   quant: Quant = quantize.NONE
+  lora: dict = dataclasses.field(default_factory=dict)  # Dense's lora_*
 
   @nn.compact
   def __call__(self, x_BLD, deterministic: bool = True):
@@ -196,7 +226,7 @@ class Mlp(nn.Module):
     def dense(features, axes, std, name):
       return Dense(features, axes, use_bias=self.use_bias, init_std=std,
                    dtype=self.dtype, param_dtype=self.param_dtype,
-                   quant=self.quant, name=name)
+                   quant=self.quant, name=name, **self.lora)
 
     act = ACTIVATIONS[self.activation]
     if self.gated:
@@ -288,6 +318,7 @@ class Attention(nn.Module):
   param_dtype: Dtype = jnp.float32
   quant: Quant = quantize.NONE
   kv_cache_int8: bool = False
+  lora: dict = dataclasses.field(default_factory=dict)  # Dense's lora_*
 
   @nn.compact
   def __call__(self, x_BLD, positions_BL, *, kv_BSD=None, mask_BLS=None,
@@ -298,7 +329,8 @@ class Attention(nn.Module):
       return HeadsDense(
           (heads, self.head_dim), axes, use_bias=self.use_bias,
           init_std=self.init_std, dtype=self.dtype,
-          param_dtype=self.param_dtype, quant=self.quant, name=name)(x)
+          param_dtype=self.param_dtype, quant=self.quant, name=name,
+          **self.lora)(x)
 
     source_BSD = x_BLD if kv_BSD is None else kv_BSD
     q_BLNH = project(x_BLD, self.num_heads, ('embed', 'heads', 'head_dim'),
@@ -333,7 +365,8 @@ class Attention(nn.Module):
     return HeadsDense(
         (d_model,), ('heads', 'head_dim', 'embed'), to_heads=False,
         use_bias=self.use_bias, init_std=self.out_init_std, dtype=self.dtype,
-        param_dtype=self.param_dtype, quant=self.quant, name='out')(out_BLNH)
+        param_dtype=self.param_dtype, quant=self.quant, name='out',
+        **self.lora)(out_BLNH)
 
   def _update_cache(self, k_BLKH, v_BLKH, positions_BL):
     """Writes this call's keys/values at each row's positions; returns all.

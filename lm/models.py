@@ -38,6 +38,10 @@ _REMAT_POLICIES = {'full': None,
                    'dots': jax.checkpoint_policies.checkpoint_dots}
 
 
+# The layers LoRA adapters can wrap: attention and MLP projections.
+LORA_LAYERS = ('query', 'key', 'value', 'out', 'wi', 'wi_0', 'wi_1', 'wo')
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
   """Architecture hyperparameters; `num_kv_heads` < `num_heads` gives GQA/MQA.
@@ -106,10 +110,24 @@ class ModelConfig:
   quant: str = 'none'
   quant_group: int = 64
   kv_cache: str = 'float'
+  # LoRA adapters (lm/compress/lora.py) on the attention and MLP layers
+  # named in lora_targets ('query', 'key', 'value', 'out', 'wi', 'wi_0',
+  # 'wi_1', 'wo'); rank 0: none. Training then updates the adapters only.
+  lora_rank: int = 0
+  lora_alpha: float = 16.0
+  lora_targets: tuple[str, ...] = ('query', 'value')
 
   @property
   def quantization(self) -> quantize.Quant:
     return quantize.Quant.named(self.quant, self.quant_group)
+
+  @property
+  def lora(self) -> dict:
+    """layers.Dense's LoRA settings, or none."""
+    if not self.lora_rank:
+      return {}
+    return dict(lora_rank=self.lora_rank, lora_alpha=self.lora_alpha,
+                lora_targets=self.lora_targets)
 
   @property
   def kv_heads(self) -> int:
@@ -138,6 +156,8 @@ class ModelConfig:
     if unknown:
       raise UsageError(f'unknown model config key(s) {unknown}; '
                        f'known keys are {sorted(known)}')
+    if 'lora_targets' in values:  # a list when read from JSON
+      values['lora_targets'] = tuple(values['lora_targets'])
     config = cls(**values)
     config.validate()
     return config
@@ -206,6 +226,13 @@ class ModelConfig:
     if not 0.0 <= self.dropout_rate < 1.0:
       raise UsageError(f'model.dropout_rate must be in [0, 1), got '
                        f'{self.dropout_rate}')
+    unknown = sorted(set(self.lora_targets) - set(LORA_LAYERS))
+    if self.lora_rank and (unknown or not self.lora_targets):
+      raise UsageError(f'model.lora_targets={list(self.lora_targets)} must '
+                       f'name some of {list(LORA_LAYERS)}')
+    if self.lora_rank < 0 or self.lora_alpha <= 0:
+      raise UsageError(f'model.lora_rank must be >= 0 and lora_alpha > 0, '
+                       f'got {self.lora_rank} and {self.lora_alpha}')
     if self.quant == 'int4' and (self.quant_group < 2 or
                                  self.quant_group % 2):
       raise UsageError(f'model.quant_group={self.quant_group} must be an '
@@ -247,7 +274,7 @@ class TransformerBlock(nn.Module):
           scale_queries=c.scale_queries, use_bias=c.use_bias,
           init_std=c.init_std, out_init_std=out_std, dtype=dtype,
           param_dtype=param_dtype, quant=c.quantization,
-          kv_cache_int8=c.kv_cache == 'int8', name=name)
+          kv_cache_int8=c.kv_cache == 'int8', lora=c.lora, name=name)
 
     def norm(name):
       return layers.make_norm(c.norm, c.norm_eps, dtype, param_dtype, name)
@@ -283,7 +310,7 @@ class TransformerBlock(nn.Module):
           d_ff=c.d_ff, activation=c.activation, gated=c.gated_mlp,
           use_bias=c.use_bias, init_std=c.init_std, out_init_std=out_std,
           dtype=dtype, param_dtype=param_dtype, quant=c.quantization,
-          name='mlp')
+          lora=c.lora, name='mlp')
     x_BLD = residual(x_BLD, lambda h: mlp(h, deterministic), 'mlp_norm')
     x_BLD = nn.with_logical_constraint(x_BLD, ('batch', 'length', 'embed'))
     return (x_BLD, None) if self.scanned else x_BLD

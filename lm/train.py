@@ -32,6 +32,7 @@ from lm import models
 from lm import optim
 from lm import privacy
 from lm import sharding
+from lm.compress import lora
 from lm.compress import prune
 from lm.data import classification
 from lm.data import objectives
@@ -204,7 +205,7 @@ def evaluate(eval_fn, params, batches, token_bytes_V) -> dict[str, float]:
 
 # Model keys fine-tuning may change: heads and regularization.
 _HEAD_KEYS = ('num_classes', 'pooling', 'pooler', 'mlm_head', 'dropout_rate',
-              'dtype', 'remat')
+              'dtype', 'remat', 'lora_rank', 'lora_alpha', 'lora_targets')
 
 
 class Trainer:
@@ -240,7 +241,13 @@ class Trainer:
     else:
       self._check_language_model()
     self.schedule = optim.make_schedule(config.optim, config.train.num_steps)
-    self.optimizer = optim.make_optimizer(config.optim, self.schedule,
+    optim_config = config.optim
+    if self.model_config.lora_rank and not optim_config.freeze:
+      # LoRA trains its adapters alone (all else is frozen, not even in the
+      # optimizer state) unless optim.freeze says otherwise.
+      optim_config = ml_collections.ConfigDict(optim_config.to_dict())
+      optim_config.freeze = (lora.NOT_ADAPTERS,)
+    self.optimizer = optim.make_optimizer(optim_config, self.schedule,
                                           self.model_config.num_layers)
     if config.privacy.dp_sgd:
       self.optimizer = optax.chain(

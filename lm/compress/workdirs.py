@@ -14,6 +14,7 @@ import ml_collections
 
 from lm import checkpoint
 from lm import models
+from lm.compress import lora
 from lm.compress import prune
 from lm.compress import quantize
 from lm.errors import UsageError
@@ -77,3 +78,13 @@ def prune_workdir(source: str, output: str, config: prune.PruneConfig,
   _write(source, output, restored, restored.model_config, params, defaults,
          prune=dataclasses.asdict(config))
   return prune.sparsity_of(params, config)
+
+
+def merge_lora_workdir(source: str, output: str,
+                       defaults: ml_collections.ConfigDict | None = None
+                       ) -> models.ModelConfig:
+  """Writes `output`: the source's LoRA adapters merged into its kernels."""
+  restored = _restore_float(source, output)
+  params, model_config = lora.merge(restored.params, restored.model_config)
+  _write(source, output, restored, model_config, params, defaults)
+  return model_config
