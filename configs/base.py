@@ -61,6 +61,11 @@ def get_base_config() -> ml_collections.ConfigDict:
       pattern='none', sparsity=0.5, start_step=0, end_step=0, every=10,
       targets=r'.*kernel'))
 
+  # Distillation (lm/compress/distill.py): a teacher workdir with the same
+  # vocabulary; loss (1 - alpha) * hard + alpha * T^2 * KL at temperature T.
+  config.distill = ml_collections.ConfigDict(dict(
+      teacher='', temperature=2.0, alpha=0.5))
+
   config.train = ml_collections.ConfigDict(dict(
       num_steps=1000, seed=0, log_every=50, eval_every=500,
       checkpoint_every=500, keep_checkpoints=3, grad_accum_steps=1))

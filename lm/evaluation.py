@@ -83,6 +83,7 @@ def evaluate_workdir(workdir: str, split: str, eval_overrides: dict,
   eval_config = config.evaluate
   eval_config.update({k: v for k, v in eval_overrides.items()
                       if v is not None})
+  config.distill.teacher = ''  # Scoring needs no teacher.
   trainer = train.Trainer(config)
   params, step = checkpoint.load_params(
       workdir, models.abstract_params(trainer.model))

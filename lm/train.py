@@ -32,6 +32,7 @@ from lm import models
 from lm import optim
 from lm import privacy
 from lm import sharding
+from lm.compress import distill as distillation
 from lm.compress import lora
 from lm.compress import prune
 from lm.data import classification
@@ -79,8 +80,9 @@ def _sums(outputs, batch, token_bytes_V=None):
                          token_bytes_V)
 
 
-def train_step(state: TrainState, batch, *, model, optimizer, schedule,
-               per_example: bool = False, accum_steps: int = 1):
+def train_step(state: TrainState, batch, teacher_params=None, *, model,
+               optimizer, schedule, per_example: bool = False,
+               accum_steps: int = 1, distill: 'distillation.Distill' = None):
   """One optimizer update on a batch (see lm/data: pipeline, classification).
 
   The loss is the mean over the batch's weighted targets, plus the router
@@ -89,7 +91,8 @@ def train_step(state: TrainState, batch, *, model, optimizer, schedule,
   another (a scan), so only a micro-batch's activations are alive at once;
   the update equals the whole batch's. With `per_example` the optimizer
   gets one gradient per example (a leading batch axis), as DP-SGD's
-  aggregation (lm/privacy.py) needs.
+  aggregation (lm/privacy.py) needs. With `distill` the teacher (its params
+  `teacher_params`) gives soft targets (lm/compress/distill.py).
   """
   dropout_rng = jax.random.fold_in(state.rng, state.step)
 
@@ -99,9 +102,16 @@ def train_step(state: TrainState, batch, *, model, optimizer, schedule,
     sums = _sums(outputs, batch)
     router_loss = sum(jnp.sum(x) for x in _sown(aux, 'router_loss'))
     loss = sums['nll'] / num_targets + aux_share * router_loss
-    return loss, {'nll': sums['nll'], 'correct': sums['correct'],
-                  'router_loss': aux_share * router_loss,
-                  'expert_load': _expert_load(aux)}
+    parts = {'nll': sums['nll'], 'correct': sums['correct'],
+             'router_loss': aux_share * router_loss,
+             'expert_load': _expert_load(aux)}
+    if distill is not None:
+      teacher_outputs, _ = forward(distill.teacher, teacher_params, batch)
+      parts['soft_loss'] = distillation.soft_loss_sum(
+          outputs, teacher_outputs, batch['weights'], distill.temperature)
+      loss = ((1 - distill.alpha) * sums['nll'] + distill.alpha *
+              parts['soft_loss']) / num_targets + aux_share * router_loss
+    return loss, parts
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   num_targets = jnp.maximum(jnp.sum(batch['weights']), 1.0)
@@ -144,6 +154,8 @@ def train_step(state: TrainState, batch, *, model, optimizer, schedule,
                   'token_accuracy': parts['correct'] / num_targets,
                   'grad_norm': grad_norm,
                   'learning_rate': schedule(state.step)}
+  if distill is not None:
+    step_metrics['soft_loss'] = parts['soft_loss'] / num_targets
   if parts['expert_load'].size:
     # 1.0 when every expert gets its share of tokens; E when one gets all.
     step_metrics['router_loss'] = parts['router_loss']
@@ -262,12 +274,24 @@ class Trainer:
     self.state_shardings = sharding.logical_shardings(self._boxed_state,
                                                       self.mesh)
     self.batch_sharding = sharding.batch_sharding(self.mesh)
+    # A teacher's params are a third argument of the step, laid out on the
+    # mesh as its own training would (not constants baked into the program).
+    distill, self._teacher_args, teacher_shardings = None, (), ()
+    if config.distill.teacher:
+      distill, teacher_params = distillation.load_teacher(config.distill,
+                                                          self.model_config)
+      teacher_shardings = (sharding.logical_shardings(
+          models.logical_abstract_params(distill.teacher), self.mesh),)
+      self._teacher_args = (jax.device_put(teacher_params,
+                                           teacher_shardings[0]),)
     self._train_step_jit = jax.jit(
         functools.partial(train_step, model=self.model,
                           optimizer=self.optimizer, schedule=self.schedule,
                           per_example=config.privacy.dp_sgd,
-                          accum_steps=config.train.grad_accum_steps),
-        in_shardings=(self.state_shardings, self.batch_sharding),
+                          accum_steps=config.train.grad_accum_steps,
+                          distill=distill),
+        in_shardings=(self.state_shardings, self.batch_sharding) +
+        teacher_shardings,
         out_shardings=(self.state_shardings,
                        sharding.replicated(self.mesh)),
         donate_argnums=0)
@@ -337,7 +361,7 @@ class Trainer:
 
   def train_step(self, state: 'TrainState', batch):
     """One update on a batch of this process's rows (host arrays)."""
-    return self._train_step(state, self.put_batch(batch))
+    return self._train_step(state, self.put_batch(batch), *self._teacher_args)
 
   def step_memory(self) -> dict[str, int]:
     """Bytes of the compiled train step, from XLA's memory analysis (per
@@ -350,7 +374,7 @@ class Trainer:
     state = self.abstract_state()  # (Outside the mesh context: see it.)
     with sharding.activation_rules(self.mesh):
       analysis = self._train_step_jit.lower(
-          state, batch).compile().memory_analysis()
+          state, batch, *self._teacher_args).compile().memory_analysis()
     sizes = {'argument_bytes': analysis.argument_size_in_bytes,
              'output_bytes': analysis.output_size_in_bytes,
              'alias_bytes': analysis.alias_size_in_bytes,
@@ -564,6 +588,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
           + (f'router_loss {step_metrics["router_loss"]:.4f} | '
              f'expert_load_max {step_metrics["expert_load_max"]:.2f} | '
              if 'router_loss' in step_metrics else '')
+          + (f'soft_loss {step_metrics["soft_loss"]:.4f} | '
+             if 'soft_loss' in step_metrics else '')
           + f'{tokens_per_s:,.0f} tokens/s | ETA {_format_seconds(eta_s)}')
     is_last = step == num_steps
     if step % tc.eval_every == 0 or is_last:

@@ -124,4 +124,5 @@ def test_every_config_builds_a_valid_model(path):
   model_config = models.ModelConfig.from_config(config.model)
   assert _count(model_config) > 0
   assert set(config) == {'model', 'data', 'optim', 'train', 'sample',
-                         'evaluate', 'privacy', 'init_from', 'mesh', 'prune'}
+                         'evaluate', 'privacy', 'init_from', 'mesh', 'prune',
+                         'distill'}
