@@ -13,7 +13,10 @@ Methods: 'int8' (weight-only, one scale per output channel) and 'int4'
 an int8 KV cache too; 'prune': one-shot magnitude pruning of the dense
 kernels, --pattern=unstructured (--sparsity of each kernel) or N:M such as
 2:4. To prune gradually while training, see config.prune (configs/base.py);
-'merge_lora': a LoRA-trained workdir's adapters folded into its kernels. The source is never changed; the output is a complete
+'merge_lora': a LoRA-trained workdir's adapters folded into its kernels;
+'deep_compression': the kernels' nonzero weights shared among 2**--bits
+values by k-means, their indices and positions Huffman-coded into one file
+(prune first); it prints the compression ratio from that file's bytes. The source is never changed; the output is a complete
 workdir for generate.py, evaluate.py and --report.
 
 --report prints one JSON line per workdir, then a Markdown table: params on
@@ -32,7 +35,7 @@ from lm.compress import prune
 from lm.compress import report
 from lm.compress import workdirs
 
-_METHODS = ('int8', 'int4', 'prune', 'merge_lora')
+_METHODS = ('int8', 'int4', 'prune', 'merge_lora', 'deep_compression')
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'The workdir to compress.')
 _METHOD = flags.DEFINE_enum('method', None, _METHODS, 'What to apply.')
@@ -44,6 +47,8 @@ _PATTERN = flags.DEFINE_string('pattern', '2:4',
                                "prune: 'unstructured' or N:M such as 2:4.")
 _SPARSITY = flags.DEFINE_float('sparsity', 0.5,
                                'prune, unstructured: the fraction of zeros.')
+_BITS = flags.DEFINE_integer('bits', 5, 'deep_compression: 2**bits shared '
+                             'values per kernel.')
 _REPORT = flags.DEFINE_list('report', None, 'Workdirs to measure.')
 _NAMES = flags.DEFINE_list('names', None, 'Their names in the table.')
 _PLOT = flags.DEFINE_string('plot', None, 'Where to write the PNG.')
@@ -70,6 +75,14 @@ def main(argv):
                                       base.get_base_config())
     print(f'Wrote {_OUTPUT.value}: {config.pattern} pruning, '
           f'{sparsity:.1%} of the dense kernels are zero')
+    return
+  if _METHOD.value == 'deep_compression':
+    stats = workdirs.deep_compress_workdir(
+        _WORKDIR.value, _OUTPUT.value, _BITS.value,
+        defaults=base.get_base_config())
+    print(json.dumps(stats))
+    print(f'Wrote {_OUTPUT.value}: {stats["float32_bytes"]:,} float32 bytes '
+          f'-> {stats["compressed_bytes"]:,} ({stats["ratio"]:.1f}x)')
     return
   if _METHOD.value == 'merge_lora':
     workdirs.merge_lora_workdir(_WORKDIR.value, _OUTPUT.value,

@@ -169,13 +169,18 @@ def staging_path(final: str) -> str:
 
 def write_params_workdir(workdir: str, config: ml_collections.ConfigDict,
                          params: Any, tokenizer: tokenizers.Tokenizer,
-                         step: int = 0) -> None:
-  """A new inference workdir: config.json, the tokenizer and a params-only
-  checkpoint at `step`. It appears whole (one rename) or not at all."""
+                         step: int = 0,
+                         extra_files: dict[str, bytes] | None = None) -> None:
+  """A new inference workdir: config.json, the tokenizer, a params-only
+  checkpoint at `step` and any `extra_files` (name: contents). It appears
+  whole (one rename) or not at all."""
   check_new_directory(workdir)
   final = os.path.abspath(workdir)
   staging = staging_path(final)
   try:
+    for name, data in (extra_files or {}).items():
+      with open(os.path.join(staging, name), 'wb') as f:
+        f.write(data)
     save_config(config, staging)
     tokenizer.save(staging)
     checkpointer = Checkpointer(staging, async_save=False)

@@ -20,6 +20,7 @@ from lm import checkpoint
 from lm import decode
 from lm import evaluation
 from lm import models
+from lm.compress import deep_compression
 from lm.compress import quantize
 
 _DECODE_BATCH = 4
@@ -27,7 +28,11 @@ _PROMPT = 'ROMEO:\n'
 
 
 def params_bytes(workdir: str) -> int:
-  """Bytes of the latest checkpoint's params item, as written on disk."""
+  """Bytes of the latest checkpoint's params item, as written on disk, or of
+  the Deep Compression file that holds them."""
+  encoded = os.path.join(workdir, deep_compression.FILE_NAME)
+  if os.path.exists(encoded):
+    return os.path.getsize(encoded)
   checkpointer = checkpoint.Checkpointer(workdir, read_only=True)
   step = checkpointer.latest_step()
   checkpointer.close()

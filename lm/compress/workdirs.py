@@ -14,6 +14,7 @@ import ml_collections
 
 from lm import checkpoint
 from lm import models
+from lm.compress import deep_compression
 from lm.compress import lora
 from lm.compress import prune
 from lm.compress import quantize
@@ -23,7 +24,7 @@ from lm.errors import UsageError
 def _write(source: str, output: str, restored: checkpoint.Restored,
            model_config: models.ModelConfig, params,
            defaults: ml_collections.ConfigDict | None,
-           **sections) -> None:
+           extra_files: dict[str, bytes] | None = None, **sections) -> None:
   """`output`: the source's config with `model_config` (and `sections`
   replaced), its tokenizer moved along, and `params` at the source's step."""
   config = checkpoint.load_config(source, defaults)
@@ -34,7 +35,8 @@ def _write(source: str, output: str, restored: checkpoint.Restored,
   if os.path.isdir(tokenizer) and os.path.samefile(tokenizer, source):
     config.data.tokenizer = os.path.abspath(output)
   checkpoint.write_params_workdir(output, config, jax.device_get(params),
-                                  restored.tokenizer, restored.step)
+                                  restored.tokenizer, restored.step,
+                                  extra_files)
 
 
 def _restore_float(source: str, output: str) -> checkpoint.Restored:
@@ -88,3 +90,18 @@ def merge_lora_workdir(source: str, output: str,
   params, model_config = lora.merge(restored.params, restored.model_config)
   _write(source, output, restored, model_config, params, defaults)
   return model_config
+
+
+def deep_compress_workdir(source: str, output: str, bits: int = 5,
+                          targets: str = r'.*kernel',
+                          defaults: ml_collections.ConfigDict | None = None
+                          ) -> dict:
+  """Writes `output`: the source's params Deep-Compressed (prune it first,
+  e.g. with --method=prune or config.prune) into deep_compression.npz,
+  beside a checkpoint of the float params that file decodes to."""
+  restored = _restore_float(source, output)
+  data, stats = deep_compression.encode(restored.params, targets, bits)
+  params = deep_compression.decode(data)
+  _write(source, output, restored, restored.model_config, params, defaults,
+         extra_files={deep_compression.FILE_NAME: data})
+  return stats
