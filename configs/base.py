@@ -25,7 +25,8 @@ def get_base_config() -> ml_collections.ConfigDict:
       scan_layers=False, remat='none', num_experts=0, experts_per_token=2,
       expert_capacity_factor=1.25, moe_every=1, router_aux_loss=0.01,
       router_z_loss=0.001, quant='none', quant_group=64, kv_cache='float',
-      lora_rank=0, lora_alpha=16.0, lora_targets=('query', 'value')))
+      lora_rank=0, lora_alpha=16.0, lora_targets=('query', 'value'),
+      share_layers=0, embed_dim=0))
 
   config.data = ml_collections.ConfigDict(dict(
       name='shakespeare',

@@ -41,9 +41,18 @@ class Embed(nn.Module):
   param_dtype: Dtype = jnp.float32
   axes: tuple[str, str] = ('vocab', 'embed')
   quant: Quant = quantize.NONE
+  # Factorized (ALBERT): a table of factor_dim-wide rows and a 'projection'
+  # [factor_dim, features] that lookups go through and `attend` reverses.
+  factor_dim: int = 0
 
   def setup(self):
-    shape = (self.num_embeddings, self.features)
+    width = self.factor_dim or self.features
+    shape = (self.num_embeddings, width)
+    if self.factor_dim:
+      self.projection = self.param(
+          'projection', logical(nn.initializers.normal(
+              1 / np.sqrt(self.factor_dim)), (None, self.axes[1])),
+          (self.factor_dim, self.features), self.param_dtype)
     if self.quant.bits:
       self.table = quantize.quantized_param(
           self, 'embedding', shape, self.axes, self.param_dtype, (-1,),
@@ -63,10 +72,16 @@ class Embed(nn.Module):
   def __call__(self, ids):
     if self.quant.bits:
       q, scale = (jnp.take(t, ids, axis=0) for t in self.table)
-      return quantize.dequantize(q, scale, -1, self.quant).astype(self.dtype)
-    return jnp.take(self.table, ids, axis=0).astype(self.dtype)
+      rows = quantize.dequantize(q, scale, -1, self.quant).astype(self.dtype)
+    else:
+      rows = jnp.take(self.table, ids, axis=0).astype(self.dtype)
+    if self.factor_dim:
+      rows = rows @ self.projection.astype(self.dtype)
+    return rows
 
   def attend(self, x_BLD):
+    if self.factor_dim:
+      x_BLD = x_BLD @ self.projection.astype(self.dtype).T
     return jnp.einsum('bld,vd->blv', x_BLD, self.embedding.astype(self.dtype))
 
 

@@ -116,6 +116,12 @@ class ModelConfig:
   lora_rank: int = 0
   lora_alpha: float = 16.0
   lora_targets: tuple[str, ...] = ('query', 'value')
+  # Parameter sharing (ALBERT): `share_layers` distinct blocks per stack,
+  # each applied to num_layers / share_layers consecutive layers (1: one
+  # block for all; 0: no sharing); token embeddings of `embed_dim` < d_model
+  # with a projection to d_model, used both ways (0: d_model, no projection).
+  share_layers: int = 0
+  embed_dim: int = 0
 
   @property
   def quantization(self) -> quantize.Quant:
@@ -233,6 +239,19 @@ class ModelConfig:
     if self.lora_rank < 0 or self.lora_alpha <= 0:
       raise UsageError(f'model.lora_rank must be >= 0 and lora_alpha > 0, '
                        f'got {self.lora_rank} and {self.lora_alpha}')
+    for layers_key, count in (('num_layers', self.num_layers),
+                              ('num_decoder_layers', self.decoder_layers)):
+      if self.share_layers and count % self.share_layers:
+        raise UsageError(f'model.{layers_key}={count} is not a multiple of '
+                         f'model.share_layers={self.share_layers}')
+    if self.share_layers and (self.scan_layers or self.position == 'relative'
+                              or self.num_experts):
+      raise UsageError('model.share_layers repeats blocks with a scan; it '
+                       'does not combine with scan_layers, '
+                       "position='relative' or experts")
+    if not 0 <= self.embed_dim <= self.d_model:
+      raise UsageError(f'model.embed_dim={self.embed_dim} must be in [0, '
+                       f'd_model={self.d_model}]')
     if self.quant == 'int4' and (self.quant_group < 2 or
                                  self.quant_group % 2):
       raise UsageError(f'model.quant_group={self.quant_group} must be an '
@@ -364,6 +383,17 @@ def _run_stack(module: nn.Module, c: ModelConfig, x_BLD, positions_BL, *,
         metadata_params={nn.PARTITION_NAME: 'layers'})(
             c, moe=c.num_experts > 0, scanned=True, name='blocks', **flags)(
                 x_BLD, *block_args)
+  elif c.share_layers:
+    # Block g serves layers g*R ... (g+1)*R - 1: a scan whose params are
+    # broadcast (one set) while each layer keeps its own KV cache.
+    repeats = num_layers // c.share_layers
+    for g in range(c.share_layers):
+      x_BLD, _ = nn.scan(
+          block, variable_broadcast='params',
+          variable_axes={'cache': 0, 'aux': 0},
+          split_rngs={'params': False, 'dropout': True},
+          in_axes=(nn.broadcast,) * len(block_args), length=repeats)(
+              c, scanned=True, name=f'block_{g}', **flags)(x_BLD, *block_args)
   else:
     for i in range(num_layers):
       x_BLD = block(c, moe=c.num_experts > 0 and (i + 1) % c.moe_every == 0,
@@ -447,7 +477,8 @@ class DecoderOnly(nn.Module):
       positions_BL = _default_positions(tokens_BL)
     embed = layers.Embed(c.vocab_size, c.d_model, c.init_std,
                          _DTYPES[c.dtype], _DTYPES[c.param_dtype],
-                         quant=c.quantization, name='embed')
+                         quant=c.quantization, factor_dim=c.embed_dim,
+                         name='embed')
     x_BLD = _run_stack(self, c, embed(tokens_BL), positions_BL,
                        num_layers=c.num_layers, causal=True,
                        deterministic=deterministic, decode=decode)
@@ -477,7 +508,8 @@ class EncoderOnly(nn.Module):
     c = self.config
     dtype, param_dtype = _DTYPES[c.dtype], _DTYPES[c.param_dtype]
     embed = layers.Embed(c.vocab_size, c.d_model, c.init_std, dtype,
-                         param_dtype, quant=c.quantization, name='embed')
+                         param_dtype, quant=c.quantization,
+                         factor_dim=c.embed_dim, name='embed')
     x_BLD = embed(tokens_BL)
     if c.type_vocab_size:
       if token_types_BL is None:
@@ -552,7 +584,7 @@ class EncoderDecoder(nn.Module):
     c = self.config
     self.embed = layers.Embed(c.vocab_size, c.d_model, c.init_std,
                               _DTYPES[c.dtype], _DTYPES[c.param_dtype],
-                              quant=c.quantization)
+                              quant=c.quantization, factor_dim=c.embed_dim)
     self.encoder = Stack(c, c.num_layers, causal=False)
     self.decoder = Stack(c, c.decoder_layers, causal=True)
 

@@ -40,11 +40,12 @@ def test_prefill_then_cached_steps_equal_full_forward(variant):
                                atol=1e-5)
 
 
-def test_greedy_generate_equals_repeated_argmax_of_full_forward():
-  model, params = make(**VARIANTS['llama_gqa'])
+def assert_greedy_decoding_matches_full_forward(model, params, steps=6):
+  """generate's greedy tokens == argmax of uncached passes, token by token,
+  for ragged prompts."""
   prompts = [[5, 9, 3], [7]]
   new = decode.generate(model, params, prompts, rng=jax.random.PRNGKey(0),
-                        sampling=decode.SamplingConfig(max_new_tokens=6,
+                        sampling=decode.SamplingConfig(max_new_tokens=steps,
                                                        temperature=0.0),
                         eos_id=None)
   # One compiled pass at a fixed length: the causal model never sees the
@@ -52,12 +53,16 @@ def test_greedy_generate_equals_repeated_argmax_of_full_forward():
   forward = jax.jit(model.apply)
   for prompt, generated in zip(prompts, new):
     tokens = list(prompt)
-    for _ in range(6):
-      padded = np.zeros((1, 10), np.int32)
+    for _ in range(steps):
+      padded = np.zeros((1, 3 + steps + 1), np.int32)
       padded[0, :len(tokens)] = tokens
       logits = forward({'params': params}, padded)
       tokens.append(int(jnp.argmax(logits[0, len(tokens) - 1])))
     assert generated == tokens[len(prompt):]
+
+
+def test_greedy_generate_equals_repeated_argmax_of_full_forward():
+  assert_greedy_decoding_matches_full_forward(*make(**VARIANTS['llama_gqa']))
 
 
 def test_op_by_op_decoding_writes_what_the_compiled_loop_does():
