@@ -51,9 +51,10 @@ def test_the_file_holds_the_pruned_shared_weights():
   np.testing.assert_array_equal(got == 0, kernel == 0)  # same zeros
   assert len(np.unique(got[got != 0])) <= 16
   assert np.abs(got - kernel).max() < 0.25 * np.abs(kernel).max()
-  # Not-targeted parameters come back exactly.
-  np.testing.assert_array_equal(decoded['embed']['embedding'],
-                                pruned['embed']['embedding'])
+  # The embedding table (no zeros) is shared too; norms come back exactly.
+  assert len(np.unique(decoded['embed']['embedding'])) <= 16
+  np.testing.assert_array_equal(decoded['final_norm']['scale'],
+                                pruned['final_norm']['scale'])
 
 
 def test_a_deep_compressed_workdir_decodes_to_its_checkpoint(float_workdir,
@@ -66,9 +67,9 @@ def test_a_deep_compressed_workdir_decodes_to_its_checkpoint(float_workdir,
   with open(f'{output}/{deep_compression.FILE_NAME}', 'rb') as f:
     data = f.read()
   assert stats['compressed_bytes'] == len(data)
-  # Embeddings stay float32 and dominate a model this small; the pruned,
-  # shared, coded kernels shrink far more.
-  assert stats['ratio'] > 2 and stats['kernel_ratio'] > 8, stats
+  # Norms, biases and the file's headers weigh in a model this small; the
+  # pruned, shared, coded kernels and embeddings shrink far more.
+  assert stats['ratio'] > 4 and stats['coded_ratio'] > 8, stats
   restored = checkpoint.restore(output).params
   jax.tree.map(np.testing.assert_array_equal, restored,
                deep_compression.decode(data))

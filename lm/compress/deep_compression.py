@@ -1,6 +1,6 @@
 """Deep Compression (Han et al., 2016): prune, share weights, Huffman-code.
 
-For each dense kernel of a (pruned) model:
+For each dense kernel and embedding table of a (pruned) model:
   1. its nonzero weights are clustered by 1-D k-means (linear initialization
      over [min, max], as the paper found best) into 2**bits shared values;
   2. what is stored is the codebook (float32), the cluster index of each
@@ -25,6 +25,8 @@ import numpy as np
 from lm.errors import UsageError
 
 FILE_NAME = 'deep_compression.npz'
+# Dense kernels and embedding tables (not pruned, but shared and coded).
+TARGETS = r'.*(kernel|embedding)'
 
 
 def kmeans_1d(values: np.ndarray, k: int, iters: int = 30
@@ -109,7 +111,7 @@ def huffman_decode(encoded: dict[str, np.ndarray]) -> np.ndarray:
   return np.array(out, np.int64)
 
 
-def encode(params: Any, targets: str = r'.*kernel', bits: int = 5,
+def encode(params: Any, targets: str = TARGETS, bits: int = 5,
            path: str | None = None) -> tuple[bytes, dict]:
   """The compressed file's bytes (written to `path` if given) and stats."""
   flat = flax.traverse_util.flatten_dict(params, sep='/')
@@ -126,10 +128,12 @@ def encode(params: Any, targets: str = r'.*kernel', bits: int = 5,
     if not len(positions):
       raise UsageError(f'{name} is all zeros; nothing to compress')
     codebook, index = kmeans_1d(flat_w[positions], 2 ** bits)
-    gaps = np.diff(positions, prepend=-1)
     arrays[f'{i}.codebook'] = codebook
     coded_bytes += codebook.nbytes
-    for part, symbols in (('index', index), ('gap', gaps)):
+    parts = [('index', index)]
+    if len(positions) < w.size:  # A dense tensor needs no positions.
+      parts.append(('gap', np.diff(positions, prepend=-1)))
+    for part, symbols in parts:
       for field, array in huffman_encode(symbols).items():
         arrays[f'{i}.{part}.{field}'] = array
         coded_bytes += array.nbytes
@@ -146,11 +150,11 @@ def encode(params: Any, targets: str = r'.*kernel', bits: int = 5,
     with open(path, 'wb') as f:
       f.write(data)
   float_bytes = sum(np.asarray(v).size * 4 for v in flat.values())
-  # The whole file against float32 params, and the coded kernels alone
+  # The whole file against float32 params, and the coded tensors alone
   # (their arrays' bytes, without the file's per-array headers).
   return data, {'compressed_bytes': len(data), 'float32_bytes': float_bytes,
                 'ratio': float_bytes / len(data), 'bits': bits,
-                'kernel_ratio': coded * 4 / coded_bytes}
+                'coded_ratio': coded * 4 / coded_bytes}
 
 
 def decode(data: bytes) -> Any:
@@ -168,8 +172,10 @@ def decode(data: bytes) -> Any:
       return huffman_decode({f: archive[f'{key}.{kind}.{f}'] for f in (
           'symbols', 'lengths', 'bits', 'count')})
 
-    positions = np.cumsum(part('gap')) - 1
-    w = np.zeros(int(np.prod(shape)), np.float32)
+    size = int(np.prod(shape))
+    positions = (np.cumsum(part('gap')) - 1 if f'{key}.gap.bits' in archive
+                 else np.arange(size))
+    w = np.zeros(size, np.float32)
     w[positions] = archive[f'{key}.codebook'][part('index')]
     flat[name] = w.reshape(shape)
   return flax.traverse_util.unflatten_dict(flat, sep='/')

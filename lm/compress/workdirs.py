@@ -93,7 +93,7 @@ def merge_lora_workdir(source: str, output: str,
 
 
 def deep_compress_workdir(source: str, output: str, bits: int = 5,
-                          targets: str = r'.*kernel',
+                          targets: str = deep_compression.TARGETS,
                           defaults: ml_collections.ConfigDict | None = None
                           ) -> dict:
   """Writes `output`: the source's params Deep-Compressed (prune it first,
