@@ -649,10 +649,15 @@ def check_workdir_matches(config: ml_collections.ConfigDict, workdir: str):
     for key in keys:
       # A key the saved config lacks was added to lm later, with a default
       # that keeps the old behaviour.
-      if key in old and old[key] != new.get(key):
+      # config.json holds lists where the config has tuples.
+      if key in old and _as_saved(old[key]) != _as_saved(new.get(key)):
         raise UsageError(
             f'{workdir} was trained with {section}.{key}={old.get(key)!r}, '
             f'not {new.get(key)!r}; use a new --workdir or the old value')
+
+
+def _as_saved(value):
+  return list(value) if isinstance(value, tuple) else value
 
 
 class _NoWriter:
