@@ -69,7 +69,9 @@ def get_base_config() -> ml_collections.ConfigDict:
 
   config.train = ml_collections.ConfigDict(dict(
       num_steps=1000, seed=0, log_every=50, eval_every=500,
-      checkpoint_every=500, keep_checkpoints=3, grad_accum_steps=1))
+      checkpoint_every=500, keep_checkpoints=3, grad_accum_steps=1,
+      # Batches per evaluation during training (0: the whole split).
+      eval_steps=0))
 
   # Devices as a data x fsdp x tensor x expert mesh (lm/sharding.py); -1
   # takes the devices the other axes leave, so the default is data

@@ -52,7 +52,9 @@ _BITS = flags.DEFINE_integer('bits', 5, 'deep_compression: 2**bits shared '
 _REPORT = flags.DEFINE_list('report', None, 'Workdirs to measure.')
 _NAMES = flags.DEFINE_list('names', None, 'Their names in the table.')
 _PLOT = flags.DEFINE_string('plot', None, 'Where to write the PNG.')
-_NEW_TOKENS = flags.DEFINE_integer('decode_tokens', 64,
+_TITLE = flags.DEFINE_string('title', 'Compression: size, quality, speed',
+                             "The PNG's title.")
+_NEW_TOKENS = flags.DEFINE_integer('decode_tokens', 96,
                                    'Tokens per row in the speed test.')
 
 
@@ -110,7 +112,7 @@ def run_report():
     rows.append(row)
   print(report.markdown(rows, names))
   if _PLOT.value:
-    report.plot(rows, names, _PLOT.value, 'Compression of ' + names[0])
+    report.plot(rows, names, _PLOT.value, _TITLE.value)
     print(f'Wrote {_PLOT.value}')
 
 

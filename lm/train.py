@@ -10,6 +10,7 @@ return the final validation metrics. Log lines go to the `log` callback
 
 import dataclasses
 import functools
+import itertools
 import math
 import os
 import time
@@ -512,8 +513,12 @@ class Trainer:
     return self.data.validation
 
   def evaluate(self, params, split: str = 'validation') -> dict[str, float]:
-    return evaluate(self.eval_step, params, self.eval_batches(split),
-                    self.token_bytes)
+    """Metrics on `split`, or on its first train.eval_steps batches (what
+    training reports; experiments/evaluate.py scores whole splits)."""
+    batches = self.eval_batches(split)
+    if self.config.train.eval_steps:
+      batches = itertools.islice(batches, self.config.train.eval_steps)
+    return evaluate(self.eval_step, params, batches, self.token_bytes)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
@@ -626,6 +631,9 @@ def validate_train_config(config: ml_collections.ConfigDict) -> None:
               'keep_checkpoints'):
     if tc[key] <= 0:
       raise UsageError(f'train.{key} must be positive, got {tc[key]}')
+  if tc.get('eval_steps', 0) < 0:
+    raise UsageError(f'train.eval_steps must be >= 0 (0: the whole split), '
+                     f'got {tc.eval_steps}')
 
 
 # Keys whose change makes a workdir's checkpoints meaningless to resume.
@@ -648,8 +656,8 @@ def check_workdir_matches(config: ml_collections.ConfigDict, workdir: str):
     keys = keys or sorted(set(old) | set(new) - {'remat'})
     for key in keys:
       # A key the saved config lacks was added to lm later, with a default
-      # that keeps the old behaviour.
-      # config.json holds lists where the config has tuples.
+      # that keeps the old behaviour. config.json holds lists where the
+      # config has tuples.
       if key in old and _as_saved(old[key]) != _as_saved(new.get(key)):
         raise UsageError(
             f'{workdir} was trained with {section}.{key}={old.get(key)!r}, '

@@ -24,7 +24,8 @@ _OVERRIDES = ('--config.data.tokenizer=byte', '--config.model.vocab_size=260',
               '--config.train.eval_every=10',
               '--config.train.checkpoint_every=10',
               '--config.data.batch_size=16', '--config.data.seq_len=64',
-              '--config.data.eval_batch_size=256', '--config.sample.prompts=()')
+              '--config.data.eval_batch_size=256', '--config.train.eval_steps=4',
+              '--config.sample.prompts=()')
 
 
 def _command(data_dir, workdir, *extra):

@@ -37,6 +37,22 @@ def test_loss_falls_on_a_tiny_fixture(tiny, tmp_path):
   assert any('tokens/s' in line and 'ETA' in line for line in lines)
 
 
+def test_eval_steps_scores_the_first_batches_of_the_split(tiny):
+  tiny.train.eval_steps = 2
+  trainer = train.Trainer(tiny)
+  params = models.init_params(trainer.model, jax.random.key(0))
+  batches = list(trainer.eval_batches())
+  assert len(batches) > 2
+  assert trainer.evaluate(params) == train.evaluate(
+      trainer.eval_step, params, batches[:2], trainer.token_bytes)
+  tiny.train.eval_steps = 0
+  assert train.Trainer(tiny).evaluate(params) == train.evaluate(
+      trainer.eval_step, params, batches, trainer.token_bytes)
+  tiny.train.eval_steps = -1
+  with pytest.raises(UsageError, match='eval_steps must be >= 0'):
+    train.Trainer(tiny)
+
+
 @pytest.mark.slow
 def test_stop_and_resume_equals_an_uninterrupted_run(tiny, tmp_path):
   straight = train.train_and_evaluate(tiny, str(tmp_path / 'straight'))
