@@ -176,6 +176,8 @@ def quantize_params(params: Any, abstract_quantized: Any, quant: Quant
       out[key] = quantize_params(params[key], abstract, quant)
       continue
     w = np.asarray(jax.device_get(params[key]))
+    # Each kernel's own width: int4 models keep embeddings at int8.
+    quant = _width_of(abstract.dtype, quant)
     if quant.bits == 8:
       contract = tuple(i - w.ndim for i in range(w.ndim)
                        if scale.shape[i] == 1 and w.shape[i] != 1)
@@ -199,11 +201,18 @@ def dequantize_params(params: Any, abstract_float: Any, quant: Quant) -> Any:
       out[key] = dequantize_params(params[key], abstract, quant)
       continue
     q = params[key]
+    quant = _width_of(q.dtype, quant)
     # int4: the grouped axis is the one packing halved.
     axis = next((i for i in range(q.ndim) if q.shape[i] != abstract.shape[i]),
                 -1)
     out[key] = dequantize(q, scale, axis, quant)
   return out
+
+
+def _width_of(dtype, quant: Quant) -> Quant:
+  """int8 integers are 8-bit, packed uint8 ones 4-bit, whatever the model's
+  setting (its embeddings stay at 8 bits under int4)."""
+  return dataclasses.replace(quant, bits=8 if dtype == np.int8 else 4)
 
 
 def quantize_kv(x_BLKH):
