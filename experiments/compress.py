@@ -22,7 +22,7 @@ workdir for generate.py, evaluate.py and --report.
 --report prints one JSON line per workdir, then a Markdown table: params on
 disk, weights (and how many are nonzero), validation bits per byte (and the
 change from the first workdir) and greedy decode tokens/s; --plot writes the
-same as a PNG.
+same as a PNG. Scoring writes each workdir's eval/ JSON, as evaluate.py does.
 """
 
 import json

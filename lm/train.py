@@ -23,7 +23,6 @@ import jax
 from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 import tensorboardX
 
