@@ -26,7 +26,7 @@ def get_base_config() -> ml_collections.ConfigDict:
       expert_capacity_factor=1.25, moe_every=1, router_aux_loss=0.01,
       router_z_loss=0.001, quant='none', quant_group=64, kv_cache='float',
       lora_rank=0, lora_alpha=16.0, lora_targets=('query', 'value'),
-      share_layers=0, embed_dim=0))
+      share_layers=0, embed_dim=0, attention='xla', attention_block=512))
 
   config.data = ml_collections.ConfigDict(dict(
       name='shakespeare',
@@ -71,7 +71,10 @@ def get_base_config() -> ml_collections.ConfigDict:
       num_steps=1000, seed=0, log_every=50, eval_every=500,
       checkpoint_every=500, keep_checkpoints=3, grad_accum_steps=1,
       # Batches per evaluation during training (0: the whole split).
-      eval_steps=0))
+      eval_steps=0,
+      # Steps traced by jax.profiler into <workdir>/profile, from the third
+      # step of the run on (0: none).
+      profile_steps=0))
 
   # Devices as a data x fsdp x tensor x expert mesh (lm/sharding.py); -1
   # takes the devices the other axes leave, so the default is data
@@ -92,6 +95,12 @@ def get_base_config() -> ml_collections.ConfigDict:
   # max_examples > 0 scores only the split's first examples.
   config.evaluate = ml_collections.ConfigDict(dict(
       beam_size=4, length_penalty=0.6, batch_size=64, max_examples=0))
+
+  # experiments/benchmark.py: timed train steps after warm-up ones, and
+  # generation of new_tokens after prompts of prompt_len, decode_batch rows.
+  config.bench = ml_collections.ConfigDict(dict(
+      steps=10, warmup_steps=2, decode_batch=8, prompt_len=64,
+      new_tokens=128))
 
   # Samples printed at the end of training.
   config.sample = ml_collections.ConfigDict(dict(

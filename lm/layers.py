@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lm import blockwise_attention
 from lm.compress import quantize
 from lm.compress.quantize import Quant
 
@@ -318,6 +319,9 @@ class Attention(nn.Module):
   relative positions; called with the cache's positions when decoding);
   `scale_queries=False` drops the 1/sqrt(H)
   factor, which T5 folds into its initialization instead.
+  `block` > 0 computes attention in blocks of that many queries and keys,
+  in memory linear in the length (lm/blockwise_attention.py); 0 uses
+  `jax.nn.dot_product_attention`.
   """
 
   num_heads: int
@@ -334,6 +338,7 @@ class Attention(nn.Module):
   quant: Quant = quantize.NONE
   kv_cache_int8: bool = False
   lora: dict = dataclasses.field(default_factory=dict)  # Dense's lora_*
+  block: int = 0
 
   @nn.compact
   def __call__(self, x_BLD, positions_BL, *, kv_BSD=None, mask_BLS=None,
@@ -358,23 +363,35 @@ class Attention(nn.Module):
       q_BLNH = apply_rotary(q_BLNH, positions_BL, self.rotary_theta)
       k_BSKH = apply_rotary(k_BSKH, positions_BL, self.rotary_theta)
 
-    key_positions_BS = positions_BL
+    scale = None if self.scale_queries else 1.0
     if decode and kv_BSD is None:
-      k_BSKH, v_BSKH, key_positions_BS = self._update_cache(
-          k_BSKH, v_BSKH, positions_BL)
-
-    allowed_BLS = None
-    if self.causal:
-      allowed_BLS = key_positions_BS[:, None, :] <= positions_BL[:, :, None]
-    if mask_BLS is not None:
-      allowed_BLS = mask_BLS if allowed_BLS is None else allowed_BLS & mask_BLS
-    bias_BNLS = None
-    if score_bias is not None:
-      bias_BNLS = score_bias(positions_BL, key_positions_BS)
-    out_BLNH = jax.nn.dot_product_attention(
-        q_BLNH, k_BSKH, v_BSKH, bias=bias_BNLS,
-        mask=None if allowed_BLS is None else allowed_BLS[:, None],
-        scale=None if self.scale_queries else 1.0)
+      out_BLNH = self._cached_attention(q_BLNH, k_BSKH, v_BSKH, positions_BL,
+                                        mask_BLS, score_bias, scale)
+    elif self.block:
+      # Cross-attention's keys sit at their own places.
+      key_positions_BS = positions_BL if kv_BSD is None else jnp.broadcast_to(
+          jnp.arange(k_BSKH.shape[1]), k_BSKH.shape[:2])
+      bias_BNLS = None
+      if score_bias is not None:
+        bias_BNLS = score_bias(positions_BL, key_positions_BS)
+      out_BLNH = blockwise_attention.blockwise_attention(
+          q_BLNH, k_BSKH, v_BSKH, positions_BL, key_positions_BS,
+          causal=self.causal, mask_BLS=mask_BLS, bias_BNLS=bias_BNLS,
+          scale=scale, block=self.block)
+    else:
+      allowed_BLS = None
+      if self.causal:
+        allowed_BLS = positions_BL[:, None, :] <= positions_BL[:, :, None]
+      if mask_BLS is not None:
+        allowed_BLS = (mask_BLS if allowed_BLS is None
+                       else allowed_BLS & mask_BLS)
+      bias_BNLS = None
+      if score_bias is not None:
+        bias_BNLS = score_bias(positions_BL, positions_BL)
+      out_BLNH = jax.nn.dot_product_attention(
+          q_BLNH, k_BSKH, v_BSKH, bias=bias_BNLS,
+          mask=None if allowed_BLS is None else allowed_BLS[:, None],
+          scale=scale)
     out_BLNH = nn.with_logical_constraint(
         out_BLNH, ('batch', 'length', 'heads', 'head_dim'))
     return HeadsDense(
@@ -383,8 +400,43 @@ class Attention(nn.Module):
         param_dtype=self.param_dtype, quant=self.quant, name='out',
         **self.lora)(out_BLNH)
 
+  def _cached_attention(self, q_BLNH, k_BLKH, v_BLKH, positions_BL, mask_BLS,
+                        score_bias, scale):
+    """Attention of this call's queries to every key in the cache (after
+    writing this call's keys and values into it)."""
+    keys_BKHS, values_BKHS = self._update_cache(k_BLKH, v_BLKH, positions_BL)
+    batch, length, heads, width = q_BLNH.shape
+    kv_heads, cache_len = keys_BKHS.shape[1], keys_BKHS.shape[-1]
+    if self.is_initializing():  # The cache holds this call's keys alone.
+      key_positions_BS = positions_BL
+    else:
+      key_positions_BS = jnp.broadcast_to(jnp.arange(cache_len),
+                                          (batch, cache_len))
+    q_BLKGH = q_BLNH.reshape(batch, length, kv_heads, heads // kv_heads,
+                             width)
+    scores_BKGLS = jnp.einsum(
+        'blkgh,bkhs->bkgls', q_BLKGH, keys_BKHS,
+        preferred_element_type=jnp.float32) * (
+            width ** -0.5 if scale is None else scale)
+    if score_bias is not None:
+      scores_BKGLS += score_bias(positions_BL, key_positions_BS).reshape(
+          scores_BKGLS.shape).astype(jnp.float32)
+    allowed_BLS = key_positions_BS[:, None, :] <= positions_BL[:, :, None]
+    if not self.causal:
+      allowed_BLS = jnp.ones_like(allowed_BLS)
+    if mask_BLS is not None:
+      allowed_BLS &= mask_BLS
+    scores_BKGLS = jnp.where(allowed_BLS[:, None, None], scores_BKGLS,
+                             jnp.finfo(jnp.float32).min)
+    probs_BKGLS = jax.nn.softmax(scores_BKGLS, axis=-1)
+    out_BLKGH = jnp.einsum('bkgls,bkhs->blkgh',
+                           probs_BKGLS.astype(values_BKHS.dtype), values_BKHS)
+    return out_BLKGH.reshape(q_BLNH.shape).astype(q_BLNH.dtype)
+
   def _update_cache(self, k_BLKH, v_BLKH, positions_BL):
-    """Writes this call's keys/values at each row's positions; returns all.
+    """Writes this call's keys/values at each row's positions; returns all,
+    as [B, K, H, S]: the layout both attention matmuls read without moving
+    the cache (a [B, S, K, H] cache was transposed at every decoding step).
 
     The cache's length is fixed by the first (initializing) call. Slots not
     yet written hold stale values, but they sit at positions later than any
@@ -394,19 +446,20 @@ class Attention(nn.Module):
     """
     write = jax.vmap(
         lambda cache, new, start: jax.lax.dynamic_update_slice(
-            cache, new, (start,) + (0,) * (new.ndim - 1)))
+            cache, new, (0,) * (new.ndim - 1) + (start,)))
     starts_B = positions_BL[:, 0]
+    to_cache_layout = lambda x_BLKH: jnp.transpose(x_BLKH, (0, 2, 3, 1))
     out = []
     for name, x_BLKH in (('cached_key', k_BLKH), ('cached_value', v_BLKH)):
-      parts = {name: (x_BLKH, x_BLKH.dtype)}
+      parts = {name: (to_cache_layout(x_BLKH), x_BLKH.dtype)}
       if self.kv_cache_int8:
         q_BLKH, scale_BLK1 = quantize.quantize_kv(x_BLKH)
-        parts = {name: (q_BLKH, jnp.int8),
-                 name + '_scale': (scale_BLK1, jnp.float32)}
+        parts = {name: (to_cache_layout(q_BLKH), jnp.int8),
+                 name + '_scale': (to_cache_layout(scale_BLK1), jnp.float32)}
       cached = {key: self.variable('cache', key, jnp.zeros, value.shape, dtype)
                 for key, (value, dtype) in parts.items()}
       if self.is_initializing():
-        out.append(x_BLKH)
+        out.append(to_cache_layout(x_BLKH))
         continue
       for key, variable in cached.items():
         variable.value = write(variable.value,
@@ -417,9 +470,4 @@ class Attention(nn.Module):
                     ).astype(x_BLKH.dtype))
       else:
         out.append(cached[name].value)
-    if self.is_initializing():
-      return k_BLKH, v_BLKH, positions_BL
-    batch, cache_len = out[0].shape[:2]
-    key_positions_BS = jnp.broadcast_to(jnp.arange(cache_len), (batch,
-                                                               cache_len))
-    return out[0], out[1], key_positions_BS
+    return out[0], out[1]

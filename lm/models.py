@@ -31,6 +31,7 @@ _CHOICES = {
     'remat': ('none', 'full', 'dots'),
     'quant': ('none', 'int8', 'int4'),
     'kv_cache': ('float', 'int8'),
+    'attention': ('xla', 'blockwise'),
 }
 # What a rematerialized block keeps from the forward pass for the backward:
 # nothing ('full': it is recomputed), or the matmul results ('dots').
@@ -123,6 +124,12 @@ class ModelConfig:
   # with a projection to d_model, used both ways (0: d_model, no projection).
   share_layers: int = 0
   embed_dim: int = 0
+  # How attention is computed: 'xla' (jax.nn.dot_product_attention, whose
+  # [L, S] scores make memory quadratic in the length) or 'blockwise'
+  # (lm/blockwise_attention.py: blocks of attention_block queries and keys,
+  # memory linear in the length). Both give the same values.
+  attention: str = 'xla'
+  attention_block: int = 512
 
   @property
   def quantization(self) -> quantize.Quant:
@@ -184,7 +191,7 @@ class ModelConfig:
         raise UsageError(f'model.{key}={getattr(self, key)!r} is not one of '
                          f'{list(choices)}')
     for key in ('vocab_size', 'd_model', 'num_layers', 'num_heads', 'd_ff',
-                'max_len'):
+                'max_len', 'attention_block'):
       if getattr(self, key) <= 0:
         raise UsageError(f'model.{key} must be positive, got '
                          f'{getattr(self, key)}')
@@ -303,7 +310,9 @@ class TransformerBlock(nn.Module):
           scale_queries=c.scale_queries, use_bias=c.use_bias,
           init_std=c.init_std, out_init_std=out_std, dtype=dtype,
           param_dtype=param_dtype, quant=c.quantization,
-          kv_cache_int8=c.kv_cache == 'int8', lora=c.lora, name=name)
+          kv_cache_int8=c.kv_cache == 'int8', lora=c.lora,
+          block=c.attention_block if c.attention == 'blockwise' else 0,
+          name=name)
 
     def norm(name):
       return layers.make_norm(c.norm, c.norm_eps, dtype, param_dtype, name)

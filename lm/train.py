@@ -27,6 +27,7 @@ import optax
 import tensorboardX
 
 from lm import checkpoint
+from lm import flops
 from lm import metrics
 from lm import models
 from lm import optim
@@ -215,15 +216,21 @@ def evaluate(eval_fn, params, batches, token_bytes_V) -> dict[str, float]:
 # ------------------------------------------------------------- the run -----
 
 
-# Model keys fine-tuning may change: heads and regularization.
+# Model keys that change how a model is computed, not its parameters.
+_COMPUTE_KEYS = ('remat', 'attention', 'attention_block')
+# Model keys fine-tuning may change: heads, regularization and computation.
 _HEAD_KEYS = ('num_classes', 'pooling', 'pooler', 'mlm_head', 'dropout_rate',
-              'dtype', 'remat', 'lora_rank', 'lora_alpha', 'lora_targets')
+              'dtype', 'lora_rank', 'lora_alpha', 'lora_targets'
+              ) + _COMPUTE_KEYS
 
 
 class Trainer:
   """Model, optimizer, compiled steps and the data of one config."""
 
-  def __init__(self, config: ml_collections.ConfigDict):
+  def __init__(self, config: ml_collections.ConfigDict,
+               with_data: bool = True):
+    """`with_data=False` builds the model and compiled steps alone, for
+    batches made elsewhere (experiments/benchmark.py's random tokens)."""
     validate_train_config(config)
     self.config = config
     self.mesh = self._make_mesh(config)
@@ -238,20 +245,7 @@ class Trainer:
           'model.max_len or shorten the data')
     if config.data.objective in text_pairs.FAMILY_OF:
       self._check_family(text_pairs.FAMILY_OF[config.data.objective])
-    # The first process builds (and caches) datasets and tokenizers before
-    # the others read them, so that no two write the same files.
-    if jax.process_index() == 0:
-      self.data = self._make_data()
-    if jax.process_count() > 1:
-      multihost_utils.sync_global_devices('lm: data built')
-    if jax.process_index() != 0:
-      self.data = self._make_data()
-    if config.data.objective == 'classify':
-      self._check_classifier()
-    elif config.data.objective in text_pairs.FAMILY_OF:
-      self._check_vocab(0)
-    else:
-      self._check_language_model()
+    self.data = self._make_checked_data() if with_data else None
     self.schedule = optim.make_schedule(config.optim, config.train.num_steps)
     optim_config = config.optim
     if self.model_config.lora_rank and not optim_config.freeze:
@@ -300,8 +294,28 @@ class Trainer:
         functools.partial(eval_step, model=self.model),
         out_shardings=sharding.replicated(self.mesh)), self.mesh)
     # Ids past the tokenizer's ([MASK], sentinels) stand for no text.
-    self.token_bytes = jnp.zeros(self.model_config.vocab_size, jnp.int32).at[
-        :len(self.data.token_bytes)].set(self.data.token_bytes)
+    self.token_bytes = None if self.data is None else jnp.zeros(
+        self.model_config.vocab_size, jnp.int32).at[
+            :len(self.data.token_bytes)].set(self.data.token_bytes)
+
+  def _make_checked_data(self):
+    """The data, after checking that the model fits it."""
+    # The first process builds (and caches) datasets and tokenizers before
+    # the others read them, so that no two write the same files.
+    if jax.process_index() == 0:
+      data = self._make_data()
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices('lm: data built')
+    if jax.process_index() != 0:
+      data = self._make_data()
+    self.data = data
+    if self.config.data.objective == 'classify':
+      self._check_classifier()
+    elif self.config.data.objective in text_pairs.FAMILY_OF:
+      self._check_vocab(0)
+    else:
+      self._check_language_model()
+    return data
 
   def _make_data(self):
     """This process's share of the data (see lm/data/pipeline.py)."""
@@ -363,25 +377,33 @@ class Trainer:
     """One update on a batch of this process's rows (host arrays)."""
     return self._train_step(state, self.put_batch(batch), *self._teacher_args)
 
-  def step_memory(self) -> dict[str, int]:
+  def step_memory(self, local=None) -> dict[str, int]:
     """Bytes of the compiled train step, from XLA's memory analysis (per
     device): arguments (state and batch), outputs, temporaries (the
-    activations kept for the backward pass, mostly), and their peak."""
-    local = next(iter(self.data.train.to_iter_dataset()))
+    activations kept for the backward pass, mostly), and their peak.
+    `local` is this process's rows of a batch (default: the data's first).
+    """
+    if local is None:
+      local = next(iter(self.data.train.to_iter_dataset()))
     batch = {k: jax.ShapeDtypeStruct(
         (v.shape[0] * jax.process_count(),) + v.shape[1:], v.dtype,
         sharding=self.batch_sharding) for k, v in local.items()}
     state = self.abstract_state()  # (Outside the mesh context: see it.)
+    return memory_sizes(self.compile_train_step(state, batch))
+
+  def compile_train_step(self, state, batch):
+    """The train step compiled ahead of time for global `state` and `batch`
+    (arrays or their shapes): call it as `compiled(state, batch, *teacher)`
+    with `teacher_args`."""
     with sharding.activation_rules(self.mesh):
-      analysis = self._train_step_jit.lower(
-          state, batch, *self._teacher_args).compile().memory_analysis()
-    sizes = {'argument_bytes': analysis.argument_size_in_bytes,
-             'output_bytes': analysis.output_size_in_bytes,
-             'alias_bytes': analysis.alias_size_in_bytes,
-             'temp_bytes': analysis.temp_size_in_bytes}
-    sizes['peak_bytes'] = (sizes['argument_bytes'] + sizes['output_bytes']
-                           - sizes['alias_bytes'] + sizes['temp_bytes'])
-    return sizes
+      return self._train_step_jit.lower(state, batch,
+                                        *self._teacher_args).compile()
+
+  @property
+  def teacher_args(self) -> tuple:
+    """The train step's arguments after the batch (a distillation teacher's
+    params, or none)."""
+    return self._teacher_args
 
   def eval_step(self, params, batch, token_bytes_V):
     return self._eval_step(params, self.put_batch(batch), token_bytes_V)
@@ -572,20 +594,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                                                             stop_at_step)
   step = int(state.step)
   tokens_per_step = config.data.batch_size * config.data.seq_len
+  # Model FLOPs utilization (lm/flops.py), against the datasheet peak where
+  # the device has one, else against this process's measured matmul peak.
+  flops_per_token = flops.train_flops_per_token(trainer.model_config,
+                                                config.data.seq_len)
+  peak = flops.peak_flops(trainer.model_config.dtype)
+  peak_flops = peak['datasheet'] or peak['measured']
+  profile = _Profile(os.path.join(workdir, 'profile'), step + 2,
+                     tc.profile_steps) if tc.get('profile_steps') else None
   meter = _ThroughputMeter(step)
   final = None
   while step < num_steps:
+    if profile:
+      profile.before(step)
     state, step_metrics = trainer.train_step(state, next(train_iter))
     step += 1
+    if profile:
+      profile.after(step, step_metrics, log)
     if step % tc.log_every == 0 or step == num_steps:
       step_metrics = jax.device_get(step_metrics)  # The only host sync.
       tokens_per_s, eta_s = meter.update(step, tokens_per_step, num_steps)
+      mfu = tokens_per_s * flops_per_token / peak_flops
       if not math.isfinite(step_metrics['loss']):
         raise FloatingPointError(f'loss is {step_metrics["loss"]} at step '
                                  f'{step}; lower optim.learning_rate')
       for name, value in step_metrics.items():
         writer.add_scalar(f'train/{name}', value, step)
       writer.add_scalar('train/tokens_per_s', tokens_per_s, step)
+      writer.add_scalar('train/mfu', mfu, step)
       log(f'step {step}/{tc.num_steps} | loss {step_metrics["loss"]:.4f} | '
           f'lr {step_metrics["learning_rate"]:.2e} | '
           f'grad_norm {step_metrics["grad_norm"]:.3f} | '
@@ -594,7 +630,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
              if 'router_loss' in step_metrics else '')
           + (f'soft_loss {step_metrics["soft_loss"]:.4f} | '
              if 'soft_loss' in step_metrics else '')
-          + f'{tokens_per_s:,.0f} tokens/s | ETA {_format_seconds(eta_s)}')
+          + f'{tokens_per_s:,.0f} tokens/s | MFU {mfu:.1%} | '
+          f'ETA {_format_seconds(eta_s)}')
     is_last = step == num_steps
     if step % tc.eval_every == 0 or is_last:
       final = trainer.evaluate(state.params)
@@ -612,6 +649,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     if step % tc.checkpoint_every == 0 or is_last:
       checkpointer.save(step, *state.checkpoint_items(),
                         train_iter.get_state())
+  if profile:
+    profile.stop(log)
   checkpointer.wait()
   checkpointer.close()
   if final is None:  # Nothing left to train: report on what was restored.
@@ -623,6 +662,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 # -------------------------------------------------------------- helpers ----
 
 
+def memory_sizes(compiled) -> dict[str, int]:
+  """Bytes of a compiled program per device, from XLA's memory analysis:
+  arguments, outputs, what outputs reuse of the arguments (donation),
+  temporaries, and the peak they add up to."""
+  analysis = compiled.memory_analysis()
+  sizes = {'argument_bytes': analysis.argument_size_in_bytes,
+           'output_bytes': analysis.output_size_in_bytes,
+           'alias_bytes': analysis.alias_size_in_bytes,
+           'temp_bytes': analysis.temp_size_in_bytes}
+  sizes['peak_bytes'] = (sizes['argument_bytes'] + sizes['output_bytes']
+                         - sizes['alias_bytes'] + sizes['temp_bytes'])
+  return sizes
+
+
 def validate_train_config(config: ml_collections.ConfigDict) -> None:
   privacy.validate(config.privacy)
   tc = config.train
@@ -630,6 +683,9 @@ def validate_train_config(config: ml_collections.ConfigDict) -> None:
               'keep_checkpoints'):
     if tc[key] <= 0:
       raise UsageError(f'train.{key} must be positive, got {tc[key]}')
+  if tc.get('profile_steps', 0) < 0:
+    raise UsageError(f'train.profile_steps must be >= 0 (0: no profile), '
+                     f'got {tc.profile_steps}')
   if tc.get('eval_steps', 0) < 0:
     raise UsageError(f'train.eval_steps must be >= 0 (0: the whole split), '
                      f'got {tc.eval_steps}')
@@ -651,8 +707,9 @@ def check_workdir_matches(config: ml_collections.ConfigDict, workdir: str):
     if section not in saved:  # Written before lm had the section.
       continue
     old, new = saved[section].to_dict(), config[section].to_dict()
-    # Remat trades memory for time; the parameters are the same.
-    keys = keys or sorted(set(old) | set(new) - {'remat'})
+    # Remat and the attention algorithm trade memory for time; the
+    # parameters are the same.
+    keys = keys or sorted((set(old) | set(new)) - set(_COMPUTE_KEYS))
     for key in keys:
       # A key the saved config lacks was added to lm later, with a default
       # that keeps the old behaviour. config.json holds lists where the
@@ -675,6 +732,33 @@ class _NoWriter:
 
   def close(self):
     pass
+
+
+class _Profile:
+  """A jax.profiler trace of `count` steps from step `start` (after the
+  compiling first steps) into `directory`, for TensorBoard's profile tab or
+  Perfetto."""
+
+  def __init__(self, directory: str, start: int, count: int):
+    self.directory, self.start, self.end = directory, start, start + count
+    self.running = False
+
+  def before(self, step: int):
+    if step == self.start:
+      jax.profiler.start_trace(self.directory)
+      self.running = True
+
+  def after(self, step: int, step_metrics, log):
+    if self.running and step >= self.end:
+      jax.block_until_ready(step_metrics)  # The traced steps have finished.
+      self.stop(log)
+
+  def stop(self, log):
+    if self.running:
+      jax.profiler.stop_trace()
+      self.running = False
+      log(f'Profile of steps {self.start + 1}-{self.end} written to '
+          f'{self.directory}.')
 
 
 class _ThroughputMeter:

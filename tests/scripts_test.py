@@ -231,3 +231,54 @@ def test_compress_writes_a_quantized_workdir_and_reports_it(trained,
                             '--method=int4', f'--output={output}'),
                         'already exists')
   assert snapshot(output) == before
+
+
+_TINY_BENCH = ['--config=configs/bench/gpt_cpu.py', '--config.model.num_layers=1',
+               '--config.model.d_model=32', '--config.model.num_heads=2',
+               '--config.model.d_ff=64', '--config.model.vocab_size=64',
+               '--config.model.max_len=32', '--config.data.seq_len=16',
+               '--config.data.batch_size=2', '--config.bench.steps=2',
+               '--config.bench.warmup_steps=1', '--config.bench.prompt_len=4',
+               '--config.bench.new_tokens=3', '--config.bench.decode_batch=2']
+
+
+def test_benchmark_prints_speed_flops_and_mfu():
+  result = run('experiments.benchmark', *_TINY_BENCH)
+  assert result.returncode == 0, result.stderr
+  report = json.loads(result.stdout.strip().splitlines()[-1])
+  assert report['train_steps_timed'] == 2
+  # One layer of width 32, 2 heads, MLP 64, tied 64-token vocabulary.
+  n = 4 * 32 * 32 + 2 * 32 * 64 + 64 * 32
+  assert report['flops_per_token'] == 6 * n + 12 * 1 * 2 * 16 * 16
+  for key in ('train_tokens_per_s', 'achieved_gflops', 'peak_gflops_measured',
+              'mfu_measured', 'train_peak_mib', 'prefill_tokens_per_s',
+              'decode_tokens_per_s'):
+    assert report[key] > 0, key
+  assert report['mfu_measured'] < 1
+  assert_one_line_error(run('experiments.benchmark', '--config=configs/bert.py'),
+                        'causal decoders')
+
+
+def test_benchmark_sweep_writes_json_lines_and_a_plot(tmp_path):
+  out, plot = tmp_path / 'sweep.jsonl', tmp_path / 'sweep.png'
+  result = run('experiments.benchmark', *_TINY_BENCH, '--sweep',
+               '--seq_lens=16,32', '--layer_counts=1,2', '--sweep_steps=1',
+               f'--sweep_out={out}', f'--plot={plot}')
+  assert result.returncode == 0, result.stderr
+  points = [json.loads(line) for line in out.read_text().splitlines()]
+  assert [(p['sweep'], p['attention'], p['seq_len'], p['num_layers'])
+          for p in points] == [
+              ('seq_len', 'xla', 16, 1), ('seq_len', 'xla', 32, 1),
+              ('seq_len', 'blockwise', 16, 1), ('seq_len', 'blockwise', 32, 1),
+              ('num_layers', 'xla', 16, 1), ('num_layers', 'xla', 16, 2)]
+  assert all(p['train_tokens_per_s'] > 0 for p in points)
+  assert plot.stat().st_size > 10_000
+
+
+def test_torch_peer_trains_and_decodes_the_same_model():
+  result = run('experiments.torch_peer', *_TINY_BENCH)
+  assert result.returncode == 0, result.stderr
+  report = json.loads(result.stdout.strip().splitlines()[-1])
+  for key in ('train_tokens_per_s', 'decode_tokens_per_s',
+              'hf_generate_tokens_per_s'):
+    assert report[key] > 0, key

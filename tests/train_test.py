@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import jax
 import numpy as np
@@ -28,6 +29,7 @@ def params_at(config, workdir, step):
 
 
 def test_loss_falls_on_a_tiny_fixture(tiny, tmp_path):
+  tiny.train.profile_steps = 3
   lines = []
   final = train.train_and_evaluate(tiny, str(tmp_path), log=lines.append)
   uniform = np.log(tiny.model.vocab_size)
@@ -35,6 +37,14 @@ def test_loss_falls_on_a_tiny_fixture(tiny, tmp_path):
   assert 0 < final['bits_per_byte'] < 8
   assert any(line.startswith('step 20/20 | loss') for line in lines), lines
   assert any('tokens/s' in line and 'ETA' in line for line in lines)
+  mfu = [float(re.search(r'MFU ([0-9.]+)%', line).group(1))
+         for line in lines if line.startswith('step ')]
+  assert mfu and all(0 < x < 100 for x in mfu), lines
+  # The profiler traced steps 3-5 into the workdir.
+  assert 'Profile of steps 3-5 written to' in '\n'.join(lines)
+  traces = [name for _, _, names in os.walk(tmp_path / 'profile')
+            for name in names if name.endswith('.xplane.pb')]
+  assert traces
 
 
 def test_eval_steps_scores_the_first_batches_of_the_split(tiny):

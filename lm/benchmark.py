@@ -1,0 +1,148 @@
+"""How fast a config's model trains and generates, measured.
+
+Random tokens (not the data pipeline) feed a model of random weights, so
+that what is timed is the compiled step and nothing else, as the PyTorch
+peer of experiments/torch_peer.py is timed. Every figure is a median over
+repeated calls after compiling ones, synchronized on the result.
+"""
+
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from lm import decode
+from lm import flops
+from lm import models
+from lm import train
+from lm.errors import UsageError
+
+
+def _check_causal(config: ml_collections.ConfigDict):
+  if config.model.family != 'decoder' or config.data.objective != 'causal':
+    raise UsageError(
+        'the benchmark measures causal decoders; this config has '
+        f'model.family={config.model.family!r}, data.objective='
+        f'{config.data.objective!r}')
+
+
+def random_batch(config: ml_collections.ConfigDict, seed: int = 0) -> dict:
+  """A causal-LM batch of uniformly random tokens."""
+  rng = np.random.default_rng(seed)
+  window = rng.integers(0, config.model.vocab_size,
+                        (config.data.batch_size, config.data.seq_len + 1),
+                        dtype=np.int32)
+  return {'inputs': window[:, :-1], 'targets': window[:, 1:],
+          'weights': np.ones(window[:, 1:].shape, np.float32)}
+
+
+def _device_peak_bytes() -> int | None:
+  """Peak bytes in use on the first device since the process started, where
+  the backend keeps count (GPU, TPU; not CPU)."""
+  stats = jax.devices()[0].memory_stats() or {}
+  return stats.get('peak_bytes_in_use')
+
+
+def measure_train(config: ml_collections.ConfigDict,
+                  peak: dict | None = None) -> dict:
+  """Median train-step time, tokens/s, FLOPs, MFU (against `peak`, from
+  flops.peak_flops), compile time and memory of `config` (a causal decoder)
+  over config.bench.steps timed steps."""
+  _check_causal(config)
+  trainer = train.Trainer(config, with_data=False)
+  batch = trainer.put_batch(random_batch(config))
+  state = trainer.init_state()
+  start = time.perf_counter()
+  step = trainer.compile_train_step(state, batch)
+  compile_s = time.perf_counter() - start
+  memory = train.memory_sizes(step)
+  times = []
+  for i in range(config.bench.warmup_steps + config.bench.steps):
+    start = time.perf_counter()
+    state, step_metrics = step(state, batch, *trainer.teacher_args)
+    jax.block_until_ready(step_metrics['loss'])
+    if i >= config.bench.warmup_steps:
+      times.append(time.perf_counter() - start)
+  step_s = statistics.median(times)
+  tokens = config.data.batch_size * config.data.seq_len
+  per_token = flops.train_flops_per_token(trainer.model_config,
+                                          config.data.seq_len)
+  achieved = per_token * tokens / step_s
+  result = {
+      'train_steps_timed': len(times), 'train_step_s': round(step_s, 4),
+      'train_tokens_per_s': round(tokens / step_s, 1),
+      'flops_per_token': per_token, 'flops_formula': flops.FORMULA,
+      'achieved_gflops': round(achieved / 1e9, 2),
+      'compile_s': round(compile_s, 2),
+      'train_peak_mib': round(memory['peak_bytes'] / 2**20, 1),
+      'final_loss': round(float(step_metrics['loss']), 4)}
+  device_peak = _device_peak_bytes()
+  if device_peak:
+    result['device_peak_mib'] = round(device_peak / 2**20, 1)
+  if peak is not None:
+    result['peak_gflops_measured'] = round(peak['measured'] / 1e9, 2)
+    result['mfu_measured'] = round(achieved / peak['measured'], 4)
+    if peak['datasheet']:
+      result['peak_gflops_datasheet'] = peak['datasheet'] / 1e9
+      result['mfu_datasheet'] = round(achieved / peak['datasheet'], 4)
+  return result
+
+
+def measure_decode(config: ml_collections.ConfigDict,
+                   repeats: int = 3) -> dict:
+  """Prefill and greedy-generation tokens/s of config.bench's batch of
+  random prompts (median of `repeats` calls after a compiling one).
+
+  decode_tokens_per_s counts the batch's new tokens over the whole
+  generate call, prefill included, as peers' generate loops are timed.
+  """
+  _check_causal(config)
+  bc = config.bench
+  model_config = models.ModelConfig.from_config(config.model)
+  model = models.build_model(model_config)
+  params = jax.jit(models.init_params, static_argnums=0)(
+      model, jax.random.key(0))
+  rng = np.random.default_rng(1)
+  prompts = rng.integers(3, model_config.vocab_size,
+                         (bc.decode_batch, bc.prompt_len)).tolist()
+  cache_len = bc.prompt_len + bc.new_tokens
+
+  @jax.jit
+  def prefill(params, tokens_BP):
+    cache = decode.init_cache(model, tokens_BP.shape[0], cache_len)
+    logits, updated = model.apply({'params': params, 'cache': cache},
+                                  tokens_BP, decode=True, mutable=['cache'])
+    return logits[:, -1], updated['cache']
+
+  def timed(fn):
+    fn()  # Compiles.
+    times = []
+    for _ in range(repeats):
+      start = time.perf_counter()
+      fn()
+      times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+  tokens = jnp.asarray(prompts, jnp.int32)
+  prefill_s = timed(lambda: jax.block_until_ready(prefill(params, tokens)))
+  sampling = decode.SamplingConfig(max_new_tokens=bc.new_tokens,
+                                   temperature=0.0)
+  written = []
+
+  def generate():
+    written[:] = decode.generate(model, params, prompts, sampling=sampling,
+                                 rng=jax.random.key(0), eos_id=None,
+                                 max_len=model_config.context_limit)
+
+  generate_s = timed(generate)
+  new_tokens = sum(len(row) for row in written)
+  return {'decode_batch': bc.decode_batch, 'prompt_len': bc.prompt_len,
+          'new_tokens': bc.new_tokens,
+          'prefill_s': round(prefill_s, 4),
+          'prefill_tokens_per_s': round(
+              bc.decode_batch * bc.prompt_len / prefill_s, 1),
+          'generate_s': round(generate_s, 4),
+          'decode_tokens_per_s': round(new_tokens / generate_s, 1)}

@@ -1,0 +1,63 @@
+"""Model FLOPs: the formula counts what XLA compiles; the peak is measured."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from configs import default
+from lm import flops
+from lm import models
+
+
+def test_matmul_params_of_the_default_model():
+  c = models.ModelConfig.from_config(default.get_config().model)
+  per_layer = 4 * c.d_model ** 2 + 2 * c.d_model * c.d_ff
+  # The tied table is the output layer; the position table multiplies
+  # nothing.
+  assert flops.matmul_params(c) == (c.num_layers * per_layer +
+                                    c.vocab_size * c.d_model)
+
+
+def test_an_untied_head_and_experts_count_what_a_token_uses():
+  base = dict(vocab_size=100, d_model=16, num_layers=2, num_heads=2, d_ff=32)
+  tied = flops.matmul_params(models.ModelConfig(**base))
+  untied = flops.matmul_params(models.ModelConfig(tie_embeddings=False,
+                                                  **base))
+  assert untied == tied  # The head kernel stands in for the table.
+  moe = flops.matmul_params(models.ModelConfig(
+      num_experts=4, experts_per_token=2, **base))
+  router, mlp = 2 * 16 * 4, 2 * 16 * 32
+  # Each token goes through two experts: one MLP more per layer.
+  assert moe == tied + router + 2 * mlp
+
+
+@pytest.mark.parametrize('family', ['decoder', 'encoder'])
+def test_the_formula_matches_xla_cost_analysis(family):
+  c = models.ModelConfig(family=family, vocab_size=512, d_model=128,
+                         num_layers=2, num_heads=4, d_ff=512, max_len=256)
+  model = models.build_model(c)
+  params = models.abstract_params(model)
+  seq_len = 256
+  tokens = jax.ShapeDtypeStruct((2, seq_len), jnp.int32)
+  step = jax.jit(jax.grad(lambda p, t: model.apply({'params': p}, t).sum()))
+  compiled = step.lower(params, tokens).compile().cost_analysis()
+  xla_per_token = compiled['flops'] / (2 * seq_len)
+  # XLA also counts norms, softmax and the like; the formula leaves them
+  # out, and counts the attention scores whole.
+  assert xla_per_token == pytest.approx(
+      flops.train_flops_per_token(c, seq_len), rel=0.1)
+
+
+def test_the_matmul_peak_is_measured():
+  peak = flops.measure_matmul_peak(size=128, repeats=4)
+  assert math.isfinite(peak) and peak > 1e8
+
+
+def test_datasheet_peaks_are_known_by_device_kind():
+  class FakeDevice:
+    device_kind = 'NVIDIA H200'
+
+  assert flops.datasheet_peak(FakeDevice()) == 989e12
+  assert flops.datasheet_peak(jax.devices('cpu')[0]) is None
