@@ -98,7 +98,6 @@ def plot(points, path):
   for ax in axes[:2]:
     ax.set_xscale('log', base=2)
     ax.set_xlabel('sequence length (tokens)')
-  axes[1].set_yscale('log', base=2)
   batch = by_length[0]['batch_size'] if by_length else 0
   axes[0].set(ylabel='train tokens/s',
               title=f'Throughput vs length (batch {batch})')
