@@ -56,6 +56,8 @@ def matmul_params(model_config: models.ModelConfig) -> int:
 
 
 def attention_layers(model_config: models.ModelConfig) -> int:
+  if model_config.family == 'lstm':  # The baseline has no attention.
+    return 0
   if model_config.family == 'encoder_decoder':
     return model_config.num_layers + model_config.decoder_layers
   return model_config.num_layers
@@ -78,12 +80,12 @@ def forward_flops_per_token(model_config: models.ModelConfig,
 
 
 def measure_matmul_peak(dtype=jnp.float32, size: int = 1024,
-                        repeats: int = 10) -> float:
+                        repeats: int = 10, calls: int = 3) -> float:
   """FLOP/s of this process's best square matmul on the default device.
 
   A chain of `repeats` dependent [size, size] products runs in one compiled
-  call, so dispatch is paid once; the best of 5 calls after a compiling one
-  is taken (the least disturbed).
+  call, so dispatch is paid once; the best of `calls` calls after a
+  compiling one is taken (the least disturbed).
   """
   a = jax.random.normal(jax.random.key(0), (size, size), dtype)
   scale = jnp.asarray(1 / size ** 0.5, dtype)  # Keeps values finite.
@@ -96,7 +98,7 @@ def measure_matmul_peak(dtype=jnp.float32, size: int = 1024,
 
   chain(a).block_until_ready()
   best = float('inf')
-  for _ in range(5):
+  for _ in range(calls):
     start = time.perf_counter()
     chain(a).block_until_ready()
     best = min(best, time.perf_counter() - start)

@@ -321,7 +321,7 @@ class Attention(nn.Module):
   factor, which T5 folds into its initialization instead.
   `block` > 0 computes attention in blocks of that many queries and keys,
   in memory linear in the length (lm/blockwise_attention.py); 0 uses
-  `jax.nn.dot_product_attention`.
+  `jax.nn.dot_product_attention`. Decoding reads the KV cache whole.
   """
 
   num_heads: int

@@ -245,7 +245,9 @@ class Trainer:
           'model.max_len or shorten the data')
     if config.data.objective in text_pairs.FAMILY_OF:
       self._check_family(text_pairs.FAMILY_OF[config.data.objective])
-    self.data = self._make_checked_data() if with_data else None
+    self.data = None
+    if with_data:
+      self._load_data()
     self.schedule = optim.make_schedule(config.optim, config.train.num_steps)
     optim_config = config.optim
     if self.model_config.lora_rank and not optim_config.freeze:
@@ -298,24 +300,22 @@ class Trainer:
         self.model_config.vocab_size, jnp.int32).at[
             :len(self.data.token_bytes)].set(self.data.token_bytes)
 
-  def _make_checked_data(self):
-    """The data, after checking that the model fits it."""
+  def _load_data(self):
+    """Sets self.data, after checking that the model fits it."""
     # The first process builds (and caches) datasets and tokenizers before
     # the others read them, so that no two write the same files.
     if jax.process_index() == 0:
-      data = self._make_data()
+      self.data = self._make_data()
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices('lm: data built')
     if jax.process_index() != 0:
-      data = self._make_data()
-    self.data = data
+      self.data = self._make_data()
     if self.config.data.objective == 'classify':
       self._check_classifier()
     elif self.config.data.objective in text_pairs.FAMILY_OF:
       self._check_vocab(0)
     else:
       self._check_language_model()
-    return data
 
   def _make_data(self):
     """This process's share of the data (see lm/data/pipeline.py)."""
@@ -377,14 +377,10 @@ class Trainer:
     """One update on a batch of this process's rows (host arrays)."""
     return self._train_step(state, self.put_batch(batch), *self._teacher_args)
 
-  def step_memory(self, local=None) -> dict[str, int]:
-    """Bytes of the compiled train step, from XLA's memory analysis (per
-    device): arguments (state and batch), outputs, temporaries (the
-    activations kept for the backward pass, mostly), and their peak.
-    `local` is this process's rows of a batch (default: the data's first).
-    """
-    if local is None:
-      local = next(iter(self.data.train.to_iter_dataset()))
+  def step_memory(self) -> dict[str, int]:
+    """Bytes of the compiled train step (see memory_sizes) for the data's
+    batches."""
+    local = next(iter(self.data.train.to_iter_dataset()))
     batch = {k: jax.ShapeDtypeStruct(
         (v.shape[0] * jax.process_count(),) + v.shape[1:], v.dtype,
         sharding=self.batch_sharding) for k, v in local.items()}

@@ -5,7 +5,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lm import decode
 from lm import models
 from lm.blockwise_attention import blockwise_attention
 
@@ -73,19 +72,6 @@ def test_models_compute_the_same_logits_in_blocks(family, extra):
   np.testing.assert_allclose(
       jax.jit(blocked.apply)({'params': params}, **inputs),
       jax.jit(model.apply)({'params': params}, **inputs), atol=1e-5)
-
-
-def test_blockwise_decoding_writes_the_same_tokens():
-  model = models.build_model(models.ModelConfig(**_SMALL))
-  blocked = models.build_model(models.ModelConfig(
-      attention='blockwise', attention_block=4, **_SMALL))
-  params = models.init_params(model, jax.random.key(0))
-  kwargs = dict(sampling=decode.SamplingConfig(max_new_tokens=6,
-                                               temperature=0.0),
-                rng=jax.random.key(0), eos_id=None, max_len=32)
-  prompts = [[5, 6, 7, 8, 9, 10, 11], [9]]
-  assert (decode.generate(blocked, params, prompts, **kwargs)
-          == decode.generate(model, params, prompts, **kwargs))
 
 
 def _train_step_temp_bytes(attention: str, seq_len: int) -> int:
