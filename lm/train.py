@@ -8,6 +8,7 @@ return the final validation metrics. Log lines go to the `log` callback
 `<workdir>/tensorboard`.
 """
 
+import contextlib
 import dataclasses
 import functools
 import itertools
@@ -41,6 +42,7 @@ from lm.data import objectives
 from lm.data import pipeline
 from lm.data import text_pairs
 from lm.errors import UsageError
+from lm.workdir_lock import WorkdirLock
 
 @flax.struct.dataclass
 class TrainState:
@@ -556,7 +558,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   if not primary:  # One process speaks for all; every one checkpoints.
     log = lambda line: None
   os.makedirs(workdir, exist_ok=True)
-  check_workdir_matches(config, workdir)
+  # The processes of one multi-process run share the workdir; the first
+  # holds the lock for them.
+  with (WorkdirLock(workdir) if primary else contextlib.nullcontext()):
+    check_workdir_matches(config, workdir)
+    return _train(trainer, config, workdir, log, stop_at_step)
+
+
+def _train(trainer: Trainer, config: ml_collections.ConfigDict, workdir: str,
+           log: Callable[[str], None], stop_at_step: int | None
+           ) -> dict[str, float]:
+  """The body of train_and_evaluate, in a workdir this run holds."""
+  primary = jax.process_index() == 0
   tc = config.train
   checkpointer = checkpoint.Checkpointer(workdir, max_to_keep=tc.keep_checkpoints)
   train_iter = iter(trainer.data.train.to_iter_dataset())

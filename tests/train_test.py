@@ -12,6 +12,7 @@ from lm import checkpoint
 from lm import models
 from lm import train
 from lm.errors import UsageError
+from lm.workdir_lock import WorkdirLock
 
 
 def abstract_params(config):
@@ -175,3 +176,20 @@ def test_sequences_longer_than_the_position_table_are_refused(tiny):
   tiny.data.seq_len = 65  # tiny's learned positions stop at 64
   with pytest.raises(UsageError, match='exceed model.max_len=64'):
     train.Trainer(tiny)
+
+
+def test_a_second_run_on_a_workdir_in_use_is_refused(tiny, tmp_path):
+  workdir = str(tmp_path)
+  with WorkdirLock(workdir):  # Another run holds it (a lock is per open file).
+    with pytest.raises(UsageError, match=r'in use by another run \(pid '):
+      train.train_and_evaluate(tiny, workdir)
+  assert not os.path.exists(os.path.join(workdir, checkpoint.CONFIG_FILE))
+  # A run that fails while holding it frees it too (the operating system
+  # frees it when a process dies).
+  other = tiny.copy_and_resolve_references()
+  other.model.d_model = 64
+  checkpoint.save_config(other, workdir)
+  with pytest.raises(UsageError, match='was trained with model.d_model=64'):
+    train.train_and_evaluate(tiny, workdir)
+  with WorkdirLock(workdir):
+    pass
