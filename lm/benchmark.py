@@ -68,8 +68,7 @@ def measure_train(config: ml_collections.ConfigDict,
       times.append(time.perf_counter() - start)
   step_s = statistics.median(times)
   tokens = config.data.batch_size * config.data.seq_len
-  per_token = flops.train_flops_per_token(trainer.model_config,
-                                          config.data.seq_len)
+  per_token = trainer.flops_per_token()
   achieved = per_token * tokens / step_s
   result = {
       'train_steps_timed': len(times), 'train_step_s': round(step_s, 4),

@@ -36,10 +36,12 @@ DATASHEET_PEAK_BF16 = {
 }
 
 
-def matmul_params(model_config: models.ModelConfig) -> int:
-  """N of the formula: weights that multiply activations, per token."""
-  model = models.build_model(model_config)
-  flat = flax.traverse_util.flatten_dict(models.abstract_params(model))
+def matmul_params(model_config: models.ModelConfig, params=None) -> int:
+  """N of the formula: weights that multiply activations, per token.
+  `params` (arrays or shapes) saves tracing the model when at hand."""
+  if params is None:
+    params = models.abstract_params(models.build_model(model_config))
+  flat = flax.traverse_util.flatten_dict(params)
   total = 0.0
   for path, leaf in flat.items():
     name = path[-1]
@@ -63,20 +65,13 @@ def attention_layers(model_config: models.ModelConfig) -> int:
   return model_config.num_layers
 
 
-def train_flops_per_token(model_config: models.ModelConfig,
-                          seq_len: int) -> float:
-  """FORMULA for a model and sequence length."""
+def train_flops_per_token(model_config: models.ModelConfig, seq_len: int,
+                          params=None) -> float:
+  """FORMULA for a model (its `params`' shapes, if at hand) and length."""
   c = model_config
   attention = (12 * attention_layers(c) * c.num_heads * c.head_width *
                seq_len)
-  return 6 * matmul_params(c) + attention
-
-
-def forward_flops_per_token(model_config: models.ModelConfig,
-                            context_len: int) -> float:
-  """A third of the training formula: the forward pass alone, with keys at
-  `context_len` (what one decoding step of a token costs)."""
-  return train_flops_per_token(model_config, context_len) / 3
+  return 6 * matmul_params(c, params) + attention
 
 
 def measure_matmul_peak(dtype=jnp.float32, size: int = 1024,

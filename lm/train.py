@@ -389,6 +389,12 @@ class Trainer:
     state = self.abstract_state()  # (Outside the mesh context: see it.)
     return memory_sizes(self.compile_train_step(state, batch))
 
+  def flops_per_token(self) -> float:
+    """Model FLOPs per trained token at data.seq_len (lm/flops.py)."""
+    return flops.train_flops_per_token(
+        self.model_config, self.config.data.seq_len,
+        nn.unbox(self._boxed_state.params))
+
   def compile_train_step(self, state, batch):
     """The train step compiled ahead of time for global `state` and `batch`
     (arrays or their shapes): call it as `compiled(state, batch, *teacher)`
@@ -605,8 +611,7 @@ def _train(trainer: Trainer, config: ml_collections.ConfigDict, workdir: str,
   tokens_per_step = config.data.batch_size * config.data.seq_len
   # Model FLOPs utilization (lm/flops.py), against the datasheet peak where
   # the device has one, else against this process's measured matmul peak.
-  flops_per_token = flops.train_flops_per_token(trainer.model_config,
-                                                config.data.seq_len)
+  flops_per_token = trainer.flops_per_token()
   peak = flops.peak_flops(trainer.model_config.dtype)
   peak_flops = peak['datasheet'] or peak['measured']
   profile = _Profile(os.path.join(workdir, 'profile'), step + 2,
