@@ -74,7 +74,11 @@ def get_base_config() -> ml_collections.ConfigDict:
       eval_steps=0,
       # Steps traced by jax.profiler into <workdir>/profile, from the third
       # step of the run on (0: none).
-      profile_steps=0))
+      profile_steps=0,
+      # A step with a non-finite loss or gradient leaves the parameters as
+      # they were; this many in a row stop the run (its latest checkpoint
+      # holds the last good state).
+      max_nonfinite_steps=10))
 
   # Devices as a data x fsdp x tensor x expert mesh (lm/sharding.py); -1
   # takes the devices the other axes leave, so the default is data

@@ -40,9 +40,11 @@ _SEQ_LENS = flags.DEFINE_list('seq_lens', ['128', '256', '512', '1024', '2048'],
 _LAYER_COUNTS = flags.DEFINE_list('layer_counts', ['2', '4', '6', '8', '12'],
                                   'Sweep: numbers of layers.')
 _SWEEP_BATCH = flags.DEFINE_integer(
-    'sweep_batch', 1, 'Sweep: rows per batch of the sequence-length points.')
+    'sweep_batch', 1, 'Sweep: rows per batch of the sequence-length points.',
+    lower_bound=1)
 _SWEEP_STEPS = flags.DEFINE_integer('sweep_steps', 3,
-                                    'Sweep: timed steps per point.')
+                                    'Sweep: timed steps per point.',
+                                    lower_bound=1)
 _SWEEP_OUT = flags.DEFINE_string('sweep_out', '',
                                  'Sweep: JSON-lines file to write.')
 _PLOT = flags.DEFINE_string('plot', '', 'Sweep: PNG file to draw.')
@@ -133,8 +135,8 @@ def main(argv):
               'new_tokens'):
     if config.bench[key] < (0 if key == 'warmup_steps' else 1):
       cli.fail(f'config.bench.{key}={config.bench[key]} is out of range')
-  if _SWEEP_STEPS.value < 1 or _SWEEP_BATCH.value < 1:
-    cli.fail('--sweep_steps and --sweep_batch must be positive')
+  if _SWEEP.value:
+    _ints(_SEQ_LENS), _ints(_LAYER_COUNTS)  # Refused before any work.
   model_config = models.ModelConfig.from_config(config.model)
   peak = flops.peak_flops(model_config.dtype)
   if _SWEEP.value:

@@ -31,6 +31,7 @@ from absl import flags
 
 from configs import base
 from experiments import cli
+from lm import checkpoint
 from lm.compress import prune
 from lm.compress import report
 from lm.compress import workdirs
@@ -40,22 +41,26 @@ _METHODS = ('int8', 'int4', 'prune', 'merge_lora', 'deep_compression')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'The workdir to compress.')
 _METHOD = flags.DEFINE_enum('method', None, _METHODS, 'What to apply.')
 _OUTPUT = flags.DEFINE_string('output', None, 'The new workdir to write.')
-_GROUP = flags.DEFINE_integer('group', 64, 'int4: weights per scale.')
+_GROUP = flags.DEFINE_integer('group', 64, 'int4: weights per scale.',
+                              lower_bound=1)
 _KV_CACHE = flags.DEFINE_enum('kv_cache', 'float', ('float', 'int8'),
                               'The KV cache the output decodes with.')
 _PATTERN = flags.DEFINE_string('pattern', '2:4',
                                "prune: 'unstructured' or N:M such as 2:4.")
 _SPARSITY = flags.DEFINE_float('sparsity', 0.5,
-                               'prune, unstructured: the fraction of zeros.')
+                               'prune, unstructured: the fraction of zeros.',
+                               lower_bound=0.0, upper_bound=1.0)
 _BITS = flags.DEFINE_integer('bits', 5, 'deep_compression: 2**bits shared '
-                             'values per kernel.')
+                             'values per kernel.', lower_bound=1,
+                             upper_bound=16)
 _REPORT = flags.DEFINE_list('report', None, 'Workdirs to measure.')
 _NAMES = flags.DEFINE_list('names', None, 'Their names in the table.')
 _PLOT = flags.DEFINE_string('plot', None, 'Where to write the PNG.')
 _TITLE = flags.DEFINE_string('title', 'Compression: size, quality, speed',
                              "The PNG's title.")
 _NEW_TOKENS = flags.DEFINE_integer('decode_tokens', 96,
-                                   'Tokens per row in the speed test.')
+                                   'Tokens per row in the speed test.',
+                                   lower_bound=1)
 
 
 def main(argv):
@@ -104,6 +109,8 @@ def run_report():
   if len(names) != len(_REPORT.value):
     cli.fail(f'--names has {len(names)} entries for {len(_REPORT.value)} '
              'workdirs in --report')
+  for workdir in _REPORT.value:  # Each is checked before any is measured.
+    checkpoint.load_config(workdir)
   cli.setup_jax()
   rows = []
   for name, workdir in zip(names, _REPORT.value):

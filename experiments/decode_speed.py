@@ -21,8 +21,10 @@ from lm import models
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Config file, e.g. configs/default.py[:preset].')
-_PROMPT_LEN = flags.DEFINE_integer('prompt_len', 16, 'Prompt tokens.')
-_NEW_TOKENS = flags.DEFINE_integer('max_new_tokens', 32, 'Tokens to write.')
+_PROMPT_LEN = flags.DEFINE_integer('prompt_len', 16, 'Prompt tokens.',
+                                   lower_bound=1)
+_NEW_TOKENS = flags.DEFINE_integer('max_new_tokens', 32, 'Tokens to write.',
+                                   lower_bound=1)
 
 
 def main(argv):

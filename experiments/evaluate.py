@@ -21,10 +21,11 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'A workdir with a checkpoint.',
 _SPLIT = flags.DEFINE_string('split', 'validation', "'validation' or 'test'.")
 _BEAM_SIZE = flags.DEFINE_integer(
     'beam_size', None, 'Beam size for encoder-decoder models (1: greedy); '
-    'default: the config\'s evaluate.beam_size.')
+    'default: the config\'s evaluate.beam_size.', lower_bound=1)
 _MAX_EXAMPLES = flags.DEFINE_integer(
     'max_examples', None, 'Score only the first N examples of the split by '
-    'generation; default: the config\'s evaluate.max_examples (0: all).')
+    'generation; default: the config\'s evaluate.max_examples (0: all).',
+    lower_bound=0)
 
 
 def main(argv):

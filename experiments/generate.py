@@ -26,10 +26,11 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'A workdir written by '
 _PROMPT = flags.DEFINE_string('prompt', None, 'Text to continue.',
                               required=True)
 _MAX_NEW_TOKENS = flags.DEFINE_integer('max_new_tokens', 200,
-                                       'How many tokens to add at most.')
+                                       'How many tokens to add at most.',
+                                       lower_bound=1)
 _TEMPERATURE = flags.DEFINE_float('temperature', 0.8, '0 means greedy.')
 _TOP_K = flags.DEFINE_integer('top_k', 0, 'Sample among the k most likely '
-                              'tokens; 0 disables.')
+                              'tokens; 0 disables.', lower_bound=0)
 _TOP_P = flags.DEFINE_float('top_p', 1.0, 'Nucleus sampling mass; 1 disables.')
 _SEED = flags.DEFINE_integer('seed', 0, 'Sampling seed.')
 _MESH = flags.DEFINE_list(

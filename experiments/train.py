@@ -5,7 +5,9 @@ r"""Trains a model from a config; resumes from --workdir if it has checkpoints.
 
 Prints one line per log step, evaluates on the validation split, saves
 orbax checkpoints and TensorBoard files in --workdir, prints samples, and
-ends with the final validation metrics (val_bits_per_byte=...). With
+ends with the final validation metrics (val_bits_per_byte=...). SIGTERM or
+Ctrl-C saves a checkpoint at the current step and exits with code 0; the
+same command resumes. With
 --evaluate=SPLIT it then scores the model on that split as
 experiments/evaluate.py does (generating text for text-to-text tasks).
 
@@ -29,6 +31,7 @@ from experiments import cli
 from lm import checkpoint
 from lm import decode
 from lm import evaluation
+from lm import preemption
 from lm import train
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -54,8 +57,14 @@ def main(argv):
   if len(argv) > 1:
     cli.fail(f'unexpected arguments {argv[1:]}; flags look like --name=value')
   cli.setup_jax()
-  config = cli.get_config(_CONFIG)
+  # (The devices are known once a multi-process run is joined; the Trainer
+  # checks the mesh against them.)
+  config = cli.get_config(_CONFIG, check_devices=False)
   workdir = _WORKDIR.value
+  if not (_DISTRIBUTED.value or _COORDINATOR.value) and (
+      _NUM_PROCESSES.value is not None or _PROCESS_ID.value is not None):
+    cli.fail('--num_processes and --process_id join a multi-process run; '
+             'give --coordinator_address=HOST:PORT (or --distributed) too')
   if _DISTRIBUTED.value or _COORDINATOR.value:
     cli.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
                                _PROCESS_ID.value)
@@ -65,8 +74,15 @@ def main(argv):
   primary = jax.process_index() == 0
   if primary:
     print(config, flush=True)
-  final = train.train_and_evaluate(
-      config, workdir, log=lambda line: print(line, flush=True))
+  try:
+    final = train.train_and_evaluate(
+        config, workdir, log=lambda line: print(line, flush=True))
+  except preemption.Preempted as stopped:
+    # Not a failure: schedulers retry a job that exits 0 after preemption
+    # the same way, and the retry resumes.
+    if primary:
+      print(f'Stopped: {stopped}', flush=True)
+    return
   if not primary:
     return
   # Only causal language models continue free text.

@@ -8,18 +8,27 @@ so that inference restores params alone:
           batches an uninterrupted one would
 Saves are asynchronous; orbax writes each step to a temporary folder and
 renames it when complete, so a crash never leaves a half-written step that
-looks finished.
+looks finished. Each finished step is then sealed with checksums
+(lm/checkpoint_integrity.py): a step damaged later is found on restore,
+reported and moved to `<workdir>/damaged_checkpoints/`, and the one before
+it is used. A save that fails (a full disk) leaves the earlier steps as
+they were and raises `CheckpointSaveError`.
 """
 
 import dataclasses
 import json
 import os
+import re
 import shutil
-from typing import Any
+import threading
+import time
+from typing import Any, Callable
 
+import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from lm import checkpoint_integrity
 from lm import models
 from lm.data import tokenizers
 from lm.errors import UsageError
@@ -32,19 +41,41 @@ def checkpoint_dir(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), 'checkpoints')
 
 
+DAMAGED_DIR = 'damaged_checkpoints'  # Beside checkpoints/, never deleted.
+
+
+class CheckpointSaveError(UsageError):
+  """A checkpoint could not be written (e.g. the disk is full)."""
+
+
 class Checkpointer:
-  """A thin CheckpointManager over `<workdir>/checkpoints`."""
+  """A CheckpointManager over `<workdir>/checkpoints` that seals each step
+  it writes with checksums and turns a failed write into one clear error."""
 
   def __init__(self, workdir: str, *, max_to_keep: int = 3,
                async_save: bool = True, read_only: bool = False):
+    self._workdir = os.path.abspath(workdir)
+    self._directory = checkpoint_dir(workdir)
+    self._unsealed: list[int] = []  # Steps saved here, not yet sealed.
+    self._lock = threading.Lock()  # orbax's thread seals them.
+    self._closed = False
+    async_options = ocp.AsyncOptions(
+        post_finalization_callback=self._seal_when_renamed
+    ) if async_save else None
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep, enable_async_checkpointing=async_save,
-        create=not read_only, read_only=read_only)
+        create=not read_only, read_only=read_only,
+        async_options=async_options,
+        # What a killed or failed save left is removed when training starts.
+        cleanup_tmp_directories=not read_only)
     self._manager = ocp.CheckpointManager(
-        checkpoint_dir(workdir), item_names=_ITEMS, options=options)
+        self._directory, item_names=_ITEMS, options=options)
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
+
+  def step_dir(self, step: int) -> str:
+    return os.path.join(self._directory, str(step))
 
   def save(self, step: int, params: Any, state: Any | None,
            data_state: dict | None) -> None:
@@ -54,7 +85,88 @@ class Checkpointer:
       items['state'] = ocp.args.StandardSave(state)
     if data_state is not None:
       items['data'] = ocp.args.JsonSave(data_state)
-    self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+    with self._lock:
+      self._unsealed.append(step)
+    # An asynchronous save's failure surfaces here, at the next save.
+    with _ReportSaveFailure(self):
+      self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+
+  def _seal_finished(self) -> None:
+    """Seals the steps saved here that orbax has finished (first process
+    only: it writes the step's metadata after every process is done)."""
+    with self._lock:
+      for step in list(self._unsealed):
+        if not os.path.isdir(self.step_dir(step)):
+          continue  # Not renamed yet: still being written.
+        self._unsealed.remove(step)
+        if jax.process_index() == 0:
+          try:
+            checkpoint_integrity.seal(self.step_dir(step))
+          except OSError:
+            pass  # The step is complete; it stays unchecked (see problem).
+
+  def _seal_when_renamed(self) -> None:
+    """orbax's callback: it runs when a save's files are written, before
+    orbax adds its metadata and renames the folder. A thread waits for the
+    rename and seals then, so that a finished step goes unchecked for
+    moments, not until the next save."""
+
+    def wait_and_seal():
+      for _ in range(600):  # At most a minute; wait() seals the rest.
+        with self._lock:
+          pending = [step for step in self._unsealed
+                     if not os.path.isdir(self.step_dir(step))]
+        if not pending:
+          break
+        time.sleep(0.1)
+      self._seal_finished()
+
+    threading.Thread(target=wait_and_seal, daemon=True).start()
+
+  def _discard_unfinished(self) -> tuple[int | None, int | None]:
+    """After a failed save: stops orbax's writers and removes what they
+    left. (The first step that did not finish, the latest complete one.)"""
+    with self._lock:
+      unfinished = [step for step in self._unsealed
+                    if not os.path.isdir(self.step_dir(step))]
+      self._unsealed.clear()
+    try:
+      self._manager.close()  # Its other writers may still be running.
+    except Exception:  # pylint: disable=broad-except
+      pass  # The same failure, reported once by the caller.
+    self._closed = True
+    complete = []
+    for name in os.listdir(self._directory):
+      if name.isdigit():
+        complete.append(int(name))
+      elif '.orbax-checkpoint-tmp' in name:
+        # (Writers orbax could not stop may still add files; the next run
+        # removes what is left.)
+        shutil.rmtree(os.path.join(self._directory, name), ignore_errors=True)
+    return min(unfinished, default=None), max(complete, default=None)
+
+  def good_latest_step(self, log: Callable[[str], None]) -> int | None:
+    """The latest step whose files match their checksums. Damaged later
+    steps are reported with `log` and moved to `<workdir>/DAMAGED_DIR`,
+    so that training can write those steps again. (One process of a run
+    calls it, and the others `reload`.)"""
+    for step in sorted(self._manager.all_steps(), reverse=True):
+      problem = checkpoint_integrity.problem(self.step_dir(step))
+      if problem is None:
+        return step
+      where = os.path.join(self._workdir, DAMAGED_DIR, str(step))
+      while os.path.exists(where):  # Damaged again after a rerun.
+        where += '+'
+      os.makedirs(os.path.dirname(where), exist_ok=True)
+      os.rename(self.step_dir(step), where)
+      log(f'Warning: the checkpoint at step {step} is damaged ({problem}); '
+          f'moved it to {where} and using the one before it.')
+      self._manager.reload()
+    return None
+
+  def reload(self) -> None:
+    """Rereads the steps on disk (after another process moved some)."""
+    self._manager.reload()
 
   def has_train_state(self, step: int) -> bool:
     """False for params-only checkpoints, such as imported ones."""
@@ -80,10 +192,56 @@ class Checkpointer:
     return restored['params']
 
   def wait(self) -> None:
-    self._manager.wait_until_finished()
+    with _ReportSaveFailure(self):
+      self._manager.wait_until_finished()
+    self._seal_finished()  # Synchronous saves have no callback.
 
   def close(self) -> None:
-    self._manager.close()
+    """Waits for a save in flight (raising CheckpointSaveError if it
+    failed) and stops orbax's threads."""
+    if self._closed:
+      return
+    try:
+      self.wait()
+    finally:
+      if not self._closed:
+        self._manager.close()
+        self._closed = True
+
+
+class _ReportSaveFailure:
+  """Turns an error of orbax's writers into CheckpointSaveError, after
+  removing what the failed save left, and names the step that remains."""
+
+  def __init__(self, checkpointer: Checkpointer):
+    self._checkpointer = checkpointer
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, kind, error, traceback):
+    if kind is None or not issubclass(kind, Exception) or isinstance(
+        error, UsageError):
+      return False
+    failed, kept = self._checkpointer._discard_unfinished()  # pylint: disable=protected-access
+    raise CheckpointSaveError(
+        f'saving the checkpoint of step {failed} failed: '
+        f'{_short_reason(error)}. '
+        + (f'The checkpoint of step {kept} is kept' if kept is not None
+           else 'No earlier checkpoint exists')
+        + '; free disk space (or fix the cause) and run again to resume'
+        ) from error
+
+
+def _short_reason(error: Exception) -> str:
+  """'[Errno 28] No space left on device' from an OSError or from
+  tensorstore's long message; else the message's first line."""
+  if isinstance(error, OSError) and error.errno:
+    return f'[Errno {error.errno}] {os.strerror(error.errno)}'
+  code = re.search(r"os_error_code='(\d+)'", str(error))
+  if code:
+    return f'[Errno {code.group(1)}] {os.strerror(int(code.group(1)))}'
+  return (str(error).splitlines() or [type(error).__name__])[0][:300]
 
 
 def load_params(workdir: str, abstract_params: Any) -> tuple[Any, int]:
@@ -96,6 +254,14 @@ def load_params(workdir: str, abstract_params: Any) -> tuple[Any, int]:
   if step is None:
     raise UsageError(f'{workdir} has no complete checkpoint; train into it '
                      'first (python -m experiments.train --workdir=...)')
+  # Inference reads the latest step or nothing: quietly scoring an older
+  # one would mislabel results.
+  problem = checkpoint_integrity.problem(checkpointer.step_dir(step))
+  if problem is not None:
+    raise UsageError(
+        f'the checkpoint at step {step} of {workdir} is damaged ({problem}); '
+        f'training on the workdir again moves it to {DAMAGED_DIR}/ and '
+        'resumes from the step before it')
   params = checkpointer.restore_params(abstract_params, step)
   checkpointer.close()
   return params, step
@@ -117,8 +283,15 @@ def load_config(workdir: str, defaults: ml_collections.ConfigDict | None = None
   if not os.path.exists(path):
     raise UsageError(f'{workdir} has no {CONFIG_FILE}; is it a workdir '
                      'written by experiments/train.py?')
-  with open(path) as f:
-    saved = json.load(f)
+  try:
+    with open(path, encoding='utf-8') as f:
+      saved = json.load(f)
+  except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise UsageError(f'{path} is damaged (not JSON: {e}); restore it from '
+                     'a copy, or train into a new workdir') from e
+  if not isinstance(saved, dict) or 'model' not in saved:
+    raise UsageError(f'{path} holds no model section; is it a workdir '
+                     'written by experiments/train.py?')
   if defaults is None:
     return ml_collections.ConfigDict(saved)
   return ml_collections.ConfigDict(_fill_missing(defaults.to_dict(), saved))

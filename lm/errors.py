@@ -8,3 +8,8 @@ traceback. Its message names the problem and the fix.
 
 class UsageError(ValueError):
   """A mistake in the user's input (config, flags, files, prompts)."""
+
+
+class DivergedError(UsageError):
+  """Training met too many non-finite steps in a row (see
+  train.max_nonfinite_steps); the message says what to change."""

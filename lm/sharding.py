@@ -60,12 +60,9 @@ RULES = (
 )
 
 
-def mesh_shape(shape: Sequence[int], device_count: int) -> tuple[int, ...]:
-  """`shape` (up to four sizes, one may be -1) resolved for the devices.
-
-  A mesh may use fewer devices than there are (a single-device run on a
-  multi-device host), if its size divides their number.
-  """
+def check_mesh_shape(shape: Sequence[int]) -> tuple[int, ...]:
+  """`shape` padded to four sizes, after checking its form (whatever the
+  devices: see mesh_shape)."""
   shape = tuple(int(s) for s in shape)
   if not 1 <= len(shape) <= len(AXES):
     raise UsageError(f'mesh.shape={shape} needs 1 to {len(AXES)} sizes for '
@@ -74,6 +71,16 @@ def mesh_shape(shape: Sequence[int], device_count: int) -> tuple[int, ...]:
   if shape.count(-1) > 1 or any(s == 0 or s < -1 for s in shape):
     raise UsageError(f'mesh.shape={shape}: sizes must be positive, with at '
                      'most one -1 (the devices the others leave)')
+  return shape
+
+
+def mesh_shape(shape: Sequence[int], device_count: int) -> tuple[int, ...]:
+  """`shape` (up to four sizes, one may be -1) resolved for the devices.
+
+  A mesh may use fewer devices than there are (a single-device run on a
+  multi-device host), if its size divides their number.
+  """
+  shape = check_mesh_shape(shape)
   known = math.prod(s for s in shape if s != -1)
   if device_count % known:
     raise UsageError(

@@ -12,8 +12,8 @@ import contextlib
 import dataclasses
 import functools
 import itertools
-import math
 import os
+import signal
 import time
 from typing import Any, Callable
 
@@ -24,6 +24,7 @@ import jax
 from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 import tensorboardX
 
@@ -32,15 +33,18 @@ from lm import flops
 from lm import metrics
 from lm import models
 from lm import optim
+from lm import preemption
 from lm import privacy
 from lm import sharding
 from lm.compress import distill as distillation
 from lm.compress import lora
 from lm.compress import prune
 from lm.data import classification
+from lm.data import datasets
 from lm.data import objectives
 from lm.data import pipeline
 from lm.data import text_pairs
+from lm.errors import DivergedError
 from lm.errors import UsageError
 from lm.workdir_lock import WorkdirLock
 
@@ -153,10 +157,17 @@ def train_step(state: TrainState, batch, teacher_params=None, *, model,
     grad_norm = optax.tree.norm(grads)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
+  # A non-finite loss or gradient (an overflow, a bad batch) must not reach
+  # the parameters or Adam's moments: the step keeps them as they were.
+  finite = jnp.isfinite(parts['nll']) & jnp.isfinite(grad_norm)
+  params, opt_state = jax.tree.map(
+      lambda new, old: jnp.where(finite, new, old),
+      (params, opt_state), (state.params, state.opt_state))
   step_metrics = {'loss': parts['nll'] / num_targets,
                   'token_accuracy': parts['correct'] / num_targets,
                   'grad_norm': grad_norm,
-                  'learning_rate': schedule(state.step)}
+                  'learning_rate': schedule(state.step),
+                  'skipped': jnp.logical_not(finite).astype(jnp.int32)}
   if distill is not None:
     step_metrics['soft_loss'] = parts['soft_loss'] / num_targets
   if parts['expert_load'].size:
@@ -233,7 +244,7 @@ class Trainer:
                with_data: bool = True):
     """`with_data=False` builds the model and compiled steps alone, for
     batches made elsewhere (experiments/benchmark.py's random tokens)."""
-    validate_train_config(config)
+    validate_config(config)
     self.config = config
     self.mesh = self._make_mesh(config)
     self.model_config = models.ModelConfig.from_config(config.model)
@@ -559,6 +570,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         f"model.quant={config.model.quant!r} is an inference format that "
         "experiments/compress.py writes; train with model.quant='none' and "
         'quantize the trained workdir')
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise UsageError(f'the workdir {workdir} is a file, not a directory; '
+                     'give a new or existing workdir')
   trainer = Trainer(config)
   primary = jax.process_index() == 0
   if not primary:  # One process speaks for all; every one checkpoints.
@@ -578,12 +592,40 @@ def _train(trainer: Trainer, config: ml_collections.ConfigDict, workdir: str,
   primary = jax.process_index() == 0
   tc = config.train
   checkpointer = checkpoint.Checkpointer(workdir, max_to_keep=tc.keep_checkpoints)
+  # Closing waits for a save in flight, also when the run fails: a good
+  # state that was being written is kept.
+  with contextlib.closing(checkpointer), preemption.Watch() as watch:
+    state, train_iter = _start(trainer, config, workdir, checkpointer, log)
+    log(f'Mesh: {sharding.describe(trainer.mesh)}.')
+    if primary:
+      checkpoint.save_config(config, workdir)
+      trainer.data.tokenizer.save(workdir)
+    writer = (tensorboardX.SummaryWriter(os.path.join(workdir, 'tensorboard'))
+              if primary else _NoWriter())
+    with contextlib.closing(writer):
+      return _loop(trainer, config, workdir, state, train_iter, checkpointer,
+                   writer, watch, log, stop_at_step)
+
+
+def _start(trainer: Trainer, config: ml_collections.ConfigDict, workdir: str,
+           checkpointer: checkpoint.Checkpointer, log: Callable[[str], None]):
+  """(state, train iterator): restored from the latest good checkpoint, or
+  a new run's."""
   train_iter = iter(trainer.data.train.to_iter_dataset())
-  latest = checkpointer.latest_step()
+  # The first process checks the checksums (and moves damaged steps
+  # aside); the others take its word.
+  latest = (checkpointer.good_latest_step(log)
+            if jax.process_index() == 0 else None)
+  if jax.process_count() > 1:
+    latest = int(multihost_utils.broadcast_one_to_all(
+        np.int32(-1 if latest is None else latest)))
+    latest = None if latest < 0 else latest
+    checkpointer.reload()
   if latest is not None and not checkpointer.has_train_state(latest):
     raise UsageError(
         f'{workdir} holds imported weights without optimizer state; train '
         f'from them into a new --workdir with --config.init_from={workdir}')
+  marker = preemption.take_marker(workdir) if jax.process_index() == 0 else None
   if latest is not None:
     # Restored straight onto this run's mesh, whatever mesh saved it.
     params, rest, data_state = checkpointer.restore(
@@ -591,23 +633,29 @@ def _train(trainer: Trainer, config: ml_collections.ConfigDict, workdir: str,
     state = TrainState(params=params, **rest)
     if data_state is not None:
       train_iter.set_state(data_state)
-    log(f'Resuming from the checkpoint at step {latest} in {workdir}.')
-  elif config.init_from:
-    log(f'Starting a new run in {workdir}.')
+    log(f'Resuming from the checkpoint at step {latest} in {workdir}'
+        + (f' (the run stopped on {marker.get("signal", "a signal")} at step '
+           f'{marker.get("step", "?")}).' if marker is not None else '.'))
+    return state, train_iter
+  log(f'Starting a new run in {workdir}.')
+  if config.init_from:
     state, message = trainer.init_from(config.init_from)
     log(message)
-  else:
-    log(f'Starting a new run in {workdir}.')
-    state = trainer.init_state()
-  log(f'Mesh: {sharding.describe(trainer.mesh)}.')
-  if primary:
-    checkpoint.save_config(config, workdir)
-    trainer.data.tokenizer.save(workdir)
-  writer = (tensorboardX.SummaryWriter(os.path.join(workdir, 'tensorboard'))
-            if primary else _NoWriter())
+    return state, train_iter
+  return trainer.init_state(), train_iter
+
+
+def _loop(trainer: Trainer, config: ml_collections.ConfigDict, workdir: str,
+          state: TrainState, train_iter, checkpointer: checkpoint.Checkpointer,
+          writer, watch: preemption.Watch, log: Callable[[str], None],
+          stop_at_step: int | None) -> dict[str, float]:
+  """Steps from the state's to the end: logging, evaluating, checkpointing;
+  the final validation metrics."""
+  tc = config.train
   num_steps = tc.num_steps if stop_at_step is None else min(tc.num_steps,
                                                             stop_at_step)
   step = int(state.step)
+  saved_step = step  # A resumed run's state is on disk already.
   tokens_per_step = config.data.batch_size * config.data.seq_len
   # Model FLOPs utilization (lm/flops.py), against the datasheet peak where
   # the device has one, else against this process's measured matmul peak.
@@ -617,21 +665,24 @@ def _train(trainer: Trainer, config: ml_collections.ConfigDict, workdir: str,
   profile = _Profile(os.path.join(workdir, 'profile'), step + 2,
                      tc.profile_steps) if tc.get('profile_steps') else None
   meter = _ThroughputMeter(step)
+  skipped = _SkippedSteps(tc.get('max_nonfinite_steps', 10), checkpointer,
+                         log)
   final = None
   while step < num_steps:
     if profile:
       profile.before(step)
     state, step_metrics = trainer.train_step(state, next(train_iter))
     step += 1
+    skipped.push(step, step_metrics['skipped'])
     if profile:
       profile.after(step, step_metrics, log)
-    if step % tc.log_every == 0 or step == num_steps:
-      step_metrics = jax.device_get(step_metrics)  # The only host sync.
+    is_last = step == num_steps
+    if step % tc.log_every == 0 or is_last:
+      step_metrics = jax.device_get(step_metrics)
+      skipped.flush()
       tokens_per_s, eta_s = meter.update(step, tokens_per_step, num_steps)
       mfu = tokens_per_s * flops_per_token / peak_flops
-      if not math.isfinite(step_metrics['loss']):
-        raise FloatingPointError(f'loss is {step_metrics["loss"]} at step '
-                                 f'{step}; lower optim.learning_rate')
+      step_metrics['skipped'] = skipped.total  # In all, not this step's.
       for name, value in step_metrics.items():
         writer.add_scalar(f'train/{name}', value, step)
       writer.add_scalar('train/tokens_per_s', tokens_per_s, step)
@@ -644,9 +695,9 @@ def _train(trainer: Trainer, config: ml_collections.ConfigDict, workdir: str,
              if 'router_loss' in step_metrics else '')
           + (f'soft_loss {step_metrics["soft_loss"]:.4f} | '
              if 'soft_loss' in step_metrics else '')
+          + (f'skipped {skipped.total} | ' if skipped.total else '')
           + f'{tokens_per_s:,.0f} tokens/s | MFU {mfu:.1%} | '
           f'ETA {_format_seconds(eta_s)}')
-    is_last = step == num_steps
     if step % tc.eval_every == 0 or is_last:
       final = trainer.evaluate(state.params)
       for name, value in final.items():
@@ -660,17 +711,81 @@ def _train(trainer: Trainer, config: ml_collections.ConfigDict, workdir: str,
             f'delta={spent["delta"]:.2e} (noise multiplier '
             f'{spent["noise_multiplier"]}, clip {spent["l2_clip"]})')
       meter.pause()
-    if step % tc.checkpoint_every == 0 or is_last:
+    signal_name = _stop_requested(watch, step, tc.log_every)
+    if step % tc.checkpoint_every == 0 or is_last or (
+        signal_name and saved_step != step):
+      skipped.flush()
       checkpointer.save(step, *state.checkpoint_items(),
                         train_iter.get_state())
+      saved_step = step
+    if signal_name and not is_last:
+      checkpointer.wait()
+      if jax.process_index() == 0:
+        preemption.write_marker(workdir, step, signal_name)
+      raise preemption.Preempted(step, signal_name, workdir)
+  skipped.flush()
   if profile:
     profile.stop(log)
-  checkpointer.wait()
-  checkpointer.close()
   if final is None:  # Nothing left to train: report on what was restored.
     final = trainer.evaluate(state.params)
-  writer.close()
   return final
+
+
+def _stop_requested(watch: preemption.Watch, step: int,
+                    every: int) -> str | None:
+  """The signal that asks this run to stop now, if any. The processes of a
+  multi-process run agree at log steps (a collective), so that all save
+  the same step."""
+  if jax.process_count() == 1:
+    return watch.signal_name
+  if step % every:
+    return None
+  names = multihost_utils.process_allgather(
+      np.int32(signal.Signals[watch.signal_name] if watch.signal_name else 0))
+  numbers = [int(n) for n in np.ravel(names) if n]
+  return signal.Signals(numbers[0]).name if numbers else None
+
+
+class _SkippedSteps:
+  """Counts the steps whose update was skipped for a non-finite loss or
+  gradient, and stops the run after `limit` in a row. Each step's flag is
+  read one step late, when the next step is queued, so that reading it
+  never leaves the device idle."""
+
+  def __init__(self, limit: int, checkpointer: checkpoint.Checkpointer,
+               log: Callable[[str], None]):
+    self.limit, self.checkpointer, self.log = limit, checkpointer, log
+    self.total, self.in_a_row = 0, 0
+    self.pending = []  # (step, flag on the device)
+
+  def push(self, step: int, flag: jax.Array):
+    self.pending.append((step, flag))
+    if len(self.pending) > 1:
+      self._count(*self.pending.pop(0))
+
+  def flush(self):
+    while self.pending:
+      self._count(*self.pending.pop(0))
+
+  def _count(self, step: int, flag):
+    if not bool(flag):
+      self.in_a_row = 0
+      return
+    self.total += 1
+    self.in_a_row += 1
+    self.log(f'step {step}: non-finite loss or gradient; update skipped '
+             f'({self.total} so far)')
+    if self.in_a_row >= self.limit:
+      self.checkpointer.wait()
+      kept = self.checkpointer.latest_step()
+      raise DivergedError(
+          f'steps {step - self.in_a_row + 1}-{step} all had a non-finite '
+          'loss or gradient (train.max_nonfinite_steps='
+          f'{self.limit}); stopped. Their updates were skipped, so the '
+          'latest checkpoint'
+          + (f' (step {kept})' if kept is not None else '')
+          + ' holds the last good state; lower optim.learning_rate or check '
+          'the data, then run again to resume from it')
 
 
 # -------------------------------------------------------------- helpers ----
@@ -690,12 +805,50 @@ def memory_sizes(compiled) -> dict[str, int]:
   return sizes
 
 
+def validate_config(config: ml_collections.ConfigDict,
+                    devices: int | None = None) -> None:
+  """Every section a run reads, checked before any work (no data read):
+  raises UsageError naming the key and the fix. With `devices`, the mesh
+  must also divide that many devices (a multi-process run knows how many
+  only after joining, so Trainer checks it again on its mesh)."""
+  models.ModelConfig.from_config(config.model)
+  validate_train_config(config)
+  data = config.data
+  if data.name not in datasets.BUILDERS:
+    raise UsageError(f'unknown dataset {data.name!r} (data.name); known: '
+                     f'{sorted(datasets.BUILDERS)}')
+  if data.tokenizer not in ('byte', 'sentencepiece') and not os.path.isdir(
+      data.tokenizer):
+    raise UsageError(f"data.tokenizer={data.tokenizer!r} is not 'byte', "
+                     "'sentencepiece' or a directory holding a tokenizer")
+  known = objectives.OBJECTIVES + ('classify',) + tuple(text_pairs.FAMILY_OF)
+  if data.objective not in known:
+    raise UsageError(f'data.objective={data.objective!r} is not one of '
+                     f'{list(known)}')
+  for key in ('seq_len', 'batch_size', 'eval_batch_size', 'vocab_size'):
+    if data[key] <= 0:
+      raise UsageError(f'data.{key} must be positive, got {data[key]}')
+  if config.optim.name != 'adamw':
+    raise UsageError(f"optim.name={config.optim.name!r} is not supported; "
+                     "use 'adamw'")
+  rate = config.optim.learning_rate
+  if not (isinstance(rate, (int, float)) and 0 <= rate < float('inf')):
+    raise UsageError(f'optim.learning_rate must be a finite number >= 0, got '
+                     f'{rate!r}')
+  if config.optim.warmup_steps < 0:
+    raise UsageError(f'optim.warmup_steps must be >= 0, got '
+                     f'{config.optim.warmup_steps}')
+  sharding.check_mesh_shape(config.mesh.shape)
+  if devices is not None:
+    sharding.mesh_shape(config.mesh.shape, devices)
+
+
 def validate_train_config(config: ml_collections.ConfigDict) -> None:
   privacy.validate(config.privacy)
   tc = config.train
   for key in ('num_steps', 'log_every', 'eval_every', 'checkpoint_every',
-              'keep_checkpoints'):
-    if tc[key] <= 0:
+              'keep_checkpoints', 'max_nonfinite_steps', 'grad_accum_steps'):
+    if tc.get(key, 1) <= 0:  # (Keys added later are absent in old runs.)
       raise UsageError(f'train.{key} must be positive, got {tc[key]}')
   if tc.get('profile_steps', 0) < 0:
     raise UsageError(f'train.profile_steps must be >= 0 (0: no profile), '

@@ -40,7 +40,8 @@ def test_loss_falls_on_a_tiny_fixture(tiny, tmp_path):
   assert any('tokens/s' in line and 'ETA' in line for line in lines)
   mfu = [float(re.search(r'MFU ([0-9.]+)%', line).group(1))
          for line in lines if line.startswith('step ')]
-  assert mfu and all(0 < x < 100 for x in mfu), lines
+  # (The first interval includes compiling, and may round to 0.0%.)
+  assert mfu and all(0 <= x < 100 for x in mfu) and mfu[-1] > 0, lines
   # The profiler traced steps 3-5 into the workdir.
   assert 'Profile of steps 3-5 written to' in '\n'.join(lines)
   traces = [name for _, _, names in os.walk(tmp_path / 'profile')

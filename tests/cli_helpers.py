@@ -1,0 +1,34 @@
+"""Running the scripts as a user does, and checking how they fail."""
+
+import os
+import subprocess
+import sys
+
+import ml_collections
+
+from tests.conftest import ROOT
+
+
+def run(module, *args):
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  return subprocess.run([sys.executable, '-m', module, *args], cwd=ROOT,
+                        env=env, capture_output=True, text=True, timeout=600)
+
+
+def overrides(config):
+  """The tiny test config as --config.* flags on top of configs/default.py."""
+  flags = ['--config=configs/default.py']
+  for section in ('model', 'data', 'optim', 'train', 'sample'):
+    for key, value in config[section].items():
+      if not isinstance(value, (tuple, ml_collections.ConfigDict)):
+        flags.append(f'--config.{section}.{key}={value}')
+  return flags
+
+
+def snapshot(directory):
+  """Every file under a directory with its size and modification time
+  (not its access time, which reading changes)."""
+  stats = {os.path.join(root, name): os.stat(os.path.join(root, name))
+           for root, _, names in os.walk(directory) for name in names}
+  return {path: (stat.st_size, stat.st_mtime_ns)
+          for path, stat in stats.items()}
