@@ -193,6 +193,18 @@ def _cases(files, workdir, data_dir):
                'layer_counts=x']) + [
                    ['--config=configs/bench/gpt_cpu.py', '--only=nope'],
                    ['--config=configs/bert.py']],
+      'experiments.plot': [
+          [f'--workdir={files["missing"]}', f'--out={files["dir"]}/c.png'],
+          [f'--workdir={files["not_a_workdir"]}',
+           f'--out={files["dir"]}/c.png'],
+          [f'--workdir={workdir}', f'--out={files["dir"]}/c.txt'],
+          [f'--workdir={workdir}', f'--out={files["missing"]}/c.png'],
+          [f'--workdir={workdir}', '--metrics=eval/nope',
+           f'--out={files["dir"]}/c.png'],
+          [f'--workdir={workdir}', '--metrics=', f'--out={files["dir"]}/c.png'],
+          [f'--workdir={workdir}', f'--workdir={workdir}', '--names=a',
+           f'--out={files["dir"]}/c.png'],
+          [f'--workdir={workdir}'], [f'--out={files["dir"]}/c.png']],
       'experiments.torch_peer': [
           [f'--config={files[name]}'] for name in (
               'missing', 'empty', 'syntax_error.py', 'no_get_config.py')] + [
