@@ -347,9 +347,7 @@ class Trainer:
     mesh = sharding.make_mesh(config.mesh.shape)
     processes = jax.process_count()
     accum = config.train.grad_accum_steps
-    if accum <= 0:
-      raise UsageError(f'train.grad_accum_steps must be positive, got '
-                       f'{accum}')
+    # (validate_config has checked that accum is positive.)
     if accum > 1 and config.privacy.dp_sgd:
       raise UsageError('train.grad_accum_steps > 1 with privacy.dp_sgd: '
                        'DP-SGD clips per-example gradients of the whole '
