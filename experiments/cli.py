@@ -9,6 +9,7 @@ import ast
 import os
 import sys
 import traceback
+import warnings
 
 from absl import app
 from absl import flags
@@ -119,6 +120,10 @@ def setup_jax() -> None:
   logging.get_absl_handler().addFilter(_no_background_echo)
   if not hasattr(sys.unraisablehook, 'drops_closed_loops'):  # Once.
     sys.unraisablehook = _unraisable_but_closed_loops(sys.unraisablehook)
+  # The same failure leaves orbax's unstarted write coroutines behind; Python
+  # warns of each when it collects them at exit. lm itself has no coroutines.
+  warnings.filterwarnings('ignore', message=r"coroutine '.*' was never awaited",
+                          category=RuntimeWarning)
   cache_dir = os.environ.get(
       'JAX_COMPILATION_CACHE_DIR',
       os.path.join(os.path.expanduser('~'), '.cache', 'lm', 'jax'))
