@@ -78,7 +78,9 @@ def get_base_config() -> ml_collections.ConfigDict:
       # A step with a non-finite loss or gradient leaves the parameters as
       # they were; this many in a row stop the run (its latest checkpoint
       # holds the last good state).
-      max_nonfinite_steps=10))
+      max_nonfinite_steps=10,
+      # Weight histograms in TensorBoard at each evaluation (params/*).
+      histograms=False))
 
   # Devices as a data x fsdp x tensor x expert mesh (lm/sharding.py); -1
   # takes the devices the other axes leave, so the default is data
@@ -106,8 +108,9 @@ def get_base_config() -> ml_collections.ConfigDict:
       steps=10, warmup_steps=2, decode_batch=8, prompt_len=64,
       new_tokens=128))
 
-  # Samples printed at the end of training.
+  # Samples of a causal language model at each evaluation (with at_eval):
+  # printed, and written to TensorBoard as text (samples/<i>).
   config.sample = ml_collections.ConfigDict(dict(
       prompts=('ROMEO:\n', 'JULIET:\n'), max_new_tokens=96, temperature=0.8,
-      top_k=40, top_p=1.0, seed=0))
+      top_k=40, top_p=1.0, seed=0, at_eval=True))
   return config

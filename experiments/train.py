@@ -3,9 +3,10 @@ r"""Trains a model from a config; resumes from --workdir if it has checkpoints.
   python -m experiments.train --config=configs/default.py \
       --workdir=workdirs/default [--config.train.num_steps=2000]
 
-Prints one line per log step, evaluates on the validation split, saves
-orbax checkpoints and TensorBoard files in --workdir, prints samples, and
-ends with the final validation metrics (val_bits_per_byte=...). SIGTERM or
+Prints one line per log step (and, in a terminal, a live progress line),
+evaluates on the validation split and prints samples there, saves orbax
+checkpoints and TensorBoard files in --workdir, and ends with the final
+validation metrics (val_bits_per_byte=...). SIGTERM or
 Ctrl-C saves a checkpoint at the current step and exits with code 0; the
 same command resumes. With
 --evaluate=SPLIT it then scores the model on that split as
@@ -19,19 +20,15 @@ reads its rows of every batch, all write the checkpoint together, and the
 first one logs.
 """
 
-import os
-
 from absl import flags
 import jax
 from ml_collections import config_flags
-import tensorboardX
 
 from configs import base
 from experiments import cli
-from lm import checkpoint
-from lm import decode
 from lm import evaluation
 from lm import preemption
+from lm import progress
 from lm import train
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -76,7 +73,8 @@ def main(argv):
     print(config, flush=True)
   try:
     final = train.train_and_evaluate(
-        config, workdir, log=lambda line: print(line, flush=True))
+        config, workdir, log=lambda line: print(line, flush=True),
+        progress=progress.for_output() if primary else None)
   except preemption.Preempted as stopped:
     # Not a failure: schedulers retry a job that exits 0 after preemption
     # the same way, and the retry resumes.
@@ -85,12 +83,8 @@ def main(argv):
     return
   if not primary:
     return
-  # Only causal language models continue free text.
-  if jax.process_count() > 1:
+  if jax.process_count() > 1 and config.data.objective == 'causal':
     print('(samples: run experiments/generate.py on one process)')
-  elif config.data.objective == 'causal' and config.sample.prompts:
-    for prompt, text in sample(config, workdir):
-      print(f'--- sample ---\n{prompt}{text}', flush=True)
   print('final: ' + ' '.join(f'val_{k}={v:.4f}' for k, v in final.items()),
         flush=True)
   if _EVALUATE.value:
@@ -98,22 +92,6 @@ def main(argv):
                                          base.get_base_config())
     print(evaluation.markdown_table(result))
     print(f'Wrote {result["path"]}', flush=True)
-
-
-def sample(config, workdir):
-  """(prompt, continuation) for each of config.sample.prompts."""
-  sc = config.sample
-  restored = checkpoint.restore(workdir)
-  sampling = decode.SamplingConfig(
-      max_new_tokens=sc.max_new_tokens, temperature=sc.temperature,
-      top_k=sc.top_k, top_p=sc.top_p)
-  prompts = list(sc.prompts)
-  texts = decode.complete(restored.model_config, restored.params,
-                          restored.tokenizer, prompts, sampling, sc.seed)
-  with tensorboardX.SummaryWriter(os.path.join(workdir, 'tensorboard')) as w:
-    for i, (prompt, text) in enumerate(zip(prompts, texts)):
-      w.add_text(f'samples/{i}', prompt + text, restored.step)
-  return list(zip(prompts, texts))
 
 
 if __name__ == '__main__':

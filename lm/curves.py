@@ -1,22 +1,23 @@
 """Training curves from a workdir's TensorBoard files, and a plot that
 compares runs.
 
-`read_scalars` parses the event files train_and_evaluate writes (TFRecord
+`read_events` parses the event files train_and_evaluate writes (TFRecord
 frames of `Event` protos, read with tensorboardX's own proto, so neither
 TensorFlow nor TensorBoard is needed). A file cut short by a killed run is
 read up to its last whole record.
 """
 
+import dataclasses
 import glob
 import os
 import struct
 
-import matplotlib
-matplotlib.use('Agg')  # Files only; no display needed.
-import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
-from tensorboardX.proto import event_pb2  # pylint: disable=wrong-import-position
+# A Figure of its own, not pyplot's: drawing a file sets no global backend,
+# so a notebook that imports this still shows its plots inline.
+from matplotlib.figure import Figure
+from tensorboardX.proto import event_pb2
 
-from lm.errors import UsageError  # pylint: disable=wrong-import-position
+from lm.errors import UsageError
 
 _HEADER = 12  # uint64 length + uint32 CRC of it
 _FOOTER = 4  # uint32 CRC of the data
@@ -35,23 +36,52 @@ def _records(path: str):
     offset = end + _FOOTER
 
 
-def read_scalars(workdir: str) -> dict[str, list[tuple[int, float]]]:
-  """{tag: [(step, value), ...]} from `<workdir>/tensorboard`, in step order
-  (a resumed run's later value of a step replaces the earlier one)."""
+@dataclasses.dataclass
+class Events:
+  """What a run's TensorBoard files hold, each as {tag: [(step, value)]} in
+  step order: scalars, texts (samples/*) and histograms (params/*, as the
+  number of values each summarizes)."""
+
+  scalars: dict[str, list[tuple[int, float]]]
+  texts: dict[str, list[tuple[int, str]]]
+  histograms: dict[str, list[tuple[int, int]]]
+
+
+def read_events(workdir: str) -> Events:
+  """The events of `<workdir>/tensorboard` (a resumed run's later value of
+  a step replaces the earlier one)."""
   directory = os.path.join(workdir, 'tensorboard')
   files = sorted(glob.glob(os.path.join(directory, 'events.out.tfevents.*')))
   if not files:
     raise UsageError(f'{workdir} has no TensorBoard files in {directory}; is '
                      'it a workdir written by experiments/train.py?')
-  scalars: dict[str, dict[int, float]] = {}
+  found = {'scalars': {}, 'texts': {}, 'histograms': {}}
   for path in files:
     for record in _records(path):
       event = event_pb2.Event()
       event.ParseFromString(record)
       for value in event.summary.value:
-        if value.WhichOneof('value') == 'simple_value':
-          scalars.setdefault(value.tag, {})[event.step] = value.simple_value
-  return {tag: sorted(points.items()) for tag, points in scalars.items()}
+        kind = value.WhichOneof('value')
+        if kind == 'simple_value':
+          found['scalars'].setdefault(value.tag, {})[event.step] = (
+              value.simple_value)
+        elif kind == 'histo':
+          found['histograms'].setdefault(value.tag, {})[event.step] = int(
+              value.histo.num)
+        elif (kind == 'tensor'
+              and value.metadata.plugin_data.plugin_name == 'text'):
+          # (tensorboardX files text under '<tag>/text_summary'.)
+          tag = value.tag.removesuffix('/text_summary')
+          found['texts'].setdefault(tag, {})[event.step] = (
+              value.tensor.string_val[0].decode('utf-8'))
+  return Events(**{kind: {tag: sorted(points.items())
+                          for tag, points in tags.items()}
+                   for kind, tags in found.items()})
+
+
+def read_scalars(workdir: str) -> dict[str, list[tuple[int, float]]]:
+  """{tag: [(step, value), ...]} of the run's scalars, in step order."""
+  return read_events(workdir).scalars
 
 
 def plot_runs(workdirs: list[str], names: list[str], metrics: list[str],
@@ -65,8 +95,8 @@ def plot_runs(workdirs: list[str], names: list[str], metrics: list[str],
     if not any(metric in run for run in runs):
       known = sorted(set().union(*runs))
       raise UsageError(f'no run logged {metric!r}; they logged {known}')
-  fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 4),
-                           squeeze=False)
+  fig = Figure(figsize=(5.5 * len(metrics), 4))
+  axes = fig.subplots(1, len(metrics), squeeze=False)
   for ax, metric in zip(axes[0], metrics):
     for name, run in zip(names, runs):
       if metric in run:
@@ -81,4 +111,3 @@ def plot_runs(workdirs: list[str], names: list[str], metrics: list[str],
   fig.suptitle('Runs compared: ' + ', '.join(names))
   fig.tight_layout()
   fig.savefig(path, dpi=110)
-  plt.close(fig)

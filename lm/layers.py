@@ -308,6 +308,28 @@ class RelativePositionBias(nn.Module):
     return jnp.transpose(bias_BLSN, (0, 3, 1, 2))
 
 
+# The collection Attention fills with its softmax weights, [B, N, L, S] per
+# call, when a caller makes it mutable (lm/attention_maps.py does).
+ATTENTION_MAPS = 'attention_maps'
+
+
+def _attention_probs(q_BLNH, k_BSKH, bias_BNLS, allowed_BLS, scale):
+  """The weights jax.nn.dot_product_attention applies, computed apart (the
+  fused kernel never materializes them)."""
+  heads, kv_heads = q_BLNH.shape[2], k_BSKH.shape[2]
+  k_BSNH = jnp.repeat(k_BSKH, heads // kv_heads, axis=2)
+  scores_BNLS = jnp.einsum('blnh,bsnh->bnls', q_BLNH, k_BSNH,
+                           preferred_element_type=jnp.float32) * (
+                               q_BLNH.shape[-1] ** -0.5 if scale is None
+                               else scale)
+  if bias_BNLS is not None:
+    scores_BNLS += bias_BNLS.astype(jnp.float32)
+  if allowed_BLS is not None:
+    scores_BNLS = jnp.where(allowed_BLS[:, None], scores_BNLS,
+                            jnp.finfo(jnp.float32).min)
+  return jax.nn.softmax(scores_BNLS, axis=-1)
+
+
 class Attention(nn.Module):
   """Multi-head attention with `num_kv_heads` key/value heads (GQA/MQA).
 
@@ -392,6 +414,9 @@ class Attention(nn.Module):
           q_BLNH, k_BSKH, v_BSKH, bias=bias_BNLS,
           mask=None if allowed_BLS is None else allowed_BLS[:, None],
           scale=scale)
+      if self.is_mutable_collection(ATTENTION_MAPS):  # Only when asked.
+        self.sow(ATTENTION_MAPS, 'probs', _attention_probs(
+            q_BLNH, k_BSKH, bias_BNLS, allowed_BLS, scale))
     out_BLNH = nn.with_logical_constraint(
         out_BLNH, ('batch', 'length', 'heads', 'head_dim'))
     return HeadsDense(

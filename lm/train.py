@@ -26,7 +26,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import tensorboardX
 
 from lm import checkpoint
 from lm import flops
@@ -35,7 +34,9 @@ from lm import models
 from lm import optim
 from lm import preemption
 from lm import privacy
+from lm import progress as progress_line
 from lm import sharding
+from lm import summaries
 from lm.compress import distill as distillation
 from lm.compress import lora
 from lm.compress import prune
@@ -557,9 +558,12 @@ class Trainer:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        log: Callable[[str], None] = lambda line: None,
-                       stop_at_step: int | None = None) -> dict[str, float]:
+                       stop_at_step: int | None = None,
+                       progress=None) -> dict[str, float]:
   """Trains (resuming if possible) and returns the final validation metrics.
 
+  `log` gets each line a run reports. `progress` (lm/progress.py's
+  `for_output()`) shows a live line of step, loss, tokens/s, MFU and ETA.
   `stop_at_step` ends the run early, as a preemption would, after saving a
   checkpoint at that step; the schedule still targets `train.num_steps`.
   """
@@ -574,17 +578,33 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   trainer = Trainer(config)
   primary = jax.process_index() == 0
   if not primary:  # One process speaks for all; every one checkpoints.
-    log = lambda line: None
+    log, progress = lambda line: None, None
+  elif progress is not None:
+    log = _below(progress, log)
   os.makedirs(workdir, exist_ok=True)
   # The processes of one multi-process run share the workdir; the first
   # holds the lock for them.
   with (WorkdirLock(workdir) if primary else contextlib.nullcontext()):
     check_workdir_matches(config, workdir)
-    return _train(trainer, config, workdir, log, stop_at_step)
+    try:
+      return _train(trainer, config, workdir, log, stop_at_step, progress)
+    finally:
+      if progress is not None:
+        progress.close()
+
+
+def _below(progress, log: Callable[[str], None]) -> Callable[[str], None]:
+  """`log`, clearing a terminal's progress line before each line."""
+
+  def log_below(line: str):
+    progress.clear()
+    log(line)
+
+  return log_below
 
 
 def _train(trainer: Trainer, config: ml_collections.ConfigDict, workdir: str,
-           log: Callable[[str], None], stop_at_step: int | None
+           log: Callable[[str], None], stop_at_step: int | None, progress
            ) -> dict[str, float]:
   """The body of train_and_evaluate, in a workdir this run holds."""
   primary = jax.process_index() == 0
@@ -598,11 +618,9 @@ def _train(trainer: Trainer, config: ml_collections.ConfigDict, workdir: str,
     if primary:
       checkpoint.save_config(config, workdir)
       trainer.data.tokenizer.save(workdir)
-    writer = (tensorboardX.SummaryWriter(os.path.join(workdir, 'tensorboard'))
-              if primary else _NoWriter())
-    with contextlib.closing(writer):
+    with contextlib.closing(summaries.Writer(workdir, primary)) as writer:
       return _loop(trainer, config, workdir, state, train_iter, checkpointer,
-                   writer, watch, log, stop_at_step)
+                   writer, watch, log, stop_at_step, progress)
 
 
 def _start(trainer: Trainer, config: ml_collections.ConfigDict, workdir: str,
@@ -645,8 +663,9 @@ def _start(trainer: Trainer, config: ml_collections.ConfigDict, workdir: str,
 
 def _loop(trainer: Trainer, config: ml_collections.ConfigDict, workdir: str,
           state: TrainState, train_iter, checkpointer: checkpoint.Checkpointer,
-          writer, watch: preemption.Watch, log: Callable[[str], None],
-          stop_at_step: int | None) -> dict[str, float]:
+          writer: summaries.Writer, watch: preemption.Watch,
+          log: Callable[[str], None], stop_at_step: int | None,
+          progress) -> dict[str, float]:
   """Steps from the state's to the end: logging, evaluating, checkpointing;
   the final validation metrics."""
   tc = config.train
@@ -665,13 +684,22 @@ def _loop(trainer: Trainer, config: ml_collections.ConfigDict, workdir: str,
   meter = _ThroughputMeter(step)
   skipped = _SkippedSteps(tc.get('max_nonfinite_steps', 10), checkpointer,
                          log)
-  final = None
+  tracker = progress and progress_line.Tracker(
+      progress, tc.num_steps, tokens_per_step, flops_per_token, peak_flops)
+  sample = summaries.eval_sampler(config, trainer.model_config,
+                                  trainer.data.tokenizer)
+  final = previous = None
   while step < num_steps:
     if profile:
       profile.before(step)
     state, step_metrics = trainer.train_step(state, next(train_iter))
     step += 1
     skipped.push(step, step_metrics['skipped'])
+    if tracker and previous is not None and tracker.due():
+      # The step before has finished (its flag was just read), so this
+      # costs no wait, and the device is busy with the new one meanwhile.
+      tracker.finished(step - 1, float(previous['loss']))
+    previous = step_metrics
     if profile:
       profile.after(step, step_metrics, log)
     is_last = step == num_steps
@@ -681,10 +709,11 @@ def _loop(trainer: Trainer, config: ml_collections.ConfigDict, workdir: str,
       tokens_per_s, eta_s = meter.update(step, tokens_per_step, num_steps)
       mfu = tokens_per_s * flops_per_token / peak_flops
       step_metrics['skipped'] = skipped.total  # In all, not this step's.
-      for name, value in step_metrics.items():
-        writer.add_scalar(f'train/{name}', value, step)
-      writer.add_scalar('train/tokens_per_s', tokens_per_s, step)
-      writer.add_scalar('train/mfu', mfu, step)
+      if tracker:  # (The metrics are here already: no wait.)
+        tracker.finished(step, float(step_metrics['loss']))
+      writer.scalars('train', dict(
+          step_metrics, tokens_per_s=tokens_per_s, mfu=mfu,
+          param_norm=float(summaries.param_norm(state.params))), step)
       log(f'step {step}/{tc.num_steps} | loss {step_metrics["loss"]:.4f} | '
           f'lr {step_metrics["learning_rate"]:.2e} | '
           f'grad_norm {step_metrics["grad_norm"]:.3f} | '
@@ -695,20 +724,28 @@ def _loop(trainer: Trainer, config: ml_collections.ConfigDict, workdir: str,
              if 'soft_loss' in step_metrics else '')
           + (f'skipped {skipped.total} | ' if skipped.total else '')
           + f'{tokens_per_s:,.0f} tokens/s | MFU {mfu:.1%} | '
-          f'ETA {_format_seconds(eta_s)}')
+          f'ETA {progress_line.format_seconds(eta_s)}')
     if step % tc.eval_every == 0 or is_last:
       final = trainer.evaluate(state.params)
-      for name, value in final.items():
-        writer.add_scalar(f'eval/{name}', value, step)
+      writer.scalars('eval', final, step)
       log(f'eval at step {step}: ' + ' '.join(
           f'val_{k}={v:.4f}' for k, v in final.items()))
+      if sample:
+        texts = sample(state.params)
+        writer.texts('samples', texts, step)
+        for text in texts:
+          log(f'--- sample at step {step} ---\n{text}')
+      if tc.get('histograms', False):
+        writer.histograms(state.params, step)
       spent = trainer.privacy_spent(step)
       if spent:
-        writer.add_scalar('privacy/epsilon', spent['epsilon'], step)
+        writer.scalars('privacy', {'epsilon': spent['epsilon']}, step)
         log(f'DP-SGD at step {step}: epsilon={spent["epsilon"]:.3f} '
             f'delta={spent["delta"]:.2e} (noise multiplier '
             f'{spent["noise_multiplier"]}, clip {spent["l2_clip"]})')
       meter.pause()
+      if tracker:
+        tracker.pause()
     signal_name = _stop_requested(watch, step, tc.log_every)
     if step % tc.checkpoint_every == 0 or is_last or (
         signal_name and saved_step != step):
@@ -889,16 +926,6 @@ def _as_saved(value):
   return list(value) if isinstance(value, tuple) else value
 
 
-class _NoWriter:
-  """Stands in for the TensorBoard writer on processes other than the first."""
-
-  def add_scalar(self, *args, **kwargs):
-    pass
-
-  def close(self):
-    pass
-
-
 class _Profile:
   """A jax.profiler trace of `count` steps from step `start` (after the
   compiling first steps) into `directory`, for TensorBoard's profile tab or
@@ -941,7 +968,3 @@ class _ThroughputMeter:
   def pause(self):
     self.time = time.perf_counter()
 
-
-def _format_seconds(seconds: float) -> str:
-  seconds = int(seconds)
-  return f'{seconds // 60}m{seconds % 60:02d}s'

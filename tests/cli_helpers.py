@@ -15,14 +15,19 @@ def run(module, *args):
                         env=env, capture_output=True, text=True, timeout=600)
 
 
+def flat_overrides(config) -> dict:
+  """{'section.key': value} of the config's plain values, the sections a
+  test shrinks (a notebook's `overrides` parameter takes these)."""
+  return {f'{section}.{key}': value
+          for section in ('model', 'data', 'optim', 'train', 'sample')
+          for key, value in config[section].items()
+          if not isinstance(value, (tuple, ml_collections.ConfigDict))}
+
+
 def overrides(config):
   """The tiny test config as --config.* flags on top of configs/default.py."""
-  flags = ['--config=configs/default.py']
-  for section in ('model', 'data', 'optim', 'train', 'sample'):
-    for key, value in config[section].items():
-      if not isinstance(value, (tuple, ml_collections.ConfigDict)):
-        flags.append(f'--config.{section}.{key}={value}')
-  return flags
+  return ['--config=configs/default.py'] + [
+      f'--config.{key}={value}' for key, value in flat_overrides(config).items()]
 
 
 def snapshot(directory):

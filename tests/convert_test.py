@@ -12,6 +12,7 @@ import torch
 import transformers
 
 from configs import base
+from lm import attention_maps
 from lm import checkpoint
 from lm import convert
 from lm import models
@@ -137,6 +138,17 @@ def test_gguf_import_matches_the_model_it_was_written_from(tiny_llama,
   tokens = np.random.default_rng(0).integers(0, 96, (2, 12))
   np.testing.assert_allclose(lm_logits(tmp_path / 'wd', tokens),
                              hf_logits(tiny_llama, tokens), atol=1e-4)
+  # Each head's attention weights too (rotary positions, grouped KV heads).
+  restored = checkpoint.restore(str(tmp_path / 'wd'))
+  maps = attention_maps.attention_maps(restored.model_config, restored.params,
+                                       {'inputs': tokens})
+  tiny_llama.config._attn_implementation = 'eager'  # It returns weights.
+  with torch.no_grad():
+    reference = tiny_llama(torch.tensor(tokens),
+                           output_attentions=True).attentions
+  assert list(maps) == ['block_0/attention', 'block_1/attention']
+  for ours, theirs in zip(maps.values(), reference):
+    np.testing.assert_allclose(ours, theirs.numpy(), atol=1e-5)
 
 
 def test_gguf_with_an_unsupported_type_is_refused(tiny_llama, tmp_path):

@@ -1,11 +1,15 @@
-"""Curves read back from TensorBoard files, and the plot comparing runs."""
+"""What a run writes to TensorBoard, read back; the plot comparing runs."""
 
 import glob
 import os
 import shutil
 
+import flax.traverse_util
+import numpy as np
+import optax
 import pytest
 
+from lm import checkpoint
 from lm import curves
 from lm import train
 
@@ -38,3 +42,32 @@ def test_a_file_cut_short_is_read_to_its_last_whole_record(float_workdir,
   cut = curves.read_scalars(workdir)
   assert set(cut) <= set(whole)
   assert sum(map(len, cut.values())) == sum(map(len, whole.values())) - 1
+
+
+def test_tensorboard_holds_scalars_samples_and_histograms(tiny, tmp_path):
+  tiny.train.update(num_steps=10, eval_every=5, log_every=5,
+                    checkpoint_every=10, histograms=True)
+  tiny.sample.at_eval = True
+  workdir = str(tmp_path / 'run')
+  lines = []
+  train.train_and_evaluate(tiny, workdir, log=lines.append)
+  events = curves.read_events(workdir)
+  for name in ('loss', 'token_accuracy', 'grad_norm', 'learning_rate',
+               'skipped', 'param_norm', 'tokens_per_s', 'mfu'):
+    assert [s for s, _ in events.scalars[f'train/{name}']] == [5, 10], name
+  assert [s for s, _ in events.scalars['eval/bits_per_byte']] == [5, 10]
+  restored = checkpoint.restore(workdir)
+  assert events.scalars['train/param_norm'][-1][1] == pytest.approx(
+      float(optax.tree.norm(restored.params)), rel=1e-6)
+  # Each prompt's sample at each evaluation, as the log printed it.
+  assert sorted(events.texts) == ['samples/0', 'samples/1']
+  for tag, prompt in zip(sorted(events.texts), tiny.sample.prompts):
+    assert [s for s, _ in events.texts[tag]] == [5, 10]
+    for step, text in events.texts[tag]:
+      assert text.startswith(prompt) and len(text) > len(prompt)
+      assert f'--- sample at step {step} ---\n{text}' in lines
+  flat = flax.traverse_util.flatten_dict(restored.params, sep='/')
+  assert set(events.histograms) == {f'params/{name}' for name in flat}
+  for name, value in flat.items():
+    assert events.histograms[f'params/{name}'] == [(5, np.size(value)),
+                                                   (10, np.size(value))]

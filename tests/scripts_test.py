@@ -14,8 +14,9 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope='module')
 def trained(data_dir, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('workdir'))
-  result = run('experiments.train', *overrides(tiny_config(data_dir)),
-               f'--workdir={workdir}')
+  config = tiny_config(data_dir)
+  config.sample.at_eval = True  # Samples at the evaluation of step 20.
+  result = run('experiments.train', *overrides(config), f'--workdir={workdir}')
   assert result.returncode == 0, result.stderr
   return workdir, result.stdout
 
@@ -24,7 +25,7 @@ def test_train_prints_progress_samples_and_final_bits_per_byte(trained):
   workdir, stdout = trained
   assert 'Starting a new run' in stdout
   assert 'step 20/20 | loss' in stdout
-  assert stdout.count('--- sample ---') == 2
+  assert stdout.count('--- sample at step 20 ---\n') == 2
   last = stdout.strip().splitlines()[-1]
   assert last.startswith('final:') and 'val_bits_per_byte=' in last
   assert os.path.exists(os.path.join(workdir, 'config.json'))
@@ -80,7 +81,7 @@ def test_train_then_evaluate_a_qa_task_in_one_command(data_dir, tmp_path):
       '--config.train.num_steps=3', '--config.optim.warmup_steps=1',
       '--config.evaluate.max_examples=4', '--evaluate=test')
   assert result.returncode == 0, result.stderr
-  assert '--- sample ---' not in result.stdout  # not a free-text LM
+  assert '--- sample' not in result.stdout  # not a free-text LM
   header = [l for l in result.stdout.splitlines() if l.startswith('| dataset')]
   assert header and 'exact_match' in header[0] and 'token_f1' in header[0]
   with open(tmp_path / 'eval' / 'country_qa_test.json', encoding='utf-8') as f:

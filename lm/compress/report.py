@@ -113,10 +113,11 @@ def markdown(rows: list[dict], names: list[str]) -> str:
 
 def plot(rows: list[dict], names: list[str], path: str, title: str) -> None:
   """Quality vs size (left) and decode speed (right), one PNG."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+  # A Figure of its own, not pyplot's: no global backend is set, so a
+  # notebook calling this still shows its own plots inline.
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+  fig = Figure(figsize=(11, 4.2))
+  left, right = fig.subplots(1, 2)
   # Each point is labelled in place (a legend would hide some of them).
   left.scatter([row['params_bytes'] / 2**20 for row in rows],
                [row['bits_per_byte'] for row in rows], s=40,
@@ -139,4 +140,3 @@ def plot(rows: list[dict], names: list[str], path: str, title: str) -> None:
   fig.suptitle(title)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
-  plt.close(fig)
