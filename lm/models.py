@@ -19,7 +19,8 @@ from lm.errors import UsageError
 
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16,
            'float16': jnp.float16}
-_CHOICES = {
+# The values each of these keys takes (validate() checks them).
+CHOICES = {
     'family': ('decoder', 'encoder', 'encoder_decoder', 'lstm'),
     'norm': ('layernorm', 'rmsnorm'),
     'norm_position': ('pre', 'post'),
@@ -53,25 +54,25 @@ class ModelConfig:
   pooling, dropout_rate). Keys that only some families use say so.
   """
 
-  family: str = 'decoder'
-  vocab_size: int = 256
-  d_model: int = 64
+  family: str = 'decoder'  # GPT, Llama; 'encoder': BERT; 'encoder_decoder': T5
+  vocab_size: int = 256  # token embeddings (and output classes of an LM)
+  d_model: int = 64  # the residual stream's width
   num_layers: int = 2  # the encoder's, for encoder_decoder
   num_decoder_layers: int = 0  # encoder_decoder; 0 means num_layers
-  num_heads: int = 4
+  num_heads: int = 4  # query heads
   num_kv_heads: int = 0  # 0 means num_heads (plain multi-head attention)
   head_dim: int = 0  # 0 means d_model // num_heads
-  d_ff: int = 256
-  activation: str = 'gelu'
+  d_ff: int = 256  # the MLP's hidden width
+  activation: str = 'gelu'  # the MLP's
   gated_mlp: bool = False  # with activation='silu': SwiGLU (Llama)
-  norm: str = 'layernorm'
-  norm_position: str = 'pre'
-  norm_eps: float = 1e-5
-  position: str = 'learned'
-  max_len: int = 1024
-  rotary_theta: float = 10_000.0
+  norm: str = 'layernorm'  # or 'rmsnorm' (Llama, T5)
+  norm_position: str = 'pre'  # 'post': after the residual add (BERT)
+  norm_eps: float = 1e-5  # the norm's epsilon
+  position: str = 'learned'  # how tokens know their place
+  max_len: int = 1024  # the longest sequence (learned positions' table)
+  rotary_theta: float = 10_000.0  # position='rotary': the base wavelength
   relative_buckets: int = 32  # position='relative' (T5)
-  relative_max_distance: int = 128
+  relative_max_distance: int = 128  # position='relative': the farthest bucket
   scale_queries: bool = True  # False: no 1/sqrt(head width) (T5)
   scale_embeddings: bool = False  # x sqrt(d_model) (original Transformer)
   embed_norm: bool = False  # a norm right after the embeddings (BERT)
@@ -84,11 +85,12 @@ class ModelConfig:
   # (the only one a causal decoder lets see the whole text).
   num_classes: int = 0
   pooling: str = 'first'
-  tie_embeddings: bool = True
+  # The output layer, biases, regularization and initialization.
+  tie_embeddings: bool = True  # the output layer is the embedding table
   rescale_tied_head: bool = False  # d_model**-0.5 before a tied head (T5)
-  use_bias: bool = True
-  dropout_rate: float = 0.0
-  init_std: float = 0.02
+  use_bias: bool = True  # in dense layers and norms
+  dropout_rate: float = 0.0  # on embeddings, attention and MLP outputs
+  init_std: float = 0.02  # normal initializer's standard deviation
   # Compute dtype and the dtype parameters (and the optimizer) keep:
   # dtype='bfloat16' with param_dtype='float32' is mixed precision.
   dtype: str = 'float32'
@@ -186,7 +188,7 @@ class ModelConfig:
     return config
 
   def validate(self):
-    for key, choices in _CHOICES.items():
+    for key, choices in CHOICES.items():
       if getattr(self, key) not in choices:
         raise UsageError(f'model.{key}={getattr(self, key)!r} is not one of '
                          f'{list(choices)}')
