@@ -167,10 +167,15 @@ def reference() -> str:
 def main(argv):
   if len(argv) > 1:
     cli.fail(f'unexpected arguments {argv[1:]}; flags look like --name=value')
+  if not _OUT.value or os.path.isdir(_OUT.value):
+    cli.fail(f'--out={_OUT.value} must name a file, e.g. docs/configs.md')
   text = reference()
-  os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
-  with open(_OUT.value, 'w', encoding='utf-8') as f:
-    f.write(text)
+  try:
+    os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
+    with open(_OUT.value, 'w', encoding='utf-8') as f:
+      f.write(text)
+  except OSError as e:
+    cli.fail(f'could not write --out={_OUT.value}: {e.strerror or e}')
   print(f'Wrote {_OUT.value} ({text.count(chr(10))} lines)')
 
 

@@ -212,7 +212,14 @@ def _cases(files, workdir, data_dir):
                   ['--config=configs/bench/gpt_cpu.py',
                    '--config.model.d_model=0'],
                   ['--config=configs/bert.py']],
+      'experiments.config_reference': [
+          [f'--out={files["dir"]}'], ['--out='], ['stray'],
+          [f'--out={files["binary"]}/configs.md']],
   }
+  scripts = {f'experiments.{name[:-3]}'
+             for name in os.listdir(os.path.join(ROOT, 'experiments'))
+             if name.endswith('.py') and name not in ('__init__.py', 'cli.py')}
+  assert set(cases) == scripts, 'every script is fuzzed'
   # Every case again with two junk flags on top: still one clean error.
   rng = random.Random(0)
   for script, argvs in cases.items():
