@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 import flax.traverse_util
 import jax
+from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 import optax
@@ -43,6 +44,9 @@ class Writer:
         self._writer.add_text(f'{prefix}/{i}', text, step)
 
   def histograms(self, params: Any, step: int):
+    """Call on every process: the first gathers the others' shards."""
+    if jax.process_count() > 1:
+      params = multihost_utils.process_allgather(params, tiled=True)
     if self._writer:
       flat = flax.traverse_util.flatten_dict(jax.device_get(params), sep='/')
       for name, value in flat.items():

@@ -12,6 +12,7 @@ import sys
 
 import pytest
 
+from lm import curves
 from tests.conftest import ROOT
 
 # The default config's data with bytes for tokens and a smaller model, so
@@ -25,7 +26,9 @@ _OVERRIDES = ('--config.data.tokenizer=byte', '--config.model.vocab_size=260',
               '--config.train.checkpoint_every=10',
               '--config.data.batch_size=16', '--config.data.seq_len=64',
               '--config.data.eval_batch_size=256', '--config.train.eval_steps=4',
-              '--config.sample.prompts=()')
+              '--config.sample.prompts=()',
+              # Gathered from both processes' shards onto the first.
+              '--config.train.histograms=True')
 
 
 def _command(data_dir, workdir, *extra):
@@ -80,3 +83,11 @@ def test_two_processes_train_like_one(data_dir, tmp_path):
   assert abs(final_multi - final_single) <= 2e-4
   # Both processes wrote their shards of one checkpoint.
   assert os.path.isdir(tmp_path / 'multi' / 'checkpoints' / '10')
+  # The first process wrote TensorBoard for both, histograms included.
+  single_events = curves.read_events(str(tmp_path / 'single'))
+  multi_events = curves.read_events(str(tmp_path / 'multi'))
+  assert multi_events.histograms == single_events.histograms
+  assert multi_events.histograms and all(
+      steps[0][0] == 10 for steps in multi_events.histograms.values())
+  assert multi_events.scalars['train/param_norm'][-1][1] == pytest.approx(
+      single_events.scalars['train/param_norm'][-1][1], rel=1e-5)
