@@ -28,7 +28,7 @@ train: setup
 	$(BIN)/python -m experiments.train --config=configs/default.py --workdir=$(WORKDIR)
 
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 clean:
 	rm -rf $(VENV) .cache *.egg-info

@@ -8,6 +8,10 @@ Switch load-balancing and router z-losses. Experts shard over the mesh's
 'expert' axis: --config.mesh.shape=1,1,1,8 puts one expert on each of 8
 devices. Log lines carry router_loss and expert_load_max (1.0: every expert
 gets its share of tokens; 8: one gets all).
+
+Result on a 2-core CPU (450 steps, one device): train loss 5.4887 at step
+50 -> 3.9648 at 450, expert_load_max 1.67 -> 1.05, val_bits_per_byte=2.1956
+(the dense configs/default.py: 2.2403), 2,100 tokens/s.
 """
 
 from configs import default
