@@ -7,7 +7,10 @@ classes such as noun.animal or verb.motion), with a small encoder.
 
 The `small` encoder of configs/sentiment.py (4 layers, width 192, mean
 pooling) with a SentencePiece BPE of 4096 tokens trained on the glosses;
-300 steps of 64 glosses. Not yet run to the end on the 2-core CPU.
+300 steps of 64 glosses. Result on a 2-core CPU (test split, 45 classes):
+accuracy 0.5719, macro-F1 0.2470 (the frequent noun topics are learned,
+most verb topics not yet); 8 min 52 s wall for training and the test
+evaluation, shared with another job.
 """
 
 from configs import sentiment
