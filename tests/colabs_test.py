@@ -95,11 +95,11 @@ def test_sharding(data_dir):
 def test_finetune_real_model(data_dir, tmp_path):
   overrides = {'data.data_dir': data_dir, 'data.batch_size': 4,
                'data.seq_len': 32, 'data.eval_batch_size': 16,
-               'train.eval_steps': 2, 'optim.warmup_steps': 1}
+               'train.eval_steps': 1, 'optim.warmup_steps': 1}
   notebook = execute('finetune_real_model.ipynb', (
       f'imported = {str(tmp_path / "minilm")!r}\n'
       f'workdir = {str(tmp_path / "lora")!r}\n'
-      'num_steps = 3\n'
+      'num_steps = 2\n'
       f'overrides = {overrides!r}\n'))
   assert len(outputs(notebook, 'image/png')) == 1  # before vs after
   printed = ''.join(outputs(notebook, 'stream'))
@@ -108,16 +108,16 @@ def test_finetune_real_model(data_dir, tmp_path):
                      printed)
   total, trained = (int(n.replace(',', '')) for n in counts.groups())
   assert 22_700_000 < total < 22_800_000 and 0 < trained < total / 50
-  assert 'step 3/3' in printed
+  assert 'step 2/2' in printed
 
 
 def test_compression(data_dir, tmp_path):
   notebook = execute('compression.ipynb', (
       f'root = {str(tmp_path)!r}\n'
       'teacher_steps = 20\n'
-      'student_steps = 10\n'
+      'student_steps = 2\n'
       'student_layers = 1\n'
-      'new_tokens = 8\n'
+      'new_tokens = 4\n'
       f'overrides = {flat_overrides(tiny_config(data_dir))!r}\n'))
   assert len(outputs(notebook, 'image/png')) == 1  # quality, size, speed
   (table,) = outputs(notebook, 'text/markdown')
