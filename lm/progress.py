@@ -72,6 +72,24 @@ def for_output(stream: TextIO | None = None):
   return TerminalLine(stream) if stream.isatty() else None
 
 
+class Throughput:
+  """Tokens/s and seconds left, from the wall time between two finished
+  steps; `pause` restarts the clock after an evaluation or a save."""
+
+  def __init__(self, step: int, tokens_per_step: int, num_steps: int):
+    self.step, self.time = step, time.perf_counter()
+    self.tokens_per_step, self.num_steps = tokens_per_step, num_steps
+
+  def update(self, step: int) -> tuple[float, float]:
+    now = time.perf_counter()
+    per_step = (now - self.time) / max(step - self.step, 1)
+    self.step, self.time = step, now
+    return self.tokens_per_step / per_step, per_step * (self.num_steps - step)
+
+  def pause(self) -> None:
+    self.time = time.perf_counter()
+
+
 class Tracker:
   """What the line says as steps finish: step/total, loss, tokens/s, MFU
   and ETA, redrawn at most every `interval_s` seconds. Rates are measured
@@ -84,33 +102,27 @@ class Tracker:
     self.line, self.num_steps = line, num_steps
     self.tokens_per_step, self.interval_s = tokens_per_step, interval_s
     self.flops_per_token, self.peak_flops = flops_per_token, peak_flops
-    self.mark_step, self.mark_time = None, None
-    self.text = ''
+    self.rate = None  # A Throughput from the last redraw on.
 
   def due(self) -> bool:
-    return (self.mark_time is None
-            or time.perf_counter() - self.mark_time >= self.interval_s)
+    return (self.rate is None
+            or time.perf_counter() - self.rate.time >= self.interval_s)
 
   def finished(self, step: int, loss: float) -> None:
     """`step` has finished with this loss (call when `due`)."""
-    now = time.perf_counter()
-    if self.mark_step is None or step <= self.mark_step:
-      self.mark_step, self.mark_time = step, now  # Rates need two points.
-      self.text = f'step {step}/{self.num_steps} | loss {loss:.4f}'
+    text = f'step {step}/{self.num_steps} | loss {loss:.4f}'
+    if self.rate is None or step <= self.rate.step:  # Rates need two points.
+      self.rate = Throughput(step, self.tokens_per_step, self.num_steps)
     else:
-      per_step = (now - self.mark_time) / (step - self.mark_step)
-      tokens_per_s = self.tokens_per_step / per_step
-      eta = format_seconds(per_step * (self.num_steps - step))
+      tokens_per_s, eta_s = self.rate.update(step)
       mfu = tokens_per_s * self.flops_per_token / self.peak_flops
-      self.mark_step, self.mark_time = step, now
-      self.text = (f'step {step}/{self.num_steps} | loss {loss:.4f} | '
-                   f'{tokens_per_s:,.0f} tokens/s | MFU {mfu:.1%} | '
-                   f'ETA {eta}')
-    self.line.show(self.text)
+      text += (f' | {tokens_per_s:,.0f} tokens/s | MFU {mfu:.1%} | '
+               f'ETA {format_seconds(eta_s)}')
+    self.line.show(text)
 
   def pause(self) -> None:
     """After an evaluation or a save: the next rate starts afresh."""
-    self.mark_step, self.mark_time = None, None
+    self.rate = None
 
 
 def format_seconds(seconds: float) -> str:

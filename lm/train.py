@@ -14,7 +14,6 @@ import functools
 import itertools
 import os
 import signal
-import time
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -681,7 +680,7 @@ def _loop(trainer: Trainer, config: ml_collections.ConfigDict, workdir: str,
   peak_flops = peak['datasheet'] or peak['measured']
   profile = _Profile(os.path.join(workdir, 'profile'), step + 2,
                      tc.profile_steps) if tc.get('profile_steps') else None
-  meter = _ThroughputMeter(step)
+  meter = progress_line.Throughput(step, tokens_per_step, num_steps)
   skipped = _SkippedSteps(tc.get('max_nonfinite_steps', 10), checkpointer,
                          log)
   tracker = progress and progress_line.Tracker(
@@ -706,7 +705,7 @@ def _loop(trainer: Trainer, config: ml_collections.ConfigDict, workdir: str,
     if step % tc.log_every == 0 or is_last:
       step_metrics = jax.device_get(step_metrics)
       skipped.flush()
-      tokens_per_s, eta_s = meter.update(step, tokens_per_step, num_steps)
+      tokens_per_s, eta_s = meter.update(step)
       mfu = tokens_per_s * flops_per_token / peak_flops
       step_metrics['skipped'] = skipped.total  # In all, not this step's.
       if tracker:  # (The metrics are here already: no wait.)
@@ -951,20 +950,4 @@ class _Profile:
       self.running = False
       log(f'Profile of steps {self.start + 1}-{self.end} written to '
           f'{self.directory}.')
-
-
-class _ThroughputMeter:
-  """Tokens/s and ETA between log steps, excluding eval and compile pauses."""
-
-  def __init__(self, step: int):
-    self.step, self.time = step, time.perf_counter()
-
-  def update(self, step, tokens_per_step, num_steps):
-    now = time.perf_counter()
-    per_step = (now - self.time) / max(step - self.step, 1)
-    self.step, self.time = step, now
-    return tokens_per_step / per_step, per_step * (num_steps - step)
-
-  def pause(self):
-    self.time = time.perf_counter()
 
