@@ -19,8 +19,6 @@ torch and transformers come with the test extras (setup.cfg).
 
 import json
 import math
-import statistics
-import time
 
 from absl import flags
 from ml_collections import config_flags
@@ -30,6 +28,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from experiments import cli
+from lm import timing
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Config file, e.g. configs/bench/gpt_cpu.py.')
@@ -113,16 +112,6 @@ class Gpt(nn.Module):
     return torch.cat(out, 1)
 
 
-def _median_s(fn, warmup: int, repeats: int) -> float:
-  times = []
-  for i in range(warmup + repeats):
-    start = time.perf_counter()
-    fn()
-    if i >= warmup:
-      times.append(time.perf_counter() - start)
-  return statistics.median(times)
-
-
 def main(argv):
   if len(argv) > 1:
     cli.fail(f'unexpected arguments {argv[1:]}; flags look like --name=value')
@@ -159,7 +148,8 @@ def main(argv):
       optimizer.step()
       losses.append(loss.item())
 
-    step_s = _median_s(train_step, bc.warmup_steps, bc.steps)
+    step_s = timing.median_seconds(train_step, bc.steps,
+                                    bc.warmup_steps)
     result.update(train_step_s=round(step_s, 4), train_tokens_per_s=round(
         dc.batch_size * dc.seq_len / step_s, 1),
                   final_loss=round(losses[-1], 4))
@@ -169,8 +159,8 @@ def main(argv):
   new_tokens = bc.decode_batch * bc.new_tokens
   if _ONLY.value in ('', 'decode'):
     model.eval()
-    generate_s = _median_s(lambda: model.generate(prompts, bc.new_tokens),
-                           1, 3)
+    generate_s = timing.median_seconds(
+        lambda: model.generate(prompts, bc.new_tokens), repeats=3)
     result.update(generate_s=round(generate_s, 4),
                   decode_tokens_per_s=round(new_tokens / generate_s, 1))
   if _ONLY.value in ('', 'hf'):
@@ -189,7 +179,7 @@ def main(argv):
                           pad_token_id=0, eos_token_id=None)
       assert out.shape[1] == bc.prompt_len + bc.new_tokens
 
-    hf_s = _median_s(hf_generate, 1, 3)
+    hf_s = timing.median_seconds(hf_generate, repeats=3)
     result.update(hf_generate_s=round(hf_s, 4),
                   hf_generate_tokens_per_s=round(new_tokens / hf_s, 1),
                   transformers=transformers.__version__)

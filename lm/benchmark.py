@@ -6,7 +6,6 @@ peer of experiments/torch_peer.py is timed. Every figure is a median over
 repeated calls after compiling ones, synchronized on the result.
 """
 
-import statistics
 import time
 
 import jax
@@ -17,6 +16,7 @@ import numpy as np
 from lm import decode
 from lm import flops
 from lm import models
+from lm import timing
 from lm import train
 from lm.errors import UsageError
 
@@ -59,19 +59,22 @@ def measure_train(config: ml_collections.ConfigDict,
   step = trainer.compile_train_step(state, batch)
   compile_s = time.perf_counter() - start
   memory = train.memory_sizes(step)
-  times = []
-  for i in range(config.bench.warmup_steps + config.bench.steps):
-    start = time.perf_counter()
-    state, step_metrics = step(state, batch, *trainer.teacher_args)
-    jax.block_until_ready(step_metrics['loss'])
-    if i >= config.bench.warmup_steps:
-      times.append(time.perf_counter() - start)
-  step_s = statistics.median(times)
+  carry = {'state': state}
+
+  def one_step():
+    carry['state'], carry['metrics'] = step(carry['state'], batch,
+                                            *trainer.teacher_args)
+    jax.block_until_ready(carry['metrics']['loss'])
+
+  step_s = timing.median_seconds(one_step, config.bench.steps,
+                                 warmup=config.bench.warmup_steps)
+  step_metrics = carry['metrics']
   tokens = config.data.batch_size * config.data.seq_len
   per_token = trainer.flops_per_token()
   achieved = per_token * tokens / step_s
   result = {
-      'train_steps_timed': len(times), 'train_step_s': round(step_s, 4),
+      'train_steps_timed': config.bench.steps,
+      'train_step_s': round(step_s, 4),
       'train_tokens_per_s': round(tokens / step_s, 1),
       'flops_per_token': per_token, 'flops_formula': flops.FORMULA,
       'achieved_gflops': round(achieved / 1e9, 2),
@@ -116,14 +119,7 @@ def measure_decode(config: ml_collections.ConfigDict,
                                   tokens_BP, decode=True, mutable=['cache'])
     return logits[:, -1], updated['cache']
 
-  def timed(fn):
-    fn()  # Compiles.
-    times = []
-    for _ in range(repeats):
-      start = time.perf_counter()
-      fn()
-      times.append(time.perf_counter() - start)
-    return statistics.median(times)
+  timed = lambda fn: timing.median_seconds(fn, repeats)
 
   tokens = jnp.asarray(prompts, jnp.int32)
   prefill_s = timed(lambda: jax.block_until_ready(prefill(params, tokens)))

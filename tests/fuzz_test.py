@@ -212,6 +212,13 @@ def _cases(files, workdir, data_dir):
                   ['--config=configs/bench/gpt_cpu.py',
                    '--config.model.d_model=0'],
                   ['--config=configs/bert.py']],
+      'experiments.kernel_peers': [
+          [f'--config={files[name]}'] for name in (
+              'missing', 'empty', 'syntax_error.py', 'no_get_config.py')] + [
+                  ['--config=configs/bench/gpt_cpu.py', '--repeats=0'],
+                  ['--config=configs/bench/gpt_cpu.py', 'extra'],
+                  ['--config=configs/bert.py'],
+                  ['--config=configs/moe.py']],
       'experiments.config_reference': [
           [f'--out={files["dir"]}'], ['--out='], ['stray'],
           [f'--out={files["binary"]}/configs.md']],

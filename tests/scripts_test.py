@@ -171,3 +171,26 @@ def test_torch_peer_trains_and_decodes_the_same_model():
   for key in ('train_tokens_per_s', 'decode_tokens_per_s',
               'hf_generate_tokens_per_s'):
     assert report[key] > 0, key
+
+
+def test_kernel_peers_times_each_product_of_the_train_step():
+  result = run('experiments.kernel_peers', *_TINY_BENCH[:-4],
+               '--config.model.num_kv_heads=1', '--repeats=1')
+  assert result.returncode == 0, result.stderr
+  *rows, summary = [json.loads(line)
+                    for line in result.stdout.strip().splitlines()]
+  kernels = {row['kernel']: row for row in rows}
+  # 1 layer, width 32, 2 query heads of 16 and 1 key/value head, MLP 64,
+  # 2 x 16 tokens, tied 64-token vocabulary.
+  assert (kernels['attention_key_value/forward']['n'],
+          kernels['attention_key_value/forward']['count']) == (16, 2)
+  assert [kernels[f'mlp_in/{p}'][d] for p, d in (
+      ('forward', 'k'), ('input_gradient', 'k'), ('weight_gradient', 'k'))
+         ] == [32, 64, 32]
+  assert kernels['output_layer/forward']['layout'] == 'nt'
+  attention = kernels['causal_attention/forward_and_backward']
+  assert (attention['shape'], attention['kv_heads']) == ([2, 16, 2, 16], 1)
+  assert len(rows) == 5 * 3 + 3 + 1
+  assert all(row['lm_gflops'] > 0 and row['torch_gflops'] > 0 for row in rows)
+  step = sum(row['lm_s'] * row['count'] for row in rows[:-1])
+  assert abs(summary['matmul_s_per_step']['lm'] - step) < 1e-3
