@@ -9,6 +9,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',
                       os.path.join(ROOT, '.cache', 'jax'))
+# The suite's time goes to compiling tiny models, not to running them: at
+# LLVM optimization level 1 instead of 2, XLA compiles them about a sixth
+# faster (tests/finetune_test.py + decode_test.py, cold: 182 s -> 150 s).
+# Subprocesses the tests start inherit it. An XLA_FLAGS that sets
+# --xla_backend_optimization_level itself wins.
+if 'xla_backend_optimization_level' not in os.environ.get('XLA_FLAGS', ''):
+  os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
+                             ' --xla_backend_optimization_level=1').strip()
 sys.path.insert(0, ROOT)  # configs/ and experiments/ are not installed.
 
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position

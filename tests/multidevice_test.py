@@ -14,8 +14,8 @@ MULTIDEVICE_TESTS = ['tests/sharding_test.py']
 
 @pytest.mark.slow
 def test_multidevice_tests_pass_on_8_cpu_devices():
-  env = dict(os.environ,
-             XLA_FLAGS='--xla_force_host_platform_device_count=8')
+  env = dict(os.environ, XLA_FLAGS=os.environ.get('XLA_FLAGS', '') +
+             ' --xla_force_host_platform_device_count=8')
   result = subprocess.run(
       [sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider',
        *MULTIDEVICE_TESTS], cwd=ROOT, env=env, capture_output=True,

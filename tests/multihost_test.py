@@ -38,8 +38,8 @@ def _command(data_dir, workdir, *extra):
 
 
 def _env(devices):
-  return dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count='
-              f'{devices}')
+  return dict(os.environ, XLA_FLAGS=os.environ.get('XLA_FLAGS', '') +
+              f' --xla_force_host_platform_device_count={devices}')
 
 
 def _losses(output):
