@@ -7,10 +7,11 @@ this says where a difference between them comes from. It times, alone and
 on the same inputs in both frameworks, each matrix product one train step
 of the config's decoder runs (every dense layer's forward product and its
 two backward ones, the output layer's three) and causal attention's
-forward and backward pass, and prints one JSON line per kernel (median
-seconds and GFLOP/s in each, and how many times a step runs it), then a
-summary line: the seconds per step both spend in matrix products and in
-attention, and PyTorch's speed over lm's.
+forward and backward pass (lm's layers.causal_block_attention against
+`F.scaled_dot_product_attention`). It prints one JSON line per kernel
+(median seconds and GFLOP/s in each, and how many times a step runs it),
+then a summary line: the seconds per step both spend in matrix products and
+in attention, and PyTorch's speed over lm's.
 """
 
 import json
@@ -25,6 +26,7 @@ import torch
 from torch.nn import functional as F
 
 from experiments import cli
+from lm import layers
 from lm import models
 from lm import timing
 
@@ -102,9 +104,12 @@ def _time_attention(config, repeats: int) -> dict:
   q, k, v, d_out = (rng.standard_normal(s, np.float32)
                     for s in (shape, kv_shape, kv_shape, shape))
 
-  def loss(q, k, v, d_out):
-    return jnp.sum(jax.nn.dot_product_attention(q, k, v, is_causal=True)
-                   * d_out)
+  allowed_BLS = jnp.broadcast_to(jnp.tril(jnp.ones(shape[1:2] * 2, bool)),
+                                 (shape[0],) + shape[1:2] * 2)
+
+  def loss(q, k, v, d_out):  # What lm's causal self-attention runs.
+    return jnp.sum(layers.causal_block_attention(q, k, v, None, allowed_BLS,
+                                                 None) * d_out)
 
   gradients = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
   args = [jnp.asarray(x) for x in (q, k, v, d_out)]
@@ -124,7 +129,8 @@ def _time_attention(config, repeats: int) -> dict:
 
   torch_s = timing.median_seconds(torch_step, repeats)
   batch, length, heads, width = shape
-  # Forward 2 products, backward 4, each 2*L*L*H per head (no causal skip).
+  # Forward 2 products, backward 4, each 2*L*L*H per head: model FLOPs, as
+  # if no masked block were skipped (both skip some).
   flops = 6 * 2 * batch * heads * length * length * width
   return _row(dict(kernel='causal_attention/forward_and_backward',
                    shape=list(shape), kv_heads=c.kv_heads,

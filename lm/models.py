@@ -294,6 +294,7 @@ class TransformerBlock(nn.Module):
   deterministic: bool = True
   decode: bool = False
   scanned: bool = False
+  ordered_positions: bool = False  # see layers.Attention
 
   @nn.compact
   def __call__(self, x_BLD, positions_BL, mask_BLS=None, encoded_BSD=None,
@@ -314,7 +315,7 @@ class TransformerBlock(nn.Module):
           param_dtype=param_dtype, quant=c.quantization,
           kv_cache_int8=c.kv_cache == 'int8', lora=c.lora,
           block=c.attention_block if c.attention == 'blockwise' else 0,
-          name=name)
+          ordered_positions=self.ordered_positions, name=name)
 
     def norm(name):
       return layers.make_norm(c.norm, c.norm_eps, dtype, param_dtype, name)
@@ -358,7 +359,8 @@ class TransformerBlock(nn.Module):
 
 def _run_stack(module: nn.Module, c: ModelConfig, x_BLD, positions_BL, *,
                num_layers: int, causal: bool, mask_BLS=None, encoded_BSD=None,
-               cross_mask_BLS=None, deterministic: bool, decode: bool = False):
+               cross_mask_BLS=None, deterministic: bool, decode: bool = False,
+               ordered_positions: bool = False):
   """Positions, blocks and final norm, as submodules of `module`.
 
   Called from a compact method, so every family names its parameters the same
@@ -391,7 +393,8 @@ def _run_stack(module: nn.Module, c: ModelConfig, x_BLD, positions_BL, *,
         dtype=dtype, param_dtype=param_dtype, name='relative_bias')
   block_args = (positions_BL, mask_BLS, encoded_BSD, cross_mask_BLS)
   flags = dict(causal=causal, cross_attention=encoded_BSD is not None,
-               deterministic=deterministic, decode=decode)
+               deterministic=deterministic, decode=decode,
+               ordered_positions=ordered_positions)
   block = TransformerBlock
   if c.remat != 'none':
     block = nn.remat(block, policy=_REMAT_POLICIES[c.remat])
@@ -494,7 +497,8 @@ class DecoderOnly(nn.Module):
     seeing it, and `padding_mask_BL` (True at real tokens) finds the last one.
     """
     c = self.config
-    if positions_BL is None:
+    ordered_positions = positions_BL is None
+    if ordered_positions:
       positions_BL = _default_positions(tokens_BL)
     embed = layers.Embed(c.vocab_size, c.d_model, c.init_std,
                          _DTYPES[c.dtype], _DTYPES[c.param_dtype],
@@ -502,7 +506,8 @@ class DecoderOnly(nn.Module):
                          name='embed')
     x_BLD = _run_stack(self, c, embed(tokens_BL), positions_BL,
                        num_layers=c.num_layers, causal=True,
-                       deterministic=deterministic, decode=decode)
+                       deterministic=deterministic, decode=decode,
+                       ordered_positions=ordered_positions)
     if c.num_classes:
       return classification_logits(c, x_BLD, padding_mask_BL, deterministic)
     return _output_logits(c, x_BLD, embed)
@@ -581,12 +586,14 @@ class Stack(nn.Module):
 
   @nn.compact
   def __call__(self, x_BLD, positions_BL, *, mask_BLS=None, encoded_BSD=None,
-               cross_mask_BLS=None, deterministic: bool, decode: bool = False):
+               cross_mask_BLS=None, deterministic: bool, decode: bool = False,
+               ordered_positions: bool = False):
     return _run_stack(self, self.config, x_BLD, positions_BL,
                       num_layers=self.num_layers, causal=self.causal,
                       mask_BLS=mask_BLS, encoded_BSD=encoded_BSD,
                       cross_mask_BLS=cross_mask_BLS,
-                      deterministic=deterministic, decode=decode)
+                      deterministic=deterministic, decode=decode,
+                      ordered_positions=ordered_positions)
 
 
 class EncoderDecoder(nn.Module):
@@ -621,12 +628,14 @@ class EncoderDecoder(nn.Module):
   def decode_logits(self, encoded_BSD, tokens_BL, positions_BL=None,
                     encoder_mask_BS=None, *, deterministic: bool = True,
                     decode: bool = False):
-    if positions_BL is None:
+    ordered_positions = positions_BL is None
+    if ordered_positions:
       positions_BL = _default_positions(tokens_BL)
     x_BLD = self.decoder(
         self.embed(tokens_BL), positions_BL, encoded_BSD=encoded_BSD,
         cross_mask_BLS=_padding_mask(encoder_mask_BS, tokens_BL.shape[1]),
-        deterministic=deterministic, decode=decode)
+        deterministic=deterministic, decode=decode,
+        ordered_positions=ordered_positions)
     return _output_logits(self.config, x_BLD, self.embed)
 
   def __call__(self, encoder_tokens_BS, tokens_BL, encoder_mask_BS=None, *,

@@ -121,3 +121,31 @@ def test_bad_model_config_is_one_clear_error(overrides, message):
 def test_unknown_model_key_is_named():
   with pytest.raises(UsageError, match='num_layer'):
     models.ModelConfig.from_config({**TINY, 'num_layer': 3})
+
+
+@pytest.mark.parametrize('variant', ['llama_gqa', 't5_decoder'])
+def test_causal_query_blocks_equal_whole_attention(variant):
+  # 200 tokens go in 3 query blocks (of 64 queries at least: 66, 67, 67),
+  # each reading the keys up to its end; positions passed explicitly could
+  # be in any order, so with them attention stays whole: the reference.
+  length = 200
+  overrides = dict(VARIANTS.get(variant, dict(
+      position='relative', norm='rmsnorm', use_bias=False,
+      scale_queries=False)), max_len=length)
+  model, params = make(**overrides)
+  tokens = jax.random.randint(jax.random.PRNGKey(1), (2, length), 0, 50)
+  positions = jnp.broadcast_to(jnp.arange(length), tokens.shape)
+
+  def loss(params, positions):
+    return jnp.sum(jnp.sin(model.apply({'params': params}, tokens,
+                                       positions)))
+
+  blocks_jaxpr = str(jax.make_jaxpr(loss)(params, None))
+  assert ',67,133]' in blocks_jaxpr  # Scores of block 2: 133 keys.
+  assert ',67,133]' not in str(jax.make_jaxpr(loss)(params, positions))
+  (blocks, d_blocks), (whole, d_whole) = (
+      jax.jit(jax.value_and_grad(loss))(params, p) for p in (None, positions))
+  np.testing.assert_allclose(blocks, whole, rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5,
+                                                       atol=1e-5),
+               d_blocks, d_whole)
