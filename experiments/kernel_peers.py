@@ -45,13 +45,13 @@ def _products(config) -> list[dict]:
   how many times the step runs it."""
   c = models.ModelConfig.from_config(config.model)
   tokens = config.data.batch_size * config.data.seq_len
-  layers, width = c.num_layers, c.head_width
+  depth, width = c.num_layers, c.head_width
   mlp_inputs = 2 if c.gated_mlp else 1
-  dense = [('attention_query', c.d_model, c.num_heads * width, layers),
-           ('attention_key_value', c.d_model, c.kv_heads * width, 2 * layers),
-           ('attention_out', c.num_heads * width, c.d_model, layers),
-           ('mlp_in', c.d_model, c.d_ff, mlp_inputs * layers),
-           ('mlp_out', c.d_ff, c.d_model, layers)]
+  dense = [('attention_query', c.d_model, c.num_heads * width, depth),
+           ('attention_key_value', c.d_model, c.kv_heads * width, 2 * depth),
+           ('attention_out', c.num_heads * width, c.d_model, depth),
+           ('mlp_in', c.d_model, c.d_ff, mlp_inputs * depth),
+           ('mlp_out', c.d_ff, c.d_model, depth)]
   products = []
   for name, d_in, d_out, count in dense:
     products += [
@@ -103,7 +103,6 @@ def _time_attention(config, repeats: int) -> dict:
   rng = np.random.default_rng(0)
   q, k, v, d_out = (rng.standard_normal(s, np.float32)
                     for s in (shape, kv_shape, kv_shape, shape))
-
   allowed_BLS = jnp.broadcast_to(jnp.tril(jnp.ones(shape[1:2] * 2, bool)),
                                  (shape[0],) + shape[1:2] * 2)
 

@@ -149,7 +149,7 @@ def main(argv):
       losses.append(loss.item())
 
     step_s = timing.median_seconds(train_step, bc.steps,
-                                    bc.warmup_steps)
+                                   warmup=bc.warmup_steps)
     result.update(train_step_s=round(step_s, 4), train_tokens_per_s=round(
         dc.batch_size * dc.seq_len / step_s, 1),
                   final_loss=round(losses[-1], 4))
