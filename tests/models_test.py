@@ -146,6 +146,8 @@ def test_causal_query_blocks_equal_whole_attention(variant):
   (blocks, d_blocks), (whole, d_whole) = (
       jax.jit(jax.value_and_grad(loss))(params, p) for p in (None, positions))
   np.testing.assert_allclose(blocks, whole, rtol=1e-5)
+  # Gradients reach ~50 here; float32 sums in another order differ by ~1e-5
+  # at entries near zero, hence an absolute tolerance of 1e-4.
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5,
-                                                       atol=1e-5),
+                                                       atol=1e-4),
                d_blocks, d_whole)
