@@ -108,19 +108,6 @@ def test_temperature_zero_is_argmax():
   np.testing.assert_array_equal(out, [1, 0])
 
 
-def test_greedy_tokens_equal_argmax_with_ties_nans_and_infinities():
-  logits = jax.random.normal(jax.random.key(0), (6, 50))
-  logits = logits.at[1, 7].set(9.0).at[1, 30].set(9.0)   # tie: first wins
-  logits = logits.at[2, 11].set(jnp.nan).at[2, 40].set(jnp.nan)
-  logits = logits.at[3].set(-jnp.inf)                    # all masked
-  logits = logits.at[4, 0].set(jnp.inf).at[4, 49].set(jnp.inf)
-  logits = logits.at[5, 49].set(100.0)
-  out = jax.jit(decode.greedy_tokens)(logits)
-  np.testing.assert_array_equal(out, jnp.argmax(logits, axis=-1))
-  np.testing.assert_array_equal(out[1:], [7, 11, 0, 0, 49])
-  assert out.dtype == jnp.int32
-
-
 def test_prompt_longer_than_context_is_a_clear_error():
   model, params = make()
   with pytest.raises(UsageError, match='exceeds the model'):

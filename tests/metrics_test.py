@@ -1,5 +1,7 @@
 """Metrics against hand-computed cases and the reference packages."""
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from rouge_score import rouge_scorer
@@ -83,3 +85,16 @@ def test_exact_match_and_token_f1_on_hand_computed_cases():
   # 'in paris france' vs 'paris': P 1/3, R 1 -> F1 0.5.
   assert metrics.token_f1(predictions, answers) == pytest.approx(
       100 * (1 + 0.5 + 0) / 3)
+
+
+def test_fast_argmax_equals_jnp_argmax_with_ties_nans_and_infinities():
+  logits = jax.random.normal(jax.random.key(0), (6, 50))
+  logits = logits.at[1, 7].set(9.0).at[1, 30].set(9.0)   # tie: first wins
+  logits = logits.at[2, 11].set(jnp.nan).at[2, 40].set(jnp.nan)
+  logits = logits.at[3].set(-jnp.inf)                    # all masked
+  logits = logits.at[4, 0].set(jnp.inf).at[4, 49].set(jnp.inf)
+  logits = logits.at[5, 49].set(100.0)
+  out = jax.jit(metrics.argmax)(logits)
+  np.testing.assert_array_equal(out, jnp.argmax(logits, axis=-1))
+  np.testing.assert_array_equal(out[1:], [7, 11, 0, 0, 49])
+  assert out.dtype == jnp.int32

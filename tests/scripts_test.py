@@ -2,9 +2,11 @@
 
 import json
 import os
+import platform
 
 import pytest
 
+from experiments import huge_pages
 from tests.cli_helpers import overrides, run
 from tests.conftest import tiny_config
 
@@ -147,6 +149,11 @@ def test_benchmark_prints_speed_flops_and_mfu():
               'decode_tokens_per_s'):
     assert report[key] > 0, key
   assert report['mfu_measured'] < 1
+  # The script restarted itself with huge pages where this machine has them.
+  added = huge_pages.tunables_to_add(os.environ, platform.libc_ver(),
+                                     huge_pages.thp_mode())
+  assert report['glibc_tunables'] == (
+      added or os.environ.get('GLIBC_TUNABLES', ''))
 
 
 def test_benchmark_sweep_writes_json_lines_and_a_plot(tmp_path):
