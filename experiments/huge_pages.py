@@ -2,12 +2,13 @@
 
 XLA:CPU allocates a step's temporary buffers anew at every call (about
 800 MB for bench-gpt's train step), and glibc hands blocks that large to
-mmap and back to the kernel when freed. Each step then faulted in ~200,000
-fresh 4 KiB pages: 0.3 s of kernel time per 0.85 s step on a 2-core machine.
+mmap and back to the kernel when freed. Each step then faulted in ~214,000
+fresh 4 KiB pages: 0.4 s of kernel time per 0.84 s step on a 2-core machine.
 With `glibc.malloc.hugetlb=1` malloc marks its memory for transparent huge
-pages, the faults drop ~250-fold and the step took 0.66 s. (Keeping freed
-memory instead -- mallopt's mmap_max=0, trim_threshold, arena_max=1 -- left
-the heap fragmenting and growing by 800 MB every few steps.)
+pages: ~1,200 faults a step, median step 0.65 s (mean 0.78 s: every few
+steps the kernel stalls to compact memory for huge pages). Keeping freed
+memory instead (mallopt's mmap_max=0, trim_threshold, arena_max=1) left the
+heap fragmenting and growing by 800 MB every few steps.
 
 glibc reads GLIBC_TUNABLES only when a process starts, so the script's
 process re-executes itself with it added, before JAX is imported (from
