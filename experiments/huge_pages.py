@@ -81,7 +81,8 @@ def runs_as_script(orig_argv: list[str]) -> bool:
           orig_argv[index + 1].startswith('experiments.'))
 
 
-def state() -> dict:
-  """What this process runs with, for benchmark records."""
+def malloc_settings() -> dict:
+  """The GLIBC_TUNABLES and huge-page mode this process runs with, for
+  benchmark records."""
   return {'glibc_tunables': os.environ.get('GLIBC_TUNABLES', ''),
           'transparent_huge_pages': thp_mode()}

@@ -129,7 +129,7 @@ def main(argv):
   model = Gpt(mc.vocab_size, mc.d_model, mc.num_layers, mc.num_heads,
               mc.d_ff, mc.max_len)
   result = {'torch': torch.__version__, 'threads': torch.get_num_threads(),
-            **huge_pages.state()}
+            **huge_pages.malloc_settings()}
   rng = np.random.default_rng(0)
   if _ONLY.value in ('', 'train'):
     window = torch.from_numpy(rng.integers(
