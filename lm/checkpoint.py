@@ -62,8 +62,14 @@ class Checkpointer:
     async_options = ocp.AsyncOptions(
         post_finalization_callback=self._seal_when_renamed
     ) if async_save else None
+    # orbax deletes steps past the latest `max_to_keep` in its own thread,
+    # while a step of ours may still be sealing: the manifest written into
+    # a folder being deleted made its rmtree fail ("Directory not empty").
+    # A step is kept until it is sealed.
+    keep = ocp.checkpoint_managers.AnyPreservationPolicy([
+        ocp.checkpoint_managers.LatestN(max_to_keep), _KeepUnsealed(self)])
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep, enable_async_checkpointing=async_save,
+        preservation_policy=keep, enable_async_checkpointing=async_save,
         create=not read_only, read_only=read_only,
         async_options=async_options,
         # What a killed or failed save left is removed when training starts.
@@ -207,6 +213,20 @@ class Checkpointer:
       if not self._closed:
         self._manager.close()
         self._closed = True
+
+
+@dataclasses.dataclass
+class _KeepUnsealed:
+  """orbax's preservation policy that keeps the steps a Checkpointer has
+  saved and not sealed yet (it waits for a seal in progress)."""
+
+  checkpointer: Checkpointer
+
+  def should_preserve(self, checkpoints, *, context) -> list[bool]:
+    del context
+    with self.checkpointer._lock:  # pylint: disable=protected-access
+      unsealed = set(self.checkpointer._unsealed)  # pylint: disable=protected-access
+    return [info.step in unsealed for info in checkpoints]
 
 
 class _ReportSaveFailure:
