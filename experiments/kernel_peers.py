@@ -7,7 +7,7 @@ this says where a difference between them comes from. It times, alone and
 on the same inputs in both frameworks, each matrix product one train step
 of the config's decoder runs (every dense layer's forward product and its
 two backward ones, the output layer's three) and causal attention's
-forward and backward pass (lm's layers.causal_block_attention against
+forward and backward pass (lm.causal_attention.causal_attention against
 `F.scaled_dot_product_attention`). It prints one JSON line per kernel
 (median seconds and GFLOP/s in each, and how many times a step runs it),
 then a summary line: the seconds per step both spend in matrix products and
@@ -26,7 +26,7 @@ import torch
 from torch.nn import functional as F
 
 from experiments import cli
-from lm import layers
+from lm import causal_attention
 from lm import models
 from lm import timing
 
@@ -107,8 +107,8 @@ def _time_attention(config, repeats: int) -> dict:
                                  (shape[0],) + shape[1:2] * 2)
 
   def loss(q, k, v, d_out):  # What lm's causal self-attention runs.
-    return jnp.sum(layers.causal_block_attention(q, k, v, None, allowed_BLS,
-                                                 None) * d_out)
+    return jnp.sum(causal_attention.causal_attention(
+        q, k, v, None, allowed_BLS, None) * d_out)
 
   gradients = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
   args = [jnp.asarray(x) for x in (q, k, v, d_out)]

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lm import blockwise_attention
+from lm import causal_attention
 from lm.compress import quantize
 from lm.compress.quantize import Quant
 
@@ -340,37 +341,6 @@ def _attention_probs(q_BLNH, k_BSKH, bias_BNLS, allowed_BLS, scale):
   return jax.nn.softmax(scores_BNLS, axis=-1)
 
 
-# Causal self-attention splits its queries into at most this many blocks of
-# at least _MIN_QUERY_BLOCK queries (shorter sequences stay whole).
-_MAX_QUERY_BLOCKS = 4
-_MIN_QUERY_BLOCK = 64
-
-
-def causal_block_attention(q_BLNH, k_BSKH, v_BSKH, bias_BNLS, allowed_BLS,
-                           scale):
-  """`jax.nn.dot_product_attention` of causal self-attention whose positions
-  run 0, 1, 2, ... along the sequence, with the keys a query block cannot
-  see left out: query block i of n reads the first (i + 1) / n of the keys,
-  so 4 blocks do 5/8 of the score and value products and softmax work.
-  On a CPU, which has no fused attention kernel, 4 blocks made bench-gpt's
-  train step 8% faster (1.7227 -> 1.5808 s, medians of 12 steps in one
-  process); 2 blocks gave 1.6472 s and 8 (of 32 queries) 1.6155 s. On GPUs
-  and TPUs, where this is unmeasured, attention stays one block.
-  """
-  length = q_BLNH.shape[1]
-  blocks = max(1, min(_MAX_QUERY_BLOCKS, length // _MIN_QUERY_BLOCK))
-  if jax.default_backend() != 'cpu':
-    blocks = 1
-  edges = [length * i // blocks for i in range(blocks + 1)]
-  out = []
-  for start, end in zip(edges[:-1], edges[1:]):
-    out.append(jax.nn.dot_product_attention(
-        q_BLNH[:, start:end], k_BSKH[:, :end], v_BSKH[:, :end],
-        bias=None if bias_BNLS is None else bias_BNLS[..., start:end, :end],
-        mask=allowed_BLS[:, None, start:end, :end], scale=scale))
-  return jnp.concatenate(out, axis=1)
-
-
 class Attention(nn.Module):
   """Multi-head attention with `num_kv_heads` key/value heads (GQA/MQA).
 
@@ -388,7 +358,7 @@ class Attention(nn.Module):
   `ordered_positions` says every row's positions are 0, 1, 2, ... (the model
   made them), so a causal query never sees a later index: the queries then
   go in blocks that read only the keys up to their own end
-  (`causal_block_attention`).
+  (lm/causal_attention.py).
   """
 
   num_heads: int
@@ -457,8 +427,8 @@ class Attention(nn.Module):
       if score_bias is not None:
         bias_BNLS = score_bias(positions_BL, positions_BL)
       if self.causal and self.ordered_positions and kv_BSD is None:
-        out_BLNH = causal_block_attention(q_BLNH, k_BSKH, v_BSKH, bias_BNLS,
-                                          allowed_BLS, scale)
+        out_BLNH = causal_attention.causal_attention(
+            q_BLNH, k_BSKH, v_BSKH, bias_BNLS, allowed_BLS, scale)
       else:
         out_BLNH = jax.nn.dot_product_attention(
             q_BLNH, k_BSKH, v_BSKH, bias=bias_BNLS,
