@@ -18,6 +18,7 @@ import numpy as np
 
 from lm import blockwise_attention
 from lm import causal_attention
+from lm import matmul
 from lm.compress import quantize
 from lm.compress.quantize import Quant
 
@@ -111,29 +112,27 @@ class Dense(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    return _project(self, x, (x.shape[-1], self.features), '...d,df->...f',
-                    (-2,), (self.features,), self.axes[-1:])
+    return _project(self, x, (x.shape[-1], self.features), (-2,),
+                    (self.features,), self.axes[-1:])
 
 
-def _project(module, x, shape, equation, contract, features, bias_axes):
+def _project(module, x, shape, contract, features, bias_axes):
   """x times `module`'s 'kernel' of `shape` (contracted on `contract`), plus
   its 'bias' if it has one: the body of Dense and HeadsDense."""
   kernel = quantize.kernel_param(
       module, 'kernel', shape, module.axes,
       nn.initializers.normal(module.init_std), module.param_dtype, contract,
       module.quant)
-  if len(contract) > 1:
-    # Out of heads: one 2-D matmul over the merged (N, H) axes (reshapes of
-    # row-major arrays, free). Given '...nh,nhd->...d', XLA:CPU transposed
-    # the kernel in every decode step (0.59 MB a layer at bench-gpt, 2.5% of
-    # generate's time) rather than the [8, 384] activations. Into heads, the
-    # einsum stays: its 2-D form made bench-gpt's train step 1% slower.
-    x_flat = x.reshape(x.shape[:-len(contract)] + (-1,))
-    y = x_flat.astype(module.dtype) @ kernel.reshape(
-        x_flat.shape[-1], -1).astype(module.dtype)
-  else:
-    y = jnp.einsum(equation, x.astype(module.dtype),
-                   kernel.astype(module.dtype))
+  # One 2-D matmul over the merged input and output axes (reshapes of
+  # row-major arrays, free), with the weight gradient lm/matmul.py lays out
+  # for XLA:CPU: bench-gpt's train step 0.5994 -> 0.5862 s (medians of 22
+  # alternating steps in one process). As the einsum '...nh,nhd->...d',
+  # XLA:CPU also transposed the out-of-heads kernel in every decode step
+  # (2.5% of generate's time).
+  x_flat = x.reshape(x.shape[:-len(contract)] + (-1,))
+  y = matmul.dense(x_flat.astype(module.dtype), kernel.reshape(
+      x_flat.shape[-1], -1).astype(module.dtype))
+  y = y.reshape(x.shape[:-len(contract)] + tuple(features))
   if module.use_bias:
     bias = module.param('bias', logical(nn.initializers.zeros, bias_axes),
                         features, module.param_dtype)
@@ -178,11 +177,12 @@ class HeadsDense(Dense):
 
   @nn.compact
   def __call__(self, x):
-    if self.to_heads:
-      return _project(self, x, (x.shape[-1],) + self.features,
-                      '...d,dnh->...nh', (-3,), self.features, self.axes[1:])
-    return _project(self, x, x.shape[-2:] + self.features, '...nh,nhd->...d',
-                    (-3, -2), self.features, self.axes[-1:])
+    if self.to_heads:  # [.., D] x [D, N, H]
+      return _project(self, x, (x.shape[-1],) + self.features, (-3,),
+                      self.features, self.axes[1:])
+    # [.., N, H] x [N, H, D]
+    return _project(self, x, x.shape[-2:] + self.features, (-3, -2),
+                    self.features, self.axes[-1:])
 
 
 def make_norm(kind: str, eps: float, dtype: Dtype, param_dtype: Dtype,
