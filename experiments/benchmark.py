@@ -26,7 +26,7 @@ import jax
 from ml_collections import config_flags
 
 from experiments import cli
-from experiments import huge_pages
+from experiments import allocator
 from lm import benchmark
 from lm import flops
 from lm import models
@@ -162,7 +162,7 @@ def main(argv):
             'params': models.count_params(models.abstract_params(
                 models.build_model(model_config))),
             'batch_size': config.data.batch_size,
-            'seq_len': config.data.seq_len, **huge_pages.malloc_settings()}
+            'seq_len': config.data.seq_len, **allocator.malloc_settings()}
   if _ONLY.value != 'decode':
     result.update(benchmark.measure_train(config, peak))
   if _ONLY.value != 'train':

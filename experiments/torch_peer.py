@@ -28,7 +28,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from experiments import cli
-from experiments import huge_pages
+from experiments import allocator
 from lm import timing
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -129,7 +129,7 @@ def main(argv):
   model = Gpt(mc.vocab_size, mc.d_model, mc.num_layers, mc.num_heads,
               mc.d_ff, mc.max_len)
   result = {'torch': torch.__version__, 'threads': torch.get_num_threads(),
-            **huge_pages.malloc_settings()}
+            **allocator.malloc_settings()}
   rng = np.random.default_rng(0)
   if _ONLY.value in ('', 'train'):
     window = torch.from_numpy(rng.integers(

@@ -6,7 +6,7 @@ import platform
 
 import pytest
 
-from experiments import huge_pages
+from experiments import allocator
 from tests.cli_helpers import overrides, run
 from tests.conftest import tiny_config
 
@@ -149,11 +149,14 @@ def test_benchmark_prints_speed_flops_and_mfu():
               'decode_tokens_per_s'):
     assert report[key] > 0, key
   assert report['mfu_measured'] < 1
-  # The script restarted itself with huge pages where this machine has them.
-  added = huge_pages.tunables_to_add(os.environ, platform.libc_ver(),
-                                     huge_pages.thp_mode())
-  assert report['glibc_tunables'] == (
-      added or os.environ.get('GLIBC_TUNABLES', ''))
+  # The script restarted itself with mimalloc (setup.cfg installs it).
+  added = allocator.settings_to_add(os.environ, allocator.mimalloc_library(),
+                                    platform.libc_ver(), allocator.thp_mode())
+  if 'LD_PRELOAD' in added:
+    assert report['allocator'] == 'mimalloc'
+    assert report['mimalloc_purge_delay'] == '-1'
+  assert report['glibc_tunables'] == added.get(
+      'GLIBC_TUNABLES', os.environ.get('GLIBC_TUNABLES', ''))
 
 
 def test_benchmark_sweep_writes_json_lines_and_a_plot(tmp_path):

@@ -1,10 +1,15 @@
-"""When a script restarts itself with glibc's huge-page tunable."""
+"""When and how a script restarts itself with another memory allocator."""
+
+import os
 
 import pytest
 
-from experiments import huge_pages
+from experiments import allocator
 
 GLIBC = ('glibc', '2.36')
+LIB = '/venv/lib/libmimalloc.so.3'
+MIMALLOC = {'LD_PRELOAD': LIB, 'MIMALLOC_PURGE_DELAY': '-1',
+            'MIMALLOC_ALLOW_LARGE_OS_PAGES': '1'}
 
 
 @pytest.mark.parametrize('environ, libc, thp, expected', [
@@ -23,7 +28,7 @@ GLIBC = ('glibc', '2.36')
     ({}, ('glibc', 'unknown'), 'madvise', None),
 ])
 def test_tunables_to_add(environ, libc, thp, expected):
-  assert huge_pages.tunables_to_add(environ, libc, thp) == expected
+  assert allocator.tunables_to_add(environ, libc, thp) == expected
 
 
 @pytest.mark.parametrize('argv, expected', [
@@ -35,4 +40,30 @@ def test_tunables_to_add(environ, libc, thp, expected):
     (['python', '-m'], False),
 ])
 def test_only_scripts_run_with_dash_m_restart(argv, expected):
-  assert huge_pages.runs_as_script(argv) == expected
+  assert allocator.runs_as_script(argv) == expected
+
+
+@pytest.mark.parametrize('environ, mimalloc, expected', [
+    ({}, LIB, MIMALLOC),
+    ({'LD_PRELOAD': '/x.so'}, LIB, dict(MIMALLOC, LD_PRELOAD=f'{LIB}:/x.so')),
+    # The user's own mimalloc options stay.
+    ({'MIMALLOC_PURGE_DELAY': '100'}, LIB,
+     {k: v for k, v in MIMALLOC.items() if k != 'MIMALLOC_PURGE_DELAY'}),
+    # A restarted process, and the opt-outs.
+    (dict(MIMALLOC), LIB, {}),
+    ({'LM_ALLOCATOR': 'system'}, LIB, {}),
+    ({'LM_ALLOCATOR': 'glibc'}, LIB,
+     {'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=1'}),
+    # Without mimalloc: glibc's huge pages.
+    ({}, None, {'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=1'}),
+    ({'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=1'}, None, {}),
+])
+def test_settings_to_add(environ, mimalloc, expected):
+  assert allocator.settings_to_add(environ, mimalloc, GLIBC,
+                                   'madvise') == expected
+
+
+def test_the_installed_mimalloc_is_found():
+  # setup.cfg installs cmeel-mimalloc on Linux.
+  path = allocator.mimalloc_library()
+  assert path and os.path.basename(path).startswith('libmimalloc.so')
