@@ -25,8 +25,8 @@ from absl import flags
 import jax
 from ml_collections import config_flags
 
-from experiments import cli
 from experiments import allocator
+from experiments import cli
 from lm import benchmark
 from lm import flops
 from lm import models

@@ -27,8 +27,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from experiments import cli
 from experiments import allocator
+from experiments import cli
 from lm import timing
 
 _CONFIG = config_flags.DEFINE_config_file(

@@ -14,8 +14,9 @@ query block skips the key blocks it cannot see.
 import jax
 import jax.numpy as jnp
 
-# Masked scores: finite, so a row that sees nothing yet makes no NaN.
-_MASKED = -1e30
+# Masked scores: finite, so a row that sees nothing (yet) gets uniform
+# weights, as jax.nn.dot_product_attention gives it, not NaN.
+MASKED_SCORE = -1e30
 
 
 def _pad_to(x, length: int, axis: int, value=0):
@@ -86,7 +87,7 @@ def blockwise_attention(q_BLNH, k_BSKH, v_BSKH, q_positions_BL,
         if mask_bqS is not None:
           allowed &= jax.lax.dynamic_slice_in_dim(
               mask_bqS, index * block_k, block_k, axis=-1)
-        s = jnp.where(allowed[:, None, None], s, _MASKED)
+        s = jnp.where(allowed[:, None, None], s, MASKED_SCORE)
         new_max = jnp.maximum(row_max, s.max(-1))
         correction = jnp.exp(row_max - new_max)
         p = jnp.exp(s - new_max[..., None])
@@ -103,7 +104,7 @@ def blockwise_attention(q_BLNH, k_BSKH, v_BSKH, q_positions_BL,
       return jax.lax.cond(visible, attend, lambda c: c, carry), None
 
     init = (jnp.zeros((batch, kv_heads, groups, block_q, width), jnp.float32),
-            jnp.full((batch, kv_heads, groups, block_q), _MASKED,
+            jnp.full((batch, kv_heads, groups, block_q), MASKED_SCORE,
                      jnp.float32),
             jnp.zeros((batch, kv_heads, groups, block_q), jnp.float32))
     (acc, _, row_sum), _ = jax.lax.scan(key_block, init, key_blocks)

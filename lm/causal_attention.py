@@ -5,8 +5,9 @@ Query block i of n reads only the keys up to its own end, so 4 blocks do
 have no fused attention kernel, the blocks run through a hand-written
 forward and backward pass (`jax.custom_vjp`) laid out for XLA:CPU:
 
-- heads go first ([B, K, G, L, H]; keys as [B, K, H, S]), so every product
-  is a plain batched matmul whose operands need no transposing;
+- heads go first ([B, K, G, L, H]; keys as [B, K, H, S]), so q, k, v and
+  the output are transposed once, not per block, and every product batches
+  over its leading axes;
 - the softmax backward reduces dO * O over the head width (Dao et al.,
   2022, FlashAttention's D), not dP * P over the keys: autodiff's reduction
   over [B, N, L, S] took a quarter of attention's time;
@@ -14,9 +15,10 @@ forward and backward pass (`jax.custom_vjp`) laid out for XLA:CPU:
   [L, H] output instead of the [L, S] weights.
 
 On bench-gpt this made the train step 4% faster (0.6038 -> 0.5788 s,
-medians of 18 alternating steps in one process) than the same blocks through
-autodiff of `jax.nn.dot_product_attention`. On GPUs and TPUs the attention stays one
-`jax.nn.dot_product_attention` call (cuDNN's fused kernel where it applies).
+medians of 18 alternating steps in one process) than the same blocks
+through autodiff of `jax.nn.dot_product_attention`. On GPUs and TPUs the
+attention stays one `jax.nn.dot_product_attention` call (cuDNN's fused
+kernel where it applies).
 """
 
 import functools
@@ -24,13 +26,12 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from lm import blockwise_attention
+
 # Causal self-attention splits its queries into at most this many blocks of
 # at least _MIN_QUERY_BLOCK queries (shorter sequences stay whole).
 _MAX_QUERY_BLOCKS = 4
 _MIN_QUERY_BLOCK = 64
-# Masked scores: finite, so a row that sees nothing gets uniform weights
-# (as jax.nn.dot_product_attention gives it), not NaN.
-_MASKED = -1e30
 
 
 def query_block_edges(length: int) -> list[int]:
@@ -89,7 +90,7 @@ def _forward(q_BLNH, k_BSKH, v_BSKH, bias_BNLS, allowed_BLS, scale, edges):
     if bias is not None:
       scores += bias[..., start:end, :end].astype(jnp.float32)
     scores = jnp.where(allowed_BLS[:, None, None, start:end, :end], scores,
-                       _MASKED)
+                       blockwise_attention.MASKED_SCORE)
     exp = jnp.exp(scores - scores.max(-1, keepdims=True))
     total = exp.sum(-1, keepdims=True)
     out = jnp.einsum('bkgls,bksh->bkglh', exp.astype(v_BKSH.dtype),
@@ -130,7 +131,8 @@ def _backward(scale, edges, residuals, d_out_BLNH):
     d_score = jnp.where(allowed_BLS[:, None, None, start:end, :end],
                         exp * (d_probs - d_rows[:, :, :, start:end] / total),
                         0)
-    d_scores.append(d_score)
+    if bias_BNLS is not None:
+      d_scores.append(d_score)
     d_score_scaled = (d_score * scale).astype(dtype)
     d_q.append(jnp.einsum('bkgls,bkhs->bkglh', d_score_scaled,
                           k_BKHS[..., :end],
