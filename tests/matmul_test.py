@@ -9,14 +9,17 @@ import pytest
 from lm import matmul
 
 
+# An output narrower than x takes the "tn" weight gradient, a wider one the
+# transposed x.
+@pytest.mark.parametrize('out', [8, 32])
 @pytest.mark.parametrize('shape, dtype', [((6, 16), jnp.float32),
                                           ((2, 3, 16), jnp.float32),
                                           ((2, 3, 16), jnp.bfloat16)])
-def test_value_and_gradients_equal_autodiff(shape, dtype):
+def test_value_and_gradients_equal_autodiff(shape, dtype, out):
   keys = jax.random.split(jax.random.key(0), 3)
   x = jax.random.normal(keys[0], shape, dtype)
-  kernel = jax.random.normal(keys[1], (16, 8), dtype)
-  d_y = jax.random.normal(keys[2], shape[:-1] + (8,), jnp.float32)
+  kernel = jax.random.normal(keys[1], (16, out), dtype)
+  d_y = jax.random.normal(keys[2], shape[:-1] + (out,), jnp.float32)
 
   def loss(product):
     return lambda x, kernel: jnp.sum(product(x, kernel).astype(jnp.float32)
@@ -32,8 +35,17 @@ def test_value_and_gradients_equal_autodiff(shape, dtype):
                                atol=tolerance * 10)
 
 
-def test_the_weight_gradient_transposes_x_behind_a_barrier():
-  x, kernel = jnp.ones((32, 16)), jnp.ones((16, 8))
+def _weight_gradient_text(n_in, n_out):
+  x, kernel = jnp.ones((32, n_in)), jnp.ones((n_in, n_out))
   grad = jax.jit(jax.grad(lambda x, k: jnp.sum(matmul.dense(x, k)), 1))
-  text = grad.lower(x, kernel).as_text()
-  assert 'optimization_barrier' in text
+  return grad.lower(x, kernel).as_text()
+
+
+def test_a_narrow_x_is_transposed_behind_a_barrier():
+  assert 'optimization_barrier' in _weight_gradient_text(16, 32)
+
+
+def test_a_wide_x_is_contracted_over_tokens_without_a_transpose():
+  text = _weight_gradient_text(32, 16)
+  assert 'optimization_barrier' not in text
+  assert 'contracting_dims = [0] x [0]' in text
