@@ -129,32 +129,52 @@ def generate(model: nn.Module, params: Any, prompts: list[list[int]], *,
   return [new_BN[row, :count_B[row]].tolist() for row in range(len(prompts))]
 
 
+# Each decoding step reads the whole KV cache, so the loop runs in phases
+# whose cache holds only the positions written so far (rounded up to the
+# phase's end): at bench-gpt (64-token prompts, 128 new tokens) a step reads
+# 143 positions on average instead of 192. Every phase compiles its own loop
+# body, so a short generation keeps one phase.
+_PHASES = 4
+_MIN_PHASE_STEPS = 32
+
+
+def cache_phases(prompt_len: int, max_new_tokens: int
+                 ) -> list[tuple[int, int]]:
+  """(cache length, last step) of each decoding phase.
+
+  The prefill samples token 0; step i (1 to max_new_tokens - 1) writes
+  position prompt_len + i - 1 at most, so a phase whose last step is i needs
+  a cache of prompt_len + i positions.
+  """
+  steps = max_new_tokens - 1
+  count = max(1, min(_PHASES, (steps + _MIN_PHASE_STEPS // 2)
+                     // _MIN_PHASE_STEPS))
+  width = -(-steps // count)
+  last_steps = [min(width * (k + 1), steps) for k in range(count)]
+  return [(prompt_len + last, last) for last in last_steps]
+
+
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
 def _generate_jit(model, sampling, eos_id, params, tokens_BP, lengths_B, rng):
   batch, prompt_len = tokens_BP.shape
   max_new = sampling.max_new_tokens
-  cache = init_cache(model, batch, prompt_len + max_new)
+  phases = cache_phases(prompt_len, max_new)
+  cache = init_cache(model, batch, phases[0][0])
 
-  def step(cache, tokens_BL, positions_BL):
+  def step(cache, tokens_BL, positions_BL, logits_at_B=None):
     logits_BLV, updated = model.apply(
         {'params': params, 'cache': cache}, tokens_BL, positions_BL,
-        decode=True, mutable=['cache'])
+        decode=True, logits_at_B=logits_at_B, mutable=['cache'])
     return logits_BLV, updated['cache']
 
   positions_BP = jnp.broadcast_to(jnp.arange(prompt_len), tokens_BP.shape)
-  logits_BPV, cache = step(cache, tokens_BP, positions_BP)
-  last_BV = jnp.take_along_axis(logits_BPV, (lengths_B - 1)[:, None, None],
-                                axis=1)[:, 0]
+  last_B1V, cache = step(cache, tokens_BP, positions_BP, lengths_B - 1)
   rng, first_rng = jax.random.split(rng)
-  token_B = sample_logits(last_BV, first_rng, sampling)
+  token_B = sample_logits(last_B1V[:, 0], first_rng, sampling)
   out_BN = jnp.zeros((batch, max_new), jnp.int32).at[:, 0].set(token_B)
   done_B = token_B == eos_id
   # count_B: how many new tokens each row keeps (its EOS not included).
   count_B = jnp.where(done_B, 0, 1)
-
-  def cond(carry):
-    i, _, _, done_B, _, _ = carry
-    return (i < max_new) & ~jnp.all(done_B)
 
   def body(carry):
     i, out_BN, count_B, done_B, cache, rng = carry
@@ -169,8 +189,21 @@ def _generate_jit(model, sampling, eos_id, params, tokens_BP, lengths_B, rng):
     count_B = count_B + jnp.where(done_B | newly_done_B, 0, 1)
     return i + 1, out_BN, count_B, done_B | newly_done_B, cache, rng
 
-  _, out_BN, count_B, _, _, _ = jax.lax.while_loop(
-      cond, body, (jnp.int32(1), out_BN, count_B, done_B, cache, rng))
+  def runs_to(last_step):
+    return lambda carry: (carry[0] <= last_step) & ~jnp.all(carry[3])
+
+  carry = (jnp.int32(1), out_BN, count_B, done_B, cache, rng)
+  for end, last_step in phases:
+    # The cache's new positions come after every query so far: the causal
+    # mask hides their zeros until a step writes them.
+    i, out_BN, count_B, done_B, cache, rng = carry
+    cache = jax.tree.map(
+        lambda c, end=end: jnp.pad(
+            c, [(0, 0)] * (c.ndim - 1) + [(0, end - c.shape[-1])]), cache)
+    carry = jax.lax.while_loop(
+        runs_to(last_step), body,
+        (i, out_BN, count_B, done_B, cache, rng))
+  _, out_BN, count_B, _, _, _ = carry
   return out_BN, count_B
 
 

@@ -490,11 +490,15 @@ class DecoderOnly(nn.Module):
 
   @nn.compact
   def __call__(self, tokens_BL, positions_BL=None, padding_mask_BL=None, *,
-               deterministic: bool = True, decode: bool = False):
+               deterministic: bool = True, decode: bool = False,
+               logits_at_B=None):
     """Next-token logits, or class logits when `num_classes` is set.
 
     Padding goes on the right; causal attention keeps real tokens from
     seeing it, and `padding_mask_BL` (True at real tokens) finds the last one.
+    `logits_at_B` gives one index per row: the logits are then those of that
+    position alone, [B, 1, V] (a prefill needs each prompt's last token's,
+    and the output layer is a quarter of its work at bench-gpt).
     """
     c = self.config
     ordered_positions = positions_BL is None
@@ -510,6 +514,8 @@ class DecoderOnly(nn.Module):
                        ordered_positions=ordered_positions)
     if c.num_classes:
       return classification_logits(c, x_BLD, padding_mask_BL, deterministic)
+    if logits_at_B is not None:
+      x_BLD = jnp.take_along_axis(x_BLD, logits_at_B[:, None, None], axis=1)
     return _output_logits(c, x_BLD, embed)
 
 

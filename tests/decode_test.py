@@ -65,6 +65,45 @@ def test_greedy_generate_equals_repeated_argmax_of_full_forward():
   assert_greedy_decoding_matches_full_forward(*make(**VARIANTS['llama_gqa']))
 
 
+def test_cache_phases_grow_to_the_whole_cache():
+  # bench-gpt: a 64-token prompt and 128 new tokens read 143 positions a
+  # step on average instead of 192.
+  assert decode.cache_phases(64, 128) == [(96, 32), (128, 64), (160, 96),
+                                          (191, 127)]
+  # A short generation keeps one phase (one compiled loop body).
+  assert decode.cache_phases(5, 8) == [(12, 7)]
+  assert decode.cache_phases(10, 1) == [(10, 0)]
+  for prompt_len in (1, 7, 64):
+    for new in (1, 2, 31, 33, 48, 49, 64, 97, 128, 200):
+      phases = decode.cache_phases(prompt_len, new)
+      assert phases[-1][1] == new - 1
+      first_step = 1
+      for end, last_step in phases:
+        # Steps run in order, each once; each writes inside the cache, and
+        # its phase's last step fills it.
+        assert last_step >= first_step and end == prompt_len + last_step or (
+            new == 1 and end == prompt_len)
+        first_step = last_step + 1
+
+
+def test_decoding_in_cache_phases_equals_full_forward(monkeypatch):
+  monkeypatch.setattr(decode, '_MIN_PHASE_STEPS', 2)
+  assert decode.cache_phases(3, 7) == [(5, 2), (7, 4), (9, 6)]
+  assert_greedy_decoding_matches_full_forward(
+      *make(**VARIANTS['llama_gqa']), steps=7)
+
+
+def test_logits_at_one_position_per_row_equal_the_full_logits():
+  model, params = make(**VARIANTS['llama_gqa'])
+  tokens = jax.random.randint(jax.random.PRNGKey(4), (2, 6), 1, 50)
+  full = model.apply({'params': params}, tokens)
+  at_B = jnp.array([4, 1])
+  some = model.apply({'params': params}, tokens, logits_at_B=at_B)
+  assert some.shape == (2, 1, full.shape[-1])
+  np.testing.assert_allclose(some[:, 0], full[jnp.arange(2), at_B],
+                             atol=1e-5)
+
+
 def test_op_by_op_decoding_writes_what_the_compiled_loop_does():
   model, params = make(**VARIANTS['llama_gqa'])
   kwargs = dict(rng=jax.random.PRNGKey(3), eos_id=None, sampling=(
