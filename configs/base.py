@@ -103,10 +103,11 @@ def get_base_config() -> ml_collections.ConfigDict:
       beam_size=4, length_penalty=0.6, batch_size=64, max_examples=0))
 
   # experiments/benchmark.py: timed train steps after warm-up ones, and
-  # generation of new_tokens after prompts of prompt_len, decode_batch rows.
+  # generation of new_tokens after prompts of prompt_len, decode_batch rows
+  # (the median of decode_repeats timed calls).
   config.bench = ml_collections.ConfigDict(dict(
       steps=10, warmup_steps=2, decode_batch=8, prompt_len=64,
-      new_tokens=128))
+      new_tokens=128, decode_repeats=5))
 
   # Samples of a causal language model at each evaluation (with at_eval):
   # printed, and written to TensorBoard as text (samples/<i>).

@@ -162,7 +162,8 @@ def main(argv):
   if _ONLY.value in ('', 'decode'):
     model.eval()
     generate_s = timing.median_seconds(
-        lambda: model.generate(prompts, bc.new_tokens), repeats=3)
+        lambda: model.generate(prompts, bc.new_tokens),
+        repeats=bc.decode_repeats)
     result.update(generate_s=round(generate_s, 4),
                   decode_tokens_per_s=round(new_tokens / generate_s, 1))
   if _ONLY.value in ('', 'hf'):
@@ -181,7 +182,7 @@ def main(argv):
                           pad_token_id=0, eos_token_id=None)
       assert out.shape[1] == bc.prompt_len + bc.new_tokens
 
-    hf_s = timing.median_seconds(hf_generate, repeats=3)
+    hf_s = timing.median_seconds(hf_generate, repeats=bc.decode_repeats)
     result.update(hf_generate_s=round(hf_s, 4),
                   hf_generate_tokens_per_s=round(new_tokens / hf_s, 1),
                   transformers=transformers.__version__)

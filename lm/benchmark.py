@@ -93,10 +93,10 @@ def measure_train(config: ml_collections.ConfigDict,
   return result
 
 
-def measure_decode(config: ml_collections.ConfigDict,
-                   repeats: int = 3) -> dict:
+def measure_decode(config: ml_collections.ConfigDict) -> dict:
   """Prefill and greedy-generation tokens/s of config.bench's batch of
-  random prompts (median of `repeats` calls after a compiling one).
+  random prompts (median of bench.decode_repeats calls after a compiling
+  one).
 
   decode_tokens_per_s counts the batch's new tokens over the whole
   generate call, prefill included, as peers' generate loops are timed.
@@ -110,16 +110,20 @@ def measure_decode(config: ml_collections.ConfigDict,
   rng = np.random.default_rng(1)
   prompts = rng.integers(3, model_config.vocab_size,
                          (bc.decode_batch, bc.prompt_len)).tolist()
-  cache_len = bc.prompt_len + bc.new_tokens
+  # generate's first decoding phase: the cache its prefill fills.
+  cache_len = decode.cache_phases(bc.prompt_len, bc.new_tokens)[0][0]
 
   @jax.jit
   def prefill(params, tokens_BP):
+    # As generate's prefill: the cache and the last position's logits.
     cache = decode.init_cache(model, tokens_BP.shape[0], cache_len)
+    last_B = jnp.full(tokens_BP.shape[:1], tokens_BP.shape[1] - 1)
     logits, updated = model.apply({'params': params, 'cache': cache},
-                                  tokens_BP, decode=True, mutable=['cache'])
-    return logits[:, -1], updated['cache']
+                                  tokens_BP, decode=True, logits_at_B=last_B,
+                                  mutable=['cache'])
+    return logits[:, 0], updated['cache']
 
-  timed = lambda fn: timing.median_seconds(fn, repeats)
+  timed = lambda fn: timing.median_seconds(fn, bc.decode_repeats)
 
   tokens = jnp.asarray(prompts, jnp.int32)
   prefill_s = timed(lambda: jax.block_until_ready(prefill(params, tokens)))
