@@ -6,7 +6,9 @@ experiments/benchmark.py and experiments/torch_peer.py time whole steps;
 this says where a difference between them comes from. It times, alone and
 on the same inputs in both frameworks, each matrix product one train step
 of the config's decoder runs (every dense layer's forward product and its
-two backward ones, the output layer's three) and causal attention's
+two backward ones, the output layer's three; each weight gradient as lm
+computes it, through lm.matmul.dense or the tied output layer's einsum)
+and causal attention's
 forward and backward pass (lm.causal_attention.causal_attention against
 `F.scaled_dot_product_attention`). It prints one JSON line per kernel
 (median seconds and GFLOP/s in each, and how many times a step runs it),
@@ -27,6 +29,7 @@ from torch.nn import functional as F
 
 from experiments import cli
 from lm import causal_attention
+from lm import matmul
 from lm import models
 from lm import timing
 
@@ -60,7 +63,7 @@ def _products(config) -> list[dict]:
         dict(kernel=f'{name}/input_gradient', m=tokens, k=d_out, n=d_in,
              layout='nt', count=count),
         dict(kernel=f'{name}/weight_gradient', m=d_in, k=tokens, n=d_out,
-             layout='tn', count=count)]
+             layout='tn', count=count, lm='dense')]
   # A tied output layer multiplies by the [V, D] embedding table: x E^T,
   # dLogits E, dLogits^T x.
   vocab = c.vocab_size
@@ -72,8 +75,24 @@ def _products(config) -> list[dict]:
            n=c.d_model, layout='nn' if tied else 'nt', count=1),
       dict(kernel='output_layer/weight_gradient', m=vocab if tied else
            c.d_model, k=tokens, n=c.d_model if tied else vocab, layout='tn',
-           count=1)]
+           count=1, lm='tied' if tied else 'dense')]
   return products
+
+
+def _lm_weight_gradient(how: str):
+  """[K, M] x [K, N] -> [M, N] the way lm's train step gets it: the
+  gradient of lm.matmul.dense (M inputs, N outputs) or of the tied output
+  layer's einsum (M vocabulary rows, N model width)."""
+  if how == 'dense':
+    def gradient(x_KM, d_y_KN):
+      kernel = jnp.zeros((x_KM.shape[1], d_y_KN.shape[1]), x_KM.dtype)
+      return jax.vjp(lambda w: matmul.dense(x_KM, w), kernel)[1](d_y_KN)[0]
+  else:
+    def gradient(d_logits_KM, x_KN):
+      table = jnp.zeros((d_logits_KM.shape[1], x_KN.shape[1]), x_KN.dtype)
+      return jax.vjp(lambda e: jnp.einsum('td,vd->tv', x_KN, e),
+                     table)[1](d_logits_KM)[0]
+  return gradient
 
 
 def _time_product(p: dict, repeats: int) -> dict:
@@ -83,7 +102,8 @@ def _time_product(p: dict, repeats: int) -> dict:
   lhs = rng.standard_normal(lhs_shape, np.float32)
   rhs = rng.standard_normal(rhs_shape, np.float32)
   contract = _LAYOUTS[p['layout']]
-  product = jax.jit(lambda a, b: lax.dot_general(a, b, (contract, ((), ()))))
+  product = jax.jit(_lm_weight_gradient(p['lm']) if 'lm' in p else
+                    lambda a, b: lax.dot_general(a, b, (contract, ((), ()))))
   a, b = jnp.asarray(lhs), jnp.asarray(rhs)
   jax_s = timing.median_seconds(lambda: product(a, b).block_until_ready(),
                                 repeats)

@@ -4,6 +4,8 @@ import json
 import os
 import platform
 
+import jax
+import numpy as np
 import pytest
 
 from experiments import allocator
@@ -183,6 +185,16 @@ def test_torch_peer_trains_and_decodes_the_same_model():
     assert report[key] > 0, key
 
 
+@pytest.mark.parametrize('how, m, n', [('dense', 8, 24), ('dense', 24, 8),
+                                       ('tied', 40, 8)])
+def test_kernel_peers_weight_gradients_are_x_transposed_times_dy(how, m, n):
+  from experiments import kernel_peers
+  rng = np.random.default_rng(0)
+  x_KM, d_y_KN = (rng.standard_normal((16, d), np.float32) for d in (m, n))
+  got = jax.jit(kernel_peers._lm_weight_gradient(how))(x_KM, d_y_KN)
+  np.testing.assert_allclose(got, x_KM.T @ d_y_KN, rtol=1e-5, atol=1e-5)
+
+
 def test_kernel_peers_times_each_product_of_the_train_step():
   result = run('experiments.kernel_peers', *_TINY_BENCH[:-4],
                '--config.model.num_kv_heads=1', '--repeats=1')
@@ -198,6 +210,8 @@ def test_kernel_peers_times_each_product_of_the_train_step():
       ('forward', 'k'), ('input_gradient', 'k'), ('weight_gradient', 'k'))
          ] == [32, 64, 32]
   assert kernels['output_layer/forward']['layout'] == 'nt'
+  assert kernels['mlp_out/weight_gradient']['lm'] == 'dense'
+  assert kernels['output_layer/weight_gradient']['lm'] == 'tied'
   attention = kernels['causal_attention/forward_and_backward']
   assert (attention['shape'], attention['kv_heads']) == ([2, 16, 2, 16], 1)
   assert len(rows) == 5 * 3 + 3 + 1
