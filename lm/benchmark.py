@@ -110,18 +110,11 @@ def measure_decode(config: ml_collections.ConfigDict) -> dict:
   rng = np.random.default_rng(1)
   prompts = rng.integers(3, model_config.vocab_size,
                          (bc.decode_batch, bc.prompt_len)).tolist()
-  # generate's first decoding phase: the cache its prefill fills.
+  # generate's prefill, into the cache of its first decoding phase.
   cache_len = decode.cache_phases(bc.prompt_len, bc.new_tokens)[0][0]
-
-  @jax.jit
-  def prefill(params, tokens_BP):
-    # As generate's prefill: the cache and the last position's logits.
-    cache = decode.init_cache(model, tokens_BP.shape[0], cache_len)
-    last_B = jnp.full(tokens_BP.shape[:1], tokens_BP.shape[1] - 1)
-    logits, updated = model.apply({'params': params, 'cache': cache},
-                                  tokens_BP, decode=True, logits_at_B=last_B,
-                                  mutable=['cache'])
-    return logits[:, 0], updated['cache']
+  lengths_B = jnp.full((bc.decode_batch,), bc.prompt_len)
+  prefill = jax.jit(lambda params, tokens_BP: decode.prefill(
+      model, params, tokens_BP, lengths_B, cache_len))
 
   timed = lambda fn: timing.median_seconds(fn, bc.decode_repeats)
 

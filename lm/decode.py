@@ -154,23 +154,36 @@ def cache_phases(prompt_len: int, max_new_tokens: int
   return [(prompt_len + last, last) for last in last_steps]
 
 
+def prefill(model: nn.Module, params: Any, tokens_BP, lengths_B,
+            cache_len: int):
+  """Runs the right-padded prompts into a new cache of `cache_len`
+  positions; returns each prompt's last token's logits [B, V] (the only
+  ones projected onto the vocabulary) and the cache."""
+  cache = init_cache(model, tokens_BP.shape[0], cache_len)
+  positions_BP = jnp.broadcast_to(jnp.arange(tokens_BP.shape[1]),
+                                  tokens_BP.shape)
+  logits_B1V, updated = model.apply(
+      {'params': params, 'cache': cache}, tokens_BP, positions_BP,
+      decode=True, logits_at_B=lengths_B - 1, mutable=['cache'])
+  return logits_B1V[:, 0], updated['cache']
+
+
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
 def _generate_jit(model, sampling, eos_id, params, tokens_BP, lengths_B, rng):
   batch, prompt_len = tokens_BP.shape
   max_new = sampling.max_new_tokens
   phases = cache_phases(prompt_len, max_new)
-  cache = init_cache(model, batch, phases[0][0])
 
-  def step(cache, tokens_BL, positions_BL, logits_at_B=None):
+  def step(cache, tokens_BL, positions_BL):
     logits_BLV, updated = model.apply(
         {'params': params, 'cache': cache}, tokens_BL, positions_BL,
-        decode=True, logits_at_B=logits_at_B, mutable=['cache'])
+        decode=True, mutable=['cache'])
     return logits_BLV, updated['cache']
 
-  positions_BP = jnp.broadcast_to(jnp.arange(prompt_len), tokens_BP.shape)
-  last_B1V, cache = step(cache, tokens_BP, positions_BP, lengths_B - 1)
+  last_BV, cache = prefill(model, params, tokens_BP, lengths_B,
+                           phases[0][0])
   rng, first_rng = jax.random.split(rng)
-  token_B = sample_logits(last_B1V[:, 0], first_rng, sampling)
+  token_B = sample_logits(last_BV, first_rng, sampling)
   out_BN = jnp.zeros((batch, max_new), jnp.int32).at[:, 0].set(token_B)
   done_B = token_B == eos_id
   # count_B: how many new tokens each row keeps (its EOS not included).
