@@ -79,10 +79,11 @@ def test_cache_phases_grow_to_the_whole_cache():
       assert phases[-1][1] == new - 1
       first_step = 1
       for end, last_step in phases:
-        # Steps run in order, each once; each writes inside the cache, and
-        # its phase's last step fills it.
-        assert last_step >= first_step and end == prompt_len + last_step or (
-            new == 1 and end == prompt_len)
+        # Steps run in order, each once, inside the phase's cache, and the
+        # phase's last step fills it.
+        if new > 1:
+          assert last_step >= first_step
+        assert end == prompt_len + last_step
         first_step = last_step + 1
 
 
