@@ -14,13 +14,21 @@ style decoder, random weights and random tokens, prints one JSON line:
 - hf_generate_tokens_per_s: the same with `transformers`' GPT2LMHeadModel
   and `generate()` (its own KV cache), same sizes.
 
+`--only=alternate` instead calls lm's `decode.generate` and the KV-cache
+loop in turn, config.bench.decode_repeats rounds in this one process, and
+prints both decode speeds and their ratio: on a machine whose speed drifts
+from second to second (a shared VM), both then meet the same states, where
+two separate runs may not.
+
 torch and transformers come with the test extras (setup.cfg).
 """
 
 import json
 import math
+import statistics
 
 from absl import flags
+import jax
 from ml_collections import config_flags
 import numpy as np
 import torch
@@ -29,12 +37,16 @@ from torch.nn import functional as F
 
 from experiments import allocator
 from experiments import cli
+from lm import decode
+from lm import models
 from lm import timing
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Config file, e.g. configs/bench/gpt_cpu.py.')
-_ONLY = flags.DEFINE_enum('only', '', ['', 'train', 'decode', 'hf'],
-                          'Measure only one of the three.')
+_ONLY = flags.DEFINE_enum(
+    'only', '', ['', 'train', 'decode', 'hf', 'alternate'],
+    "Measure only one of the three, or ('alternate') lm's decoding and the "
+    'PyTorch loop in turn.')
 
 
 class SelfAttention(nn.Module):
@@ -113,6 +125,35 @@ class Gpt(nn.Module):
     return torch.cat(out, 1)
 
 
+def _alternate_decoding(config, model, prompts) -> dict:
+  """Seconds of lm's generate and of the KV-cache loop, called in turn."""
+  cli.setup_jax()
+  bc = config.bench
+  lm_config = models.ModelConfig.from_config(config.model)
+  lm_model = models.build_model(lm_config)
+  params = jax.jit(models.init_params, static_argnums=0)(
+      lm_model, jax.random.key(0))
+  sampling = decode.SamplingConfig(max_new_tokens=bc.new_tokens,
+                                   temperature=0.0)
+  lm_prompts = prompts.tolist()
+  model.eval()
+  times = timing.alternating_seconds({
+      'lm': lambda: decode.generate(
+          lm_model, params, lm_prompts, sampling=sampling,
+          rng=jax.random.key(0), eos_id=None,
+          max_len=lm_config.context_limit),
+      'torch': lambda: model.generate(prompts, bc.new_tokens)},
+                                     rounds=bc.decode_repeats)
+  lm_s, torch_s = (statistics.median(times[k]) for k in ('lm', 'torch'))
+  new_tokens = bc.decode_batch * bc.new_tokens
+  return {'alternate_rounds': bc.decode_repeats,
+          'lm_generate_s': round(lm_s, 4),
+          'lm_decode_tokens_per_s': round(new_tokens / lm_s, 1),
+          'generate_s': round(torch_s, 4),
+          'decode_tokens_per_s': round(new_tokens / torch_s, 1),
+          'lm_over_torch_decode': round(torch_s / lm_s, 2)}
+
+
 def main(argv):
   if len(argv) > 1:
     cli.fail(f'unexpected arguments {argv[1:]}; flags look like --name=value')
@@ -166,6 +207,8 @@ def main(argv):
         repeats=bc.decode_repeats)
     result.update(generate_s=round(generate_s, 4),
                   decode_tokens_per_s=round(new_tokens / generate_s, 1))
+  if _ONLY.value == 'alternate':
+    result.update(_alternate_decoding(config, model, prompts))
   if _ONLY.value in ('', 'hf'):
     import transformers  # pylint: disable=g-import-not-at-top
     hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(

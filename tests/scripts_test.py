@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from experiments import allocator
+from lm import timing
 from tests.cli_helpers import overrides, run
 from tests.conftest import tiny_config
 
@@ -183,6 +184,30 @@ def test_torch_peer_trains_and_decodes_the_same_model():
   for key in ('train_tokens_per_s', 'decode_tokens_per_s',
               'hf_generate_tokens_per_s'):
     assert report[key] > 0, key
+
+
+def test_torch_peer_alternates_lm_and_pytorch_decoding():
+  result = run('experiments.torch_peer', *_TINY_BENCH, '--only=alternate',
+               '--config.bench.decode_repeats=3')
+  assert result.returncode == 0, result.stderr
+  report = json.loads(result.stdout.strip().splitlines()[-1])
+  assert report['alternate_rounds'] == 3
+  assert 'train_tokens_per_s' not in report
+  assert report['lm_decode_tokens_per_s'] > 0
+  assert report['decode_tokens_per_s'] > 0
+  assert report['lm_over_torch_decode'] == pytest.approx(
+      report['lm_decode_tokens_per_s'] / report['decode_tokens_per_s'],
+      abs=0.01)
+
+
+def test_alternating_seconds_times_each_call_in_turn():
+  calls = []
+  times = timing.alternating_seconds(
+      {'a': lambda: calls.append('a'), 'b': lambda: calls.append('b')},
+      rounds=3, warmup=1)
+  assert calls == ['a', 'b'] * 4
+  assert {name: len(t) for name, t in times.items()} == {'a': 3, 'b': 3}
+  assert all(t >= 0 for t in times['a'] + times['b'])
 
 
 @pytest.mark.parametrize('how, m, n', [('dense', 8, 24), ('dense', 24, 8),
