@@ -28,7 +28,6 @@ import math
 import statistics
 
 from absl import flags
-import jax
 from ml_collections import config_flags
 import numpy as np
 import torch
@@ -37,8 +36,7 @@ from torch.nn import functional as F
 
 from experiments import allocator
 from experiments import cli
-from lm import decode
-from lm import models
+from lm import benchmark
 from lm import timing
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -129,19 +127,12 @@ def _alternate_decoding(config, model, prompts) -> dict:
   """Seconds of lm's generate and of the KV-cache loop, called in turn."""
   cli.setup_jax()
   bc = config.bench
-  lm_config = models.ModelConfig.from_config(config.model)
-  lm_model = models.build_model(lm_config)
-  params = jax.jit(models.init_params, static_argnums=0)(
-      lm_model, jax.random.key(0))
-  sampling = decode.SamplingConfig(max_new_tokens=bc.new_tokens,
-                                   temperature=0.0)
+  lm_model, lm_config, params = benchmark.random_decoder(config)
   lm_prompts = prompts.tolist()
   model.eval()
   times = timing.alternating_seconds({
-      'lm': lambda: decode.generate(
-          lm_model, params, lm_prompts, sampling=sampling,
-          rng=jax.random.key(0), eos_id=None,
-          max_len=lm_config.context_limit),
+      'lm': lambda: benchmark.greedy_generate(config, lm_model, lm_config,
+                                              params, lm_prompts),
       'torch': lambda: model.generate(prompts, bc.new_tokens)},
                                      rounds=bc.decode_repeats)
   lm_s, torch_s = (statistics.median(times[k]) for k in ('lm', 'torch'))

@@ -93,6 +93,28 @@ def measure_train(config: ml_collections.ConfigDict,
   return result
 
 
+def random_decoder(config: ml_collections.ConfigDict):
+  """The config's causal decoder with random weights (seed 0): (model, its
+  ModelConfig, params), what the benchmark and its peers generate with."""
+  _check_causal(config)
+  model_config = models.ModelConfig.from_config(config.model)
+  model = models.build_model(model_config)
+  params = jax.jit(models.init_params, static_argnums=0)(
+      model, jax.random.key(0))
+  return model, model_config, params
+
+
+def greedy_generate(config: ml_collections.ConfigDict, model, model_config,
+                    params, prompts: list[list[int]]) -> list[list[int]]:
+  """config.bench.new_tokens greedy tokens after each prompt: the generate
+  call that decode_tokens_per_s times."""
+  sampling = decode.SamplingConfig(max_new_tokens=config.bench.new_tokens,
+                                   temperature=0.0)
+  return decode.generate(model, params, prompts, sampling=sampling,
+                         rng=jax.random.key(0), eos_id=None,
+                         max_len=model_config.context_limit)
+
+
 def measure_decode(config: ml_collections.ConfigDict) -> dict:
   """Prefill and greedy-generation tokens/s of config.bench's batch of
   random prompts (median of bench.decode_repeats calls after a compiling
@@ -101,12 +123,8 @@ def measure_decode(config: ml_collections.ConfigDict) -> dict:
   decode_tokens_per_s counts the batch's new tokens over the whole
   generate call, prefill included, as peers' generate loops are timed.
   """
-  _check_causal(config)
   bc = config.bench
-  model_config = models.ModelConfig.from_config(config.model)
-  model = models.build_model(model_config)
-  params = jax.jit(models.init_params, static_argnums=0)(
-      model, jax.random.key(0))
+  model, model_config, params = random_decoder(config)
   rng = np.random.default_rng(1)
   prompts = rng.integers(3, model_config.vocab_size,
                          (bc.decode_batch, bc.prompt_len)).tolist()
@@ -120,14 +138,10 @@ def measure_decode(config: ml_collections.ConfigDict) -> dict:
 
   tokens = jnp.asarray(prompts, jnp.int32)
   prefill_s = timed(lambda: jax.block_until_ready(prefill(params, tokens)))
-  sampling = decode.SamplingConfig(max_new_tokens=bc.new_tokens,
-                                   temperature=0.0)
   written = []
 
   def generate():
-    written[:] = decode.generate(model, params, prompts, sampling=sampling,
-                                 rng=jax.random.key(0), eos_id=None,
-                                 max_len=model_config.context_limit)
+    written[:] = greedy_generate(config, model, model_config, params, prompts)
 
   generate_s = timed(generate)
   new_tokens = sum(len(row) for row in written)

@@ -11,14 +11,8 @@ def median_seconds(fn: Callable[[], object], repeats: int,
   """Median seconds of `repeats` calls of `fn` after `warmup` untimed ones
   (which compile, fill caches and warm up threads). `fn` must wait for its
   own result (block_until_ready) for the time to mean anything."""
-  for _ in range(warmup):
-    fn()
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
+  return statistics.median(
+      alternating_seconds({'fn': fn}, repeats, warmup)['fn'])
 
 
 def alternating_seconds(fns: dict[str, Callable[[], object]], rounds: int,
