@@ -82,10 +82,13 @@ class Embed(nn.Module):
       rows = rows @ self.projection.astype(self.dtype)
     return rows
 
-  def attend(self, x_BLD):
+  def attend(self, x_BLD, decode: bool = False):
+    """Logits against every row; `decode` lays the product out for a few
+    rows at a time (lm/matmul.py)."""
     if self.factor_dim:
       x_BLD = x_BLD @ self.projection.astype(self.dtype).T
-    return jnp.einsum('bld,vd->blv', x_BLD, self.embedding.astype(self.dtype))
+    return matmul.tied_logits(x_BLD, self.embedding.astype(self.dtype),
+                              decode=decode)
 
 
 class Dense(nn.Module):

@@ -463,13 +463,14 @@ def classification_logits(c: ModelConfig, x_BLD, padding_mask_BL,
       quant=c.quantization, name='classifier')(pooled_BD).astype(jnp.float32)
 
 
-def _output_logits(c: ModelConfig, x_BLD, embed: layers.Embed, bias=None):
+def _output_logits(c: ModelConfig, x_BLD, embed: layers.Embed, bias=None,
+                   decode: bool = False):
   """Tied (the embedding table) or untied ('head') output projection."""
   dtype, param_dtype = _DTYPES[c.dtype], _DTYPES[c.param_dtype]
   if c.tie_embeddings:
     if c.rescale_tied_head:  # T5: the tied table expects d_model**-0.5.
       x_BLD = x_BLD * c.d_model ** -0.5
-    logits_BLV = embed.attend(x_BLD)
+    logits_BLV = embed.attend(x_BLD, decode=decode)
   else:
     logits_BLV = layers.Dense(
         c.vocab_size, ('embed', 'vocab'), use_bias=False, init_std=c.init_std,
@@ -516,7 +517,7 @@ class DecoderOnly(nn.Module):
       return classification_logits(c, x_BLD, padding_mask_BL, deterministic)
     if logits_at_B is not None:
       x_BLD = jnp.take_along_axis(x_BLD, logits_at_B[:, None, None], axis=1)
-    return _output_logits(c, x_BLD, embed)
+    return _output_logits(c, x_BLD, embed, decode=decode)
 
 
 class EncoderOnly(nn.Module):
@@ -642,7 +643,7 @@ class EncoderDecoder(nn.Module):
         cross_mask_BLS=_padding_mask(encoder_mask_BS, tokens_BL.shape[1]),
         deterministic=deterministic, decode=decode,
         ordered_positions=ordered_positions)
-    return _output_logits(self.config, x_BLD, self.embed)
+    return _output_logits(self.config, x_BLD, self.embed, decode=decode)
 
   def __call__(self, encoder_tokens_BS, tokens_BL, encoder_mask_BS=None, *,
                deterministic: bool = True):

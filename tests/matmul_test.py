@@ -1,5 +1,7 @@
-"""The dense product with a hand-laid-out weight gradient equals x @ kernel
-and its autodiff."""
+"""The hand-laid-out products equal the plain ones: the dense product and its
+autodiff, and the tied output layer's logits."""
+
+import re
 
 import jax
 import jax.numpy as jnp
@@ -49,3 +51,36 @@ def test_a_wide_x_is_contracted_over_tokens_without_a_transpose():
   text = _weight_gradient_text(32, 16)
   assert 'optimization_barrier' not in text
   assert 'contracting_dims = [0] x [0]' in text
+
+
+@pytest.mark.parametrize('decode', [False, True])
+def test_tied_logits_equal_the_product_with_the_table(decode):
+  keys = jax.random.split(jax.random.key(1))
+  x_BLD = jax.random.normal(keys[0], (2, 3, 16))
+  table_VD = jax.random.normal(keys[1], (40, 16))
+  got = jax.jit(lambda x, t: matmul.tied_logits(x, t, decode=decode))(
+      x_BLD, table_VD)
+  np.testing.assert_allclose(got, np.asarray(x_BLD) @ np.asarray(table_VD).T,
+                             rtol=1e-5, atol=1e-5)
+
+
+def _computation(text, name):
+  start = text.index(f'%{name} (')
+  return text[start:text.index('\n}', start)]
+
+
+def test_a_decoding_loop_reads_a_transposed_table_copied_once_before_it():
+  def loop(x_BLD, table_VD):
+    def step(_, x_BLD):
+      return x_BLD + matmul.tied_logits(x_BLD, table_VD, decode=True)[..., :16]
+    return jax.lax.fori_loop(0, 5, step, x_BLD)
+
+  text = jax.jit(loop).lower(jnp.ones((2, 1, 16)),
+                             jnp.ones((64, 16))).compile().as_text()
+  body = _computation(text, re.search(r' while\(.*body=%([\w.\-]+)',
+                                      text).group(1))
+  # The loop carries the [D, V] copy and makes none itself.
+  made_in_body = [line for line in body.splitlines()[1:]
+                  if '= f32[16,64]' in line and 'get-tuple-element(' not in line]
+  assert not made_in_body
+  assert 'f32[16,64]' in body
