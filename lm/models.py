@@ -517,7 +517,11 @@ class DecoderOnly(nn.Module):
       return classification_logits(c, x_BLD, padding_mask_BL, deterministic)
     if logits_at_B is not None:
       x_BLD = jnp.take_along_axis(x_BLD, logits_at_B[:, None, None], axis=1)
-    return _output_logits(c, x_BLD, embed, decode=decode)
+    # Decoding steps lay the output layer out for a loop that reuses its table
+    # (lm/matmul.py); a prefill projects once, and bench-gpt's was faster
+    # without that copy: 30.71 -> 30.06 ms (medians of 60 alternating calls).
+    return _output_logits(c, x_BLD, embed,
+                          decode=decode and logits_at_B is None)
 
 
 class EncoderOnly(nn.Module):
