@@ -82,13 +82,13 @@ class Embed(nn.Module):
       rows = rows @ self.projection.astype(self.dtype)
     return rows
 
-  def attend(self, x_BLD, decode: bool = False):
-    """Logits against every row; `decode` lays the product out for a few
-    rows at a time (lm/matmul.py)."""
+  def attend(self, x_BLD, decoding_step: bool = False):
+    """Logits against every row; `decoding_step` lays the product out for
+    one token per row in a decoding loop (lm/matmul.py)."""
     if self.factor_dim:
       x_BLD = x_BLD @ self.projection.astype(self.dtype).T
     return matmul.tied_logits(x_BLD, self.embedding.astype(self.dtype),
-                              decode=decode)
+                              decoding_step=decoding_step)
 
 
 class Dense(nn.Module):

@@ -67,9 +67,10 @@ def _backward(residuals, d_y):
 _transposed_weight_gradient.defvjp(_forward, _backward)
 
 
-def tied_logits(x_BLD, table_VD, *, decode: bool = False):
-  """x [B, L, D] against every row of table [V, D] -> [B, L, V]."""
-  if decode and jax.default_backend() == 'cpu':
+def tied_logits(x_BLD, table_VD, *, decoding_step: bool = False):
+  """x [B, L, D] against every row of table [V, D] -> [B, L, V];
+  `decoding_step`: one token per row, in a loop that reuses the table."""
+  if decoding_step and jax.default_backend() == 'cpu':
     table_DV = jax.lax.optimization_barrier(table_VD.T)
     return jnp.einsum('bld,dv->blv', x_BLD, table_DV)
   return jnp.einsum('bld,vd->blv', x_BLD, table_VD)

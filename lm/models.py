@@ -464,13 +464,13 @@ def classification_logits(c: ModelConfig, x_BLD, padding_mask_BL,
 
 
 def _output_logits(c: ModelConfig, x_BLD, embed: layers.Embed, bias=None,
-                   decode: bool = False):
+                   decoding_step: bool = False):
   """Tied (the embedding table) or untied ('head') output projection."""
   dtype, param_dtype = _DTYPES[c.dtype], _DTYPES[c.param_dtype]
   if c.tie_embeddings:
     if c.rescale_tied_head:  # T5: the tied table expects d_model**-0.5.
       x_BLD = x_BLD * c.d_model ** -0.5
-    logits_BLV = embed.attend(x_BLD, decode=decode)
+    logits_BLV = embed.attend(x_BLD, decoding_step=decoding_step)
   else:
     logits_BLV = layers.Dense(
         c.vocab_size, ('embed', 'vocab'), use_bias=False, init_std=c.init_std,
@@ -521,7 +521,7 @@ class DecoderOnly(nn.Module):
     # (lm/matmul.py); a prefill projects once, and bench-gpt's was faster
     # without that copy: 30.71 -> 30.06 ms (medians of 60 alternating calls).
     return _output_logits(c, x_BLD, embed,
-                          decode=decode and logits_at_B is None)
+                          decoding_step=decode and logits_at_B is None)
 
 
 class EncoderOnly(nn.Module):
@@ -647,7 +647,8 @@ class EncoderDecoder(nn.Module):
         cross_mask_BLS=_padding_mask(encoder_mask_BS, tokens_BL.shape[1]),
         deterministic=deterministic, decode=decode,
         ordered_positions=ordered_positions)
-    return _output_logits(self.config, x_BLD, self.embed, decode=decode)
+    return _output_logits(self.config, x_BLD, self.embed,
+                          decoding_step=decode)
 
   def __call__(self, encoder_tokens_BS, tokens_BL, encoder_mask_BS=None, *,
                deterministic: bool = True):
