@@ -4,29 +4,20 @@ Not a job by itself: presets start from `get_base_config()` and set the model.
 Every key a run can take appears here, so overrides of unknown keys fail.
 """
 
+import dataclasses
+
 import ml_collections
+
+from lm.model import config as model_config
 
 
 def get_base_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
 
-  # Architecture: see lm/models.py ModelConfig for what each key means.
-  config.model = ml_collections.ConfigDict(dict(
-      family='decoder', vocab_size=2048, d_model=256, num_layers=4,
-      num_decoder_layers=0, num_heads=4, num_kv_heads=0, head_dim=0,
-      d_ff=1024, activation='gelu', gated_mlp=False, norm='layernorm',
-      norm_position='pre', norm_eps=1e-5, position='learned', max_len=256,
-      rotary_theta=10_000.0, relative_buckets=32, relative_max_distance=128,
-      scale_queries=True, scale_embeddings=False, embed_norm=False,
-      type_vocab_size=0, pooler=False, mlm_head=True, num_classes=0,
-      pooling='first', tie_embeddings=True,
-      rescale_tied_head=False, use_bias=True, dropout_rate=0.0,
-      init_std=0.02, dtype='float32', param_dtype='float32',
-      scan_layers=False, remat='none', num_experts=0, experts_per_token=2,
-      expert_capacity_factor=1.25, moe_every=1, router_aux_loss=0.01,
-      router_z_loss=0.001, quant='none', quant_group=64, kv_cache='float',
-      lora_rank=0, lora_alpha=16.0, lora_targets=('query', 'value'),
-      share_layers=0, embed_dim=0, attention='xla', attention_block=512))
+  # Architecture: lm/model/config.py ModelConfig holds every key, its
+  # default and what it means; presets override some.
+  config.model = ml_collections.ConfigDict(
+      dataclasses.asdict(model_config.ModelConfig()))
 
   config.data = ml_collections.ConfigDict(dict(
       name='shakespeare',
@@ -51,7 +42,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.optim = ml_collections.ConfigDict(dict(
       name='adamw', learning_rate=3e-3, warmup_steps=100, min_lr_ratio=0.1,
       b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, clip_norm=1.0,
-      # By parameter name (lm/optim.py): regexes of frozen parameters,
+      # By parameter name (lm/train/optim.py): regexes of frozen parameters,
       # (regex, factor) learning-rate scales, layer-wise decay (1: off).
       freeze=(), lr_scale=(), layer_decay=1.0))
 
@@ -91,8 +82,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   # the model has and it lacks (a classification head) start fresh.
   config.init_from = ''
 
-  # DP-SGD (lm/privacy.py): per-example clipping to l2_clip, Gaussian noise
-  # of noise_multiplier * l2_clip; delta 0 means 1 / train examples.
+  # DP-SGD (lm/train/privacy.py): per-example clipping to l2_clip, Gaussian
+  # noise of noise_multiplier * l2_clip; delta 0 means 1 / train examples.
   config.privacy = ml_collections.ConfigDict(dict(
       dp_sgd=False, l2_clip=1.0, noise_multiplier=1.0, delta=0.0))
 

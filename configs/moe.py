@@ -3,7 +3,7 @@
   python -m experiments.train --config=configs/moe.py --workdir=workdirs/moe
 
 Each block's MLP becomes 8 experts of the same size (d_ff 768), of which
-every token uses its top 2 (lm/moe.py), with capacity factor 1.25 and the
+every token uses its top 2 (lm/model/moe.py), with capacity factor 1.25 and the
 Switch load-balancing and router z-losses. Experts shard over the mesh's
 'expert' axis: --config.mesh.shape=1,1,1,8 puts one expert on each of 8
 devices. Log lines carry router_loss and expert_load_max (1.0: every expert

@@ -12,7 +12,7 @@ Presets:
                   and fine-tuned with a classifier on the mean of its outputs
   minilm_scratch  the same architecture and tokenizer from random weights,
                   for the comparison with the same budget
-  lstm            the baseline: a bidirectional LSTM (lm/baselines/lstm.py,
+  lstm            the baseline: a bidirectional LSTM (lm/model/lstm.py,
                   192 units each way) on small's tokenizer, same budget
 
 Results on a 2-core CPU (200 steps of 32 tweets, test split, macro-F1 /

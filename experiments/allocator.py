@@ -1,29 +1,26 @@
 """Scripts restart once with a memory allocator that keeps freed memory.
 
-XLA:CPU allocates a step's temporary buffers anew at every call (about
-800 MB for bench-gpt's train step). glibc's malloc hands blocks that large
-to mmap and back to the kernel when they are freed, so every step faulted
-in fresh pages the kernel had to zero: ~214,000 4 KiB faults and 0.4 s of
-kernel time per 0.84 s step on a 2-core machine. In order of preference:
+XLA:CPU allocates a step's temporary buffers anew at every call. glibc's
+malloc hands blocks that large to mmap and back to the kernel when they are
+freed, so every step faults in fresh pages the kernel has to zero. In order
+of preference:
 
 - mimalloc (pip's cmeel-mimalloc, preloaded), told never to return freed
   memory to the kernel (MIMALLOC_PURGE_DELAY=-1) and to use large pages:
-  no faults after the first step, 5 ms of kernel time a step. bench-gpt's
-  train step, medians of 12 steps in alternating processes: 0.622, 0.639,
-  0.651 s against glibc with huge pages' 0.666, 0.655, 0.671 s.
+  no faults after the first step.
 - glibc with `glibc.malloc.hugetlb=1` (Linux glibc >= 2.35, the kernel's
-  transparent huge pages in 'madvise' mode): ~1,200 faults a step (of 2 MiB
-  pages, still zeroed: 50 ms of kernel time), and every few steps a stall
-  while the kernel compacts memory. Keeping freed memory in glibc instead
-  (mallopt's mmap_max=0) fragmented its heap, which grew by 800 MB every
-  few steps.
+  transparent huge pages in 'madvise' mode): far fewer faults, of 2 MiB
+  pages, and a stall every few steps while the kernel compacts memory.
+  (Keeping freed memory in glibc instead, mallopt's mmap_max=0, fragmented
+  its heap.)
 
 Both are read when a process starts, so the script's process re-executes
 itself with them, before JAX is imported (from experiments/__init__.py,
 only for `python -m experiments.NAME`). LM_ALLOCATOR=glibc skips mimalloc,
 LM_ALLOCATOR=system changes nothing; a process that already preloads
 mimalloc or sets glibc.malloc.hugetlb stays as it is. experiments/benchmark.py
-and experiments/torch_peer.py record what their process ran with.
+and experiments/torch_peer.py record what their process ran with;
+docs/performance.md has the measurements.
 """
 
 import importlib.metadata
@@ -32,8 +29,8 @@ import platform
 import sys
 
 TUNABLE = 'glibc.malloc.hugetlb'
-# Never hand freed memory back (the default purges after 10 ms: ~23,000
-# faults a step again); large OS pages where the kernel gives them.
+# Never hand freed memory back (the default purges it after 10 ms, and the
+# faults come back); large OS pages where the kernel gives them.
 MIMALLOC_OPTIONS = {'MIMALLOC_PURGE_DELAY': '-1',
                     'MIMALLOC_ALLOW_LARGE_OS_PAGES': '1'}
 _THP_MODE = '/sys/kernel/mm/transparent_hugepage/enabled'

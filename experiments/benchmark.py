@@ -4,10 +4,11 @@ r"""Training and generation speed of a config's model, as one JSON line.
   python -m experiments.benchmark --config=configs/bench/gpt_cpu.py \
       --sweep --sweep_out=docs/sweep.jsonl --plot=docs/sweep.png
 
-Random weights and random tokens; see lm/benchmark.py for what is timed.
+Random weights and random tokens; see lm/evaluate/benchmark.py for what is
+timed.
 The line holds the median train-step time and train_tokens_per_s over
 config.bench.steps steps after config.bench.warmup_steps, model FLOPs per
-token (lm/flops.py gives the formula), achieved GFLOP/s, this process's
+token (lm/perf/flops.py gives the formula), achieved GFLOP/s, this process's
 measured matmul peak and the MFU against it (and against the datasheet peak
 on a GPU or TPU), compile time, the train step's peak memory, and
 prefill_tokens_per_s and decode_tokens_per_s of greedy generation.
@@ -27,9 +28,11 @@ from ml_collections import config_flags
 
 from experiments import allocator
 from experiments import cli
-from lm import benchmark
-from lm import flops
-from lm import models
+from lm.evaluate import benchmark
+from lm.model import params as model_params
+from lm.model import registry
+from lm.model.config import ModelConfig
+from lm.perf import flops
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Config file, e.g. configs/bench/gpt_cpu.py.')
@@ -138,7 +141,7 @@ def main(argv):
       cli.fail(f'config.bench.{key}={config.bench[key]} is out of range')
   if _SWEEP.value:
     _ints(_SEQ_LENS), _ints(_LAYER_COUNTS)  # Refused before any work.
-  model_config = models.ModelConfig.from_config(config.model)
+  model_config = ModelConfig.from_config(config.model)
   peak = flops.peak_flops(model_config.dtype)
   if _SWEEP.value:
     points = []
@@ -159,8 +162,8 @@ def main(argv):
   result = {'config': flags.FLAGS['config'].config_filename,
             'device': jax.devices()[0].device_kind,
             'devices': jax.device_count(), 'jax': jax.__version__,
-            'params': models.count_params(models.abstract_params(
-                models.build_model(model_config))),
+            'params': model_params.count_params(model_params.abstract_params(
+                registry.build_model(model_config))),
             'batch_size': config.data.batch_size,
             'seq_len': config.data.seq_len, **allocator.malloc_settings()}
   if _ONLY.value != 'decode':

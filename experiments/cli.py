@@ -83,7 +83,7 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 def get_config(flag: flags.FlagHolder, check_devices: bool = True
                ) -> ml_collections.ConfigDict:
-  """The parsed --config, validated (lm.train.validate_config), or one clear
+  """The parsed --config, validated (lm/train/config.py), or one clear
   error. `check_devices=False` leaves JAX's backend alone, for a process
   that joins a multi-process run after reading its config."""
   path = flags.FLAGS[flag.name].config_filename
@@ -100,10 +100,11 @@ def get_config(flag: flags.FlagHolder, check_devices: bool = True
   if not isinstance(config, ml_collections.ConfigDict) or not config:
     fail(f'could not load --{flag.name}={path}; run it with python to see '
          'why')
-  from lm import train  # pylint: disable=g-import-not-at-top
+  # Imported here: scripts parse flags before JAX starts.
+  from lm.train import config as run_config  # pylint: disable=g-import-not-at-top
   try:
     import jax  # pylint: disable=g-import-not-at-top
-    train.validate_config(  # Every section, before any work.
+    run_config.validate(  # Every section, before any work.
         config, jax.device_count() if check_devices else None)
   except UsageError as e:
     fail(str(e))
@@ -134,7 +135,7 @@ def setup_jax() -> None:
 def _no_background_echo(record) -> bool:
   """Drops logs of an exception raised in orbax's background threads (with
   their tracebacks; orbax and asyncio log them): the same exception reaches
-  the script, where lm.checkpoint reports it in one line."""
+  the script, where lm/io/checkpoint.py reports it in one line."""
   if not record.exc_info or not record.exc_info[1]:
     return True
   frames = traceback.extract_tb(record.exc_info[2])

@@ -16,8 +16,9 @@ kernels, --pattern=unstructured (--sparsity of each kernel) or N:M such as
 'merge_lora': a LoRA-trained workdir's adapters folded into its kernels;
 'deep_compression': the kernels' nonzero weights shared among 2**--bits
 values by k-means, their indices and positions Huffman-coded into one file
-(prune first); it prints the compression ratio from that file's bytes. The source is never changed; the output is a complete
-workdir for generate.py, evaluate.py and --report.
+(prune first); it prints the compression ratio from that file's bytes. The
+source is never changed; the output is a complete workdir for generate.py,
+evaluate.py and --report.
 
 --report prints one JSON line per workdir, then a Markdown table: params on
 disk, weights (and how many are nonzero), validation bits per byte (and the
@@ -31,10 +32,10 @@ from absl import flags
 
 from configs import base
 from experiments import cli
-from lm import checkpoint
 from lm.compress import prune
-from lm.compress import report
 from lm.compress import workdirs
+from lm.evaluate import compression_report as report
+from lm.io import config_file
 
 _METHODS = ('int8', 'int4', 'prune', 'merge_lora', 'deep_compression')
 
@@ -110,7 +111,7 @@ def run_report():
     cli.fail(f'--names has {len(names)} entries for {len(_REPORT.value)} '
              'workdirs in --report')
   for workdir in _REPORT.value:  # Each is checked before any is measured.
-    checkpoint.load_config(workdir)
+    config_file.load_config(workdir)
   cli.setup_jax()
   rows = []
   for name, workdir in zip(names, _REPORT.value):

@@ -16,8 +16,11 @@ import jax
 from ml_collections import config_flags
 
 from experiments import cli
-from lm import decode
-from lm import models
+from lm.infer import generate
+from lm.infer import sampling
+from lm.model import params as model_params
+from lm.model import registry
+from lm.model.config import ModelConfig
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Config file, e.g. configs/default.py[:preset].')
@@ -31,22 +34,21 @@ def main(argv):
   if len(argv) > 1:
     cli.fail(f'unexpected arguments {argv[1:]}; flags look like --name=value')
   cli.setup_jax()
-  model_config = models.ModelConfig.from_config(cli.get_config(_CONFIG).model)
-  if model_config.family != 'decoder':
+  model_config = ModelConfig.from_config(cli.get_config(_CONFIG).model)
+  if not registry.get(model_config.family).generates:
     cli.fail(f'decoding speed is measured on decoder models; this config '
              f'has model.family={model_config.family!r}')
-  model = models.build_model(model_config)
-  params = models.init_params(model, jax.random.key(0))
+  model = registry.build_model(model_config)
+  params = model_params.init_params(model, jax.random.key(0))
   prompt = [[3 + i % (model_config.vocab_size - 3)
              for i in range(_PROMPT_LEN.value)]]
-  kwargs = dict(sampling=decode.SamplingConfig(
+  kwargs = dict(sampling=sampling.SamplingConfig(
       max_new_tokens=_NEW_TOKENS.value, temperature=0.0),
-                rng=jax.random.key(0), eos_id=None,
-                max_len=model_config.context_limit)
+      rng=jax.random.key(0), eos_id=None, max_len=model_config.context_limit)
 
   def timed(**extra):
     start = time.perf_counter()
-    tokens = decode.generate(model, params, prompt, **kwargs, **extra)
+    tokens = generate.generate(model, params, prompt, **kwargs, **extra)
     return time.perf_counter() - start, tokens
 
   first_s, compiled = timed()

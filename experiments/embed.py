@@ -12,8 +12,8 @@ import json
 from absl import flags
 
 from experiments import cli
-from lm import checkpoint
-from lm import embeddings
+from lm import restore
+from lm.infer import embeddings
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A workdir holding an encoder '
                                'model.', required=True)
@@ -25,7 +25,7 @@ def main(argv):
   if len(argv) > 1:
     cli.fail(f'unexpected arguments {argv[1:]}; flags look like --name=value')
   cli.setup_jax()
-  restored = checkpoint.restore(_WORKDIR.value)
+  restored = restore.workdir(_WORKDIR.value)
   vectors = embeddings.embed_texts(restored.model_config, restored.params,
                                    restored.tokenizer, _TEXT.value)
   for text, vector in zip(_TEXT.value, vectors):

@@ -14,7 +14,7 @@ from absl import flags
 
 from configs import base
 from experiments import cli
-from lm import evaluation
+from lm.evaluate import score as evaluation
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A workdir with a checkpoint.',
                                required=True)

@@ -1,7 +1,7 @@
 r"""Continues a prompt with the latest checkpoint of a workdir.
 
   python -m experiments.generate --workdir=workdirs/default --prompt="ROMEO:" \
-      [--max_new_tokens=200 --temperature=0.8 --top_k=40 --top_p=0.95]
+      [--max_new_tokens=100 --temperature=0.8 --top_k=40 --top_p=0.95]
   python -m experiments.generate --workdir=workdirs/smollm2 --chat \
       --prompt="What is the capital of France?"
 
@@ -17,17 +17,21 @@ tokenizer) and prints the assistant's reply.
 from absl import flags
 
 from experiments import cli
-from lm import checkpoint
-from lm import decode
 from lm import sharding
+from lm import restore
+from lm.infer import generate
+from lm.infer import sampling
+
+_DEFAULT_NEW_TOKENS = 200
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A workdir written by '
                                'experiments/train.py.', required=True)
 _PROMPT = flags.DEFINE_string('prompt', None, 'Text to continue.',
                               required=True)
-_MAX_NEW_TOKENS = flags.DEFINE_integer('max_new_tokens', 200,
-                                       'How many tokens to add at most.',
-                                       lower_bound=1)
+_MAX_NEW_TOKENS = flags.DEFINE_integer(
+    'max_new_tokens', None, 'How many tokens to add at most; default: '
+    f'{_DEFAULT_NEW_TOKENS}, or as many as fit in the model\'s context after '
+    'the prompt.', lower_bound=1)
 _TEMPERATURE = flags.DEFINE_float('temperature', 0.8, '0 means greedy.')
 _TOP_K = flags.DEFINE_integer('top_k', 0, 'Sample among the k most likely '
                               'tokens; 0 disables.', lower_bound=0)
@@ -51,10 +55,7 @@ def main(argv):
              '--prompt="ROMEO:"')
   cli.setup_jax()
   workdir = _WORKDIR.value
-  restored = checkpoint.restore(workdir)
-  sampling = decode.SamplingConfig(
-      max_new_tokens=_MAX_NEW_TOKENS.value, temperature=_TEMPERATURE.value,
-      top_k=_TOP_K.value, top_p=_TOP_P.value)
+  restored = restore.workdir(workdir)
   prompt = _PROMPT.value
   if _CHAT.value:
     if not hasattr(restored.tokenizer, 'apply_chat_template'):
@@ -62,6 +63,10 @@ def main(argv):
                'models do); drop --chat')
     prompt = restored.tokenizer.apply_chat_template(
         [{'role': 'user', 'content': prompt}])
+  settings = sampling.SamplingConfig(
+      max_new_tokens=_MAX_NEW_TOKENS.value or _default_new_tokens(
+          restored, prompt),
+      temperature=_TEMPERATURE.value, top_k=_TOP_K.value, top_p=_TOP_P.value)
   mesh = None
   if _MESH.value:
     try:
@@ -70,11 +75,21 @@ def main(argv):
       cli.fail(f'--mesh={",".join(_MESH.value)} must be integers, e.g. '
                '--mesh=1,1,8')
     mesh = sharding.make_mesh(shape)
-  text = decode.complete(restored.model_config, restored.params,
-                         restored.tokenizer, [prompt], sampling,
-                         _SEED.value, mesh=mesh, jit=not _NO_JIT.value)[0]
+  text = generate.complete(restored.model_config, restored.params,
+                           restored.tokenizer, [prompt], settings,
+                           _SEED.value, mesh=mesh, jit=not _NO_JIT.value)[0]
   print(f'[{workdir} at step {restored.step}]')
   print(text.strip() if _CHAT.value else prompt + text)
+
+
+def _default_new_tokens(restored: restore.Restored, prompt: str) -> int:
+  """_DEFAULT_NEW_TOKENS, or fewer where the model's context ends sooner."""
+  room = (restored.model_config.max_len
+          - len(restored.tokenizer.encode(prompt)))
+  if room < 1:
+    cli.fail(f'the prompt fills the model\'s context of '
+             f'{restored.model_config.max_len} tokens; shorten it')
+  return min(_DEFAULT_NEW_TOKENS, room)
 
 
 if __name__ == '__main__':

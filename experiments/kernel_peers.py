@@ -7,9 +7,9 @@ this says where a difference between them comes from. It times, alone and
 on the same inputs in both frameworks, each matrix product one train step
 of the config's decoder runs (every dense layer's forward product and its
 two backward ones, the output layer's three; each weight gradient as lm
-computes it, through lm.matmul.dense or the tied output layer's einsum)
+computes it, through lm.kernels.matmul.dense or the tied output layer's einsum)
 and causal attention's
-forward and backward pass (lm.causal_attention.causal_attention against
+forward and backward pass (lm.kernels.causal_attention.causal_attention against
 `F.scaled_dot_product_attention`). It prints one JSON line per kernel
 (median seconds and GFLOP/s in each, and how many times a step runs it),
 then a summary line: the seconds per step both spend in matrix products and
@@ -28,10 +28,10 @@ import torch
 from torch.nn import functional as F
 
 from experiments import cli
-from lm import causal_attention
-from lm import matmul
-from lm import models
-from lm import timing
+from lm.kernels import causal_attention
+from lm.kernels import matmul
+from lm.model.config import ModelConfig
+from lm.perf import timing
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Config file, e.g. configs/bench/gpt_cpu.py.')
@@ -46,7 +46,7 @@ _LAYOUTS = {'nn': ((1,), (0,)), 'nt': ((1,), (1,)), 'tn': ((0,), (0,))}
 def _products(config) -> list[dict]:
   """Each matrix product of one train step: [M, K] x [K, N], its layout and
   how many times the step runs it."""
-  c = models.ModelConfig.from_config(config.model)
+  c = ModelConfig.from_config(config.model)
   tokens = config.data.batch_size * config.data.seq_len
   depth, width = c.num_layers, c.head_width
   mlp_inputs = 2 if c.gated_mlp else 1
@@ -81,8 +81,8 @@ def _products(config) -> list[dict]:
 
 def _lm_weight_gradient(how: str):
   """[K, M] x [K, N] -> [M, N] the way lm's train step gets it: the
-  gradient of lm.matmul.dense (M inputs, N outputs) or of the tied output
-  layer's einsum (M vocabulary rows, N model width)."""
+  gradient of lm.kernels.matmul.dense (M inputs, N outputs) or of the tied
+  output layer's einsum (M vocabulary rows, N model width)."""
   if how == 'dense':
     def gradient(x_KM, d_y_KN):
       kernel = jnp.zeros((x_KM.shape[1], d_y_KN.shape[1]), x_KM.dtype)
@@ -116,7 +116,7 @@ def _time_product(p: dict, repeats: int) -> dict:
 
 def _time_attention(config, repeats: int) -> dict:
   """Causal attention, forward and backward, on the config's shapes."""
-  c = models.ModelConfig.from_config(config.model)
+  c = ModelConfig.from_config(config.model)
   shape = (config.data.batch_size, config.data.seq_len, c.num_heads,
            c.head_width)
   kv_shape = shape[:2] + (c.kv_heads, c.head_width)

@@ -16,7 +16,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from experiments import cli
-from lm import train
+from lm.train.trainer import Trainer
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Config file, e.g. configs/default.py[:preset].')
@@ -38,7 +38,7 @@ def main(argv):
                'loop or scan and REMAT none, dots or full')
     config.model.update(scan_layers=layers == 'scan', remat=remat)
     start = time.perf_counter()
-    sizes = train.Trainer(config).step_memory()
+    sizes = Trainer(config).step_memory()
     print(json.dumps({
         'variant': variant, 'num_layers': config.model.num_layers,
         'batch_size': config.data.batch_size,

@@ -2,7 +2,7 @@ r"""The Kneser-Ney n-gram baseline on a config's data and tokenizer.
 
   python -m experiments.ngram_baseline --config=configs/default.py --order=4
 
-Counts the train split's token stream (lm/baselines/ngram.py) and scores
+Counts the train split's token stream (lm/evaluate/ngram.py) and scores
 the validation stream exactly as training evaluates a Transformer on it:
 the same tokenizer, documents joined with EOS, every token after the first
 predicted. Prints one JSON line: loss (nats/token), perplexity,
@@ -18,9 +18,9 @@ from ml_collections import config_flags
 import numpy as np
 
 from experiments import cli
-from lm.baselines import ngram
 from lm.data import datasets
 from lm.data import pipeline
+from lm.evaluate import ngram
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'A config whose data section to use.')

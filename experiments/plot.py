@@ -12,7 +12,7 @@ import os
 from absl import flags
 
 from experiments import cli
-from lm import curves
+from lm.evaluate import curves
 
 _WORKDIRS = flags.DEFINE_multi_string('workdir', None, 'A run to draw; repeat '
                                       'the flag to compare runs.',

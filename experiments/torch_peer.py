@@ -14,7 +14,7 @@ style decoder, random weights and random tokens, prints one JSON line:
 - hf_generate_tokens_per_s: the same with `transformers`' GPT2LMHeadModel
   and `generate()` (its own KV cache), same sizes.
 
-`--only=alternate` instead calls lm's `decode.generate` and the KV-cache
+`--only=alternate` instead calls lm's `generate.generate` and the KV-cache
 loop in turn, config.bench.decode_repeats rounds in this one process, and
 prints both decode speeds and their ratio: on a machine whose speed drifts
 from second to second (a shared VM), both then meet the same states, where
@@ -36,8 +36,8 @@ from torch.nn import functional as F
 
 from experiments import allocator
 from experiments import cli
-from lm import benchmark
-from lm import timing
+from lm.evaluate import benchmark
+from lm.perf import timing
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Config file, e.g. configs/bench/gpt_cpu.py.')

@@ -26,10 +26,10 @@ from ml_collections import config_flags
 
 from configs import base
 from experiments import cli
-from lm import evaluation
-from lm import preemption
 from lm import progress
-from lm import train
+from lm.evaluate import score as evaluation
+from lm.io import preemption
+from lm.train import loop
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Config file, e.g. configs/default.py[:preset].')
@@ -72,7 +72,7 @@ def main(argv):
   if primary:
     print(config, flush=True)
   try:
-    final = train.train_and_evaluate(
+    final = loop.train_and_evaluate(
         config, workdir, log=lambda line: print(line, flush=True),
         progress=progress.for_output() if primary else None)
   except preemption.Preempted as stopped:

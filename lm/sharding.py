@@ -10,7 +10,7 @@ parameters and large activations logically ('embed', 'mlp', 'heads', ...);
   tensor  Megatron-style tensor parallelism: attention heads and the MLP's
           hidden units are split, so the first matmul of each pair is
           column-parallel and the second row-parallel; the vocabulary too
-  expert  mixture-of-experts experts (lm/moe.py); other layers use it as
+  expert  mixture-of-experts experts (lm/model/moe.py); other layers use it as
           one more batch axis
 
 Any combination works: `mesh.shape=(2, 2, 2, 1)` is data x fsdp x tensor x

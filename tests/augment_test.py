@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from lm.data import augment
+from lm.data import config as data_config
 from lm.data import classification
 from lm.data import tokenizers
 from lm.errors import UsageError
@@ -54,9 +55,10 @@ def test_token_mask_spares_bos_and_eos():
   assert abs(masked - 0.25) < 0.04
 
 
-def test_rates_outside_zero_one_are_refused():
+def test_rates_outside_zero_one_are_refused(tiny):
+  tiny.data.augment.swap = 1.5
   with pytest.raises(UsageError, match=r'data.augment.swap must be in \[0, 1\)'):
-    augmenter(swap=1.5)
+    data_config.validate(tiny.data)
 
 
 def test_pipeline_augments_training_only_and_reproducibly(tiny):

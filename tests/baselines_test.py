@@ -6,10 +6,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lm import models
-from lm import train
-from lm.baselines import ngram
 from lm.errors import UsageError
+from lm.evaluate import ngram
+from lm.model import params as model_params
+from lm.model import registry
+from lm.model.config import ModelConfig
+from lm.train import loop
 from tests import finetune_test
 
 
@@ -47,11 +49,11 @@ def test_an_unseen_token_keeps_some_probability(stream):
 
 
 def lstm_model(**overrides):
-  config = models.ModelConfig.from_config({**dict(
+  config = ModelConfig.from_config({**dict(
       family='lstm', vocab_size=30, d_model=16, num_layers=2, num_classes=3,
       pooling='mean'), **overrides})
-  model = models.build_model(config)
-  return model, models.init_params(model, jax.random.PRNGKey(0))
+  model = registry.build_model(config)
+  return model, model_params.init_params(model, jax.random.PRNGKey(0))
 
 
 @pytest.mark.parametrize('pooling', ['mean', 'last', 'first'])
@@ -79,6 +81,6 @@ def test_lstm_baseline_trains_through_the_same_harness(tiny, tmp_path):
       tiny, family='lstm', num_layers=1, pooling='mean')
   config.train.update(num_steps=30, eval_every=30, checkpoint_every=30)
   config.optim.learning_rate = 1e-2
-  final = train.train_and_evaluate(config, str(tmp_path))
+  final = loop.train_and_evaluate(config, str(tmp_path))
   assert final['loss'] < np.log(3)  # better than a uniform guess
   assert 0 < final['macro_f1'] < 1

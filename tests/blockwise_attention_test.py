@@ -5,8 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lm import models
-from lm.blockwise_attention import blockwise_attention
+from lm.kernels.blockwise_attention import blockwise_attention
+from lm.model import params as model_params
+from lm.model import registry
+from lm.model.config import ModelConfig
 
 _SMALL = dict(vocab_size=64, d_model=32, num_layers=2, num_heads=4,
               num_kv_heads=2, d_ff=64, max_len=64)
@@ -59,15 +61,15 @@ def test_values_and_gradients_equal_dot_product_attention(causal,
     ('encoder_decoder', dict(position='relative', norm='rmsnorm')),
 ])
 def test_models_compute_the_same_logits_in_blocks(family, extra):
-  config = models.ModelConfig(family=family, **_SMALL, **extra)
-  model = models.build_model(config)
-  blocked = models.build_model(models.ModelConfig(
+  config = ModelConfig(family=family, **_SMALL, **extra)
+  model = registry.build_model(config)
+  blocked = registry.build_model(ModelConfig(
       family=family, attention='blockwise', attention_block=8, **_SMALL,
       **extra))
-  params = models.init_params(model, jax.random.key(0))
+  params = model_params.init_params(model, jax.random.key(0))
   tokens = jax.random.randint(jax.random.key(1), (2, 21), 1, 64)
   tokens = tokens.at[1, 15:].set(0)  # Padding in the encoder's input.
-  inputs = models.model_inputs(model, {'inputs': tokens,
+  inputs = model_params.model_inputs(model, {'inputs': tokens,
                                        'encoder_inputs': tokens})
   np.testing.assert_allclose(
       jax.jit(blocked.apply)({'params': params}, **inputs),
@@ -75,11 +77,11 @@ def test_models_compute_the_same_logits_in_blocks(family, extra):
 
 
 def _train_step_temp_bytes(attention: str, seq_len: int) -> int:
-  config = models.ModelConfig(**{**_SMALL, 'num_layers': 1,
+  config = ModelConfig(**{**_SMALL, 'num_layers': 1,
                                  'max_len': seq_len}, attention=attention,
                               attention_block=64)
-  model = models.build_model(config)
-  params = models.abstract_params(model)
+  model = registry.build_model(config)
+  params = model_params.abstract_params(model)
   tokens = jax.ShapeDtypeStruct((1, seq_len), jnp.int32)
   step = jax.jit(jax.grad(lambda p, t: model.apply({'params': p}, t).sum()))
   return step.lower(params, tokens).compile().memory_analysis(

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lm import causal_attention
+from lm.kernels import causal_attention
 
 BATCH, LENGTH, HEADS, WIDTH = 2, 200, 6, 16
 

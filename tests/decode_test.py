@@ -5,9 +5,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lm import decode
-from lm import models
 from lm.errors import UsageError
+from lm.infer import beam_search
+from lm.infer import generate
+from lm.infer import sampling
+from lm.model import params as model_params
+from lm.model import registry
+from lm.model.config import ModelConfig
 from tests.models_test import VARIANTS, make
 
 
@@ -19,7 +23,7 @@ def test_prefill_then_cached_steps_equal_full_forward(variant):
   full = jax.jit(model.apply)({'params': params}, sequence)
   lengths = np.array([5, 2])
   prompt = np.where(np.arange(5) < lengths[:, None], sequence[:, :5], 0)
-  cache = decode.init_cache(model, batch=2, cache_len=12)
+  cache = generate.init_cache(model, batch=2, cache_len=12)
   cached_apply = jax.jit(
       lambda variables, tokens, positions: model.apply(
           variables, tokens, positions, decode=True, mutable=['cache']))
@@ -44,8 +48,8 @@ def assert_greedy_decoding_matches_full_forward(model, params, steps=6):
   """generate's greedy tokens == argmax of uncached passes, token by token,
   for ragged prompts."""
   prompts = [[5, 9, 3], [7]]
-  new = decode.generate(model, params, prompts, rng=jax.random.PRNGKey(0),
-                        sampling=decode.SamplingConfig(max_new_tokens=steps,
+  new = generate.generate(model, params, prompts, rng=jax.random.PRNGKey(0),
+                        sampling=sampling.SamplingConfig(max_new_tokens=steps,
                                                        temperature=0.0),
                         eos_id=None)
   # One compiled pass at a fixed length: the causal model never sees the
@@ -68,14 +72,14 @@ def test_greedy_generate_equals_repeated_argmax_of_full_forward():
 def test_cache_phases_grow_to_the_whole_cache():
   # bench-gpt: a 64-token prompt and 128 new tokens read 143 positions a
   # step on average instead of 192.
-  assert decode.cache_phases(64, 128) == [(96, 32), (128, 64), (160, 96),
+  assert generate.cache_phases(64, 128) == [(96, 32), (128, 64), (160, 96),
                                           (191, 127)]
   # A short generation keeps one phase (one compiled loop body).
-  assert decode.cache_phases(5, 8) == [(12, 7)]
-  assert decode.cache_phases(10, 1) == [(10, 0)]
+  assert generate.cache_phases(5, 8) == [(12, 7)]
+  assert generate.cache_phases(10, 1) == [(10, 0)]
   for prompt_len in (1, 7, 64):
     for new in (1, 2, 31, 33, 48, 49, 64, 97, 128, 200):
-      phases = decode.cache_phases(prompt_len, new)
+      phases = generate.cache_phases(prompt_len, new)
       assert phases[-1][1] == new - 1
       first_step = 1
       for end, last_step in phases:
@@ -88,8 +92,8 @@ def test_cache_phases_grow_to_the_whole_cache():
 
 
 def test_decoding_in_cache_phases_equals_full_forward(monkeypatch):
-  monkeypatch.setattr(decode, '_MIN_PHASE_STEPS', 2)
-  assert decode.cache_phases(3, 7) == [(5, 2), (7, 4), (9, 6)]
+  monkeypatch.setattr(generate, '_MIN_PHASE_STEPS', 2)
+  assert generate.cache_phases(3, 7) == [(5, 2), (7, 4), (9, 6)]
   assert_greedy_decoding_matches_full_forward(
       *make(**VARIANTS['llama_gqa']), steps=7)
 
@@ -108,77 +112,77 @@ def test_logits_at_one_position_per_row_equal_the_full_logits():
 def test_op_by_op_decoding_writes_what_the_compiled_loop_does():
   model, params = make(**VARIANTS['llama_gqa'])
   kwargs = dict(rng=jax.random.PRNGKey(3), eos_id=None, sampling=(
-      decode.SamplingConfig(max_new_tokens=4, temperature=0.7, top_k=5)))
+      sampling.SamplingConfig(max_new_tokens=4, temperature=0.7, top_k=5)))
   prompts = [[5, 9, 3], [7]]
-  assert decode.generate(model, params, prompts, jit=False,
-                         **kwargs) == decode.generate(model, params, prompts,
+  assert generate.generate(model, params, prompts, jit=False,
+                         **kwargs) == generate.generate(model, params, prompts,
                                                       **kwargs)
 
 
 def test_generation_stops_at_eos():
   model, params = make()
-  sampling = decode.SamplingConfig(max_new_tokens=6, temperature=0.0)
-  free = decode.generate(model, params, [[4, 2]], rng=jax.random.PRNGKey(0),
-                         sampling=sampling, eos_id=None)[0]
-  stopped = decode.generate(model, params, [[4, 2]], rng=jax.random.PRNGKey(0),
-                            sampling=sampling, eos_id=free[2])[0]
+  settings = sampling.SamplingConfig(max_new_tokens=6, temperature=0.0)
+  free = generate.generate(model, params, [[4, 2]], rng=jax.random.PRNGKey(0),
+                         sampling=settings, eos_id=None)[0]
+  stopped = generate.generate(model, params, [[4, 2]], rng=jax.random.PRNGKey(0),
+                            sampling=settings, eos_id=free[2])[0]
   assert stopped == free[:free.index(free[2])]
 
 
 def test_top_k_keeps_only_the_k_best_tokens():
   logits = jnp.log(jnp.array([[0.1, 0.2, 0.3, 0.4]]))
-  sampling = decode.SamplingConfig(temperature=1.0, top_k=2)
-  draws = {int(decode.sample_logits(logits, jax.random.PRNGKey(i), sampling)[0])
+  settings = sampling.SamplingConfig(temperature=1.0, top_k=2)
+  draws = {int(sampling.sample_logits(logits, jax.random.PRNGKey(i), settings)[0])
            for i in range(100)}
   assert draws == {2, 3}
 
 
 def test_top_p_keeps_the_smallest_set_reaching_p():
   logits = jnp.log(jnp.array([[0.05, 0.15, 0.3, 0.5]]))
-  sampling = decode.SamplingConfig(temperature=1.0, top_p=0.7)
-  draws = {int(decode.sample_logits(logits, jax.random.PRNGKey(i), sampling)[0])
+  settings = sampling.SamplingConfig(temperature=1.0, top_p=0.7)
+  draws = {int(sampling.sample_logits(logits, jax.random.PRNGKey(i), settings)[0])
            for i in range(100)}
   assert draws == {2, 3}
 
 
 def test_temperature_zero_is_argmax():
   logits = jnp.array([[0.1, 3.0, 0.2], [2.0, 0.0, 1.0]])
-  out = decode.sample_logits(logits, jax.random.PRNGKey(0),
-                             decode.SamplingConfig(temperature=0.0))
+  out = sampling.sample_logits(logits, jax.random.PRNGKey(0),
+                             sampling.SamplingConfig(temperature=0.0))
   np.testing.assert_array_equal(out, [1, 0])
 
 
 def test_prompt_longer_than_context_is_a_clear_error():
   model, params = make()
   with pytest.raises(UsageError, match='exceeds the model'):
-    decode.generate(model, params, [[1] * 10], rng=jax.random.PRNGKey(0),
-                    sampling=decode.SamplingConfig(max_new_tokens=10),
+    generate.generate(model, params, [[1] * 10], rng=jax.random.PRNGKey(0),
+                    sampling=sampling.SamplingConfig(max_new_tokens=10),
                     eos_id=None, max_len=16)
 
 
 def test_empty_prompt_is_a_clear_error():
   model, params = make()
   with pytest.raises(UsageError, match='empty'):
-    decode.generate(model, params, [[]], rng=jax.random.PRNGKey(0),
-                    sampling=decode.SamplingConfig(), eos_id=None)
+    generate.generate(model, params, [[]], rng=jax.random.PRNGKey(0),
+                    sampling=sampling.SamplingConfig(), eos_id=None)
 
 
 @pytest.mark.parametrize('bad', [dict(max_new_tokens=0), dict(top_p=0.0),
                                  dict(top_k=-1), dict(temperature=-1.0)])
 def test_bad_sampling_settings_are_rejected(bad):
   with pytest.raises(UsageError):
-    decode.SamplingConfig(**bad).validate()
+    sampling.SamplingConfig(**bad).validate()
 
 
 # ------------------------------------------------- encoder-decoder models ----
 
 
 def seq2seq_model(position, vocab_size=40):
-  config = models.ModelConfig(
+  config = ModelConfig(
       family='encoder_decoder', vocab_size=vocab_size, d_model=32,
       num_layers=2, num_heads=2, d_ff=64, position=position, max_len=32)
-  model = models.build_model(config)
-  params = models.init_params(model, jax.random.PRNGKey(1))
+  model = registry.build_model(config)
+  params = model_params.init_params(model, jax.random.PRNGKey(1))
   # Larger weights make peaked, varied next-token distributions.
   return model, jax.tree.map(lambda x: 6 * x, params)
 
@@ -204,7 +208,7 @@ def test_cached_beam_of_one_equals_full_forward_greedy(position):
   model, params = seq2seq_model(position)
   forward = jax.jit(model.apply)
   sources = [[3, 4, 5, 6], [7, 8, 9], [10]]
-  got = decode.translate(model, params, sources, max_new_tokens=8, bos_id=1,
+  got = beam_search.translate(model, params, sources, max_new_tokens=8, bos_id=1,
                          eos_id=2, beam_size=1)
   for source, tokens in zip(sources, got):
     expected = []
@@ -241,7 +245,7 @@ def test_wide_beam_finds_the_most_likely_output():
   for prefix, score in frontier:  # cut off by the length limit
     if score > best_score:
       best_score, best = score, prefix
-  got = decode.translate(model, params, [source], max_new_tokens=steps,
+  got = beam_search.translate(model, params, [source], max_new_tokens=steps,
                          bos_id=1, eos_id=eos, beam_size=vocab ** 2,
                          length_penalty=0.0)
   assert got == [best]

@@ -3,11 +3,14 @@
 import jax
 import numpy as np
 
-from lm import checkpoint
-from lm import models
+from lm import restore
 from lm.compress import deep_compression
 from lm.compress import prune
 from lm.compress import workdirs
+from lm.io import layout
+from lm.model import params as model_params
+from lm.model import registry
+from lm.model.config import ModelConfig
 
 
 def test_huffman_round_trip_and_shorter_codes_for_frequent_symbols():
@@ -37,9 +40,9 @@ def test_kmeans_finds_well_separated_clusters():
 
 
 def test_the_file_holds_the_pruned_shared_weights():
-  config = models.ModelConfig(vocab_size=64, d_model=32, num_layers=1,
+  config = ModelConfig(vocab_size=64, d_model=32, num_layers=1,
                               num_heads=4, d_ff=64)
-  params = models.init_params(models.build_model(config), jax.random.key(0))
+  params = model_params.init_params(registry.build_model(config), jax.random.key(0))
   pruned = prune.prune_params(params, prune.PruneConfig(pattern='2:4'),
                               prune.input_axes(config))
   data, stats = deep_compression.encode(pruned, bits=4)
@@ -64,12 +67,12 @@ def test_a_deep_compressed_workdir_decodes_to_its_checkpoint(float_workdir,
                          prune.PruneConfig(pattern='unstructured',
                                            sparsity=0.7))
   stats = workdirs.deep_compress_workdir(pruned, output, bits=4)
-  with open(f'{output}/{deep_compression.FILE_NAME}', 'rb') as f:
+  with open(f'{output}/{layout.DEEP_COMPRESSION}', 'rb') as f:
     data = f.read()
   assert stats['compressed_bytes'] == len(data)
   # Norms, biases and the file's headers weigh in a model this small; the
   # pruned, shared, coded kernels and embeddings shrink far more.
   assert stats['ratio'] > 4 and stats['coded_ratio'] > 8, stats
-  restored = checkpoint.restore(output).params
+  restored = restore.workdir(output).params
   jax.tree.map(np.testing.assert_array_equal, restored,
                deep_compression.decode(data))

@@ -5,10 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lm import checkpoint
-from lm import train
+from lm import restore
 from lm.compress import distill
 from lm.errors import UsageError
+from lm.train import loop
 from tests.conftest import tiny_config
 
 
@@ -35,13 +35,13 @@ def test_a_student_learns_from_its_teacher(float_workdir, data_dir, tmp_path):
   config.distill.update(teacher=float_workdir, alpha=1.0, temperature=1.0)
   config.train.update(num_steps=20, log_every=5)
   lines = []
-  final = train.train_and_evaluate(config, str(tmp_path), log=lines.append)
+  final = loop.train_and_evaluate(config, str(tmp_path), log=lines.append)
   soft = [float(line.split('soft_loss ')[1].split()[0]) for line in lines
           if 'soft_loss' in line]
   assert len(soft) == 4 and soft[-1] < 0.8 * soft[0], soft
   assert np.isfinite(final['loss'])
   # The student's workdir evaluates without its teacher.
-  assert checkpoint.restore(str(tmp_path)).model_config.num_layers == 1
+  assert restore.workdir(str(tmp_path)).model_config.num_layers == 1
 
 
 def test_a_teacher_with_another_vocabulary_is_refused(float_workdir,
@@ -50,4 +50,4 @@ def test_a_teacher_with_another_vocabulary_is_refused(float_workdir,
   config.model.vocab_size = 300
   config.distill.teacher = float_workdir
   with pytest.raises(UsageError, match='same vocabulary'):
-    train.train_and_evaluate(config, str(tmp_path))
+    loop.train_and_evaluate(config, str(tmp_path))

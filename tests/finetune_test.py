@@ -6,10 +6,11 @@ import jax
 import numpy as np
 import pytest
 
-from lm import checkpoint
-from lm import evaluation
-from lm import train
+from lm import restore
 from lm.errors import UsageError
+from lm.evaluate import score
+from lm.train import loop
+from lm.train.trainer import Trainer
 
 ENCODER = dict(family='encoder', norm_position='post', embed_norm=True,
                num_kv_heads=0)
@@ -28,7 +29,7 @@ def classifier_config(config, **model):
 def test_classifier_trains_and_reports_f1(tiny, tmp_path, model):
   config = classifier_config(tiny, **model)
   lines = []
-  final = train.train_and_evaluate(config, str(tmp_path), log=lines.append)
+  final = loop.train_and_evaluate(config, str(tmp_path), log=lines.append)
   assert set(final) == {'loss', 'accuracy', 'macro_f1', 'macro_precision',
                         'macro_recall'}
   assert final['loss'] < np.log(3)  # better than a uniform guess
@@ -41,50 +42,52 @@ def test_init_from_copies_the_backbone_and_adds_a_head(tiny, tmp_path):
   pretrain.model.update(vocab_size=261, **ENCODER)
   pretrain.data.objective = 'masked'
   pretrain.train.update(num_steps=3, eval_every=3, checkpoint_every=3)
-  train.train_and_evaluate(pretrain, str(tmp_path / 'mlm'))
+  loop.train_and_evaluate(pretrain, str(tmp_path / 'mlm'))
 
   config = classifier_config(tiny, vocab_size=261, **ENCODER)
   config.init_from = str(tmp_path / 'mlm')
   config.train.update(num_steps=3, eval_every=3, checkpoint_every=3)
-  trainer = train.Trainer(config)
+  trainer = Trainer(config)
   state, message = trainer.init_from(config.init_from)
   assert 'new: classifier/bias, classifier/kernel' in message
   source = flax.traverse_util.flatten_dict(
-      checkpoint.restore(str(tmp_path / 'mlm')).params, sep='/')
+      restore.workdir(str(tmp_path / 'mlm')).params, sep='/')
   started = flax.traverse_util.flatten_dict(state.params, sep='/')
   for name, value in source.items():
     np.testing.assert_array_equal(np.asarray(started[name]),
                                   np.asarray(value), err_msg=name)
   lines = []
-  train.train_and_evaluate(config, str(tmp_path / 'cls'), log=lines.append)
+  loop.train_and_evaluate(config, str(tmp_path / 'cls'), log=lines.append)
   assert any(line.startswith('Initialized from') for line in lines)
 
 
 def test_init_from_another_architecture_is_refused(tiny, tmp_path):
   tiny.train.update(num_steps=3, eval_every=3, checkpoint_every=3)
-  train.train_and_evaluate(tiny, str(tmp_path / 'lm'))  # d_model 32
+  loop.train_and_evaluate(tiny, str(tmp_path / 'lm'))  # d_model 32
   config = classifier_config(tiny, pooling='last', d_model=48)
   config.init_from = str(tmp_path / 'lm')
   with pytest.raises(UsageError, match='model.d_model=32'):
-    train.train_and_evaluate(config, str(tmp_path / 'cls'))
+    loop.train_and_evaluate(config, str(tmp_path / 'cls'))
 
 
 def test_wrong_number_of_classes_is_refused(tiny, tmp_path):
   config = classifier_config(tiny, pooling='last')
   config.model.num_classes = 2
   with pytest.raises(UsageError, match='has 3 classes'):
-    train.train_and_evaluate(config, str(tmp_path))
+    loop.train_and_evaluate(config, str(tmp_path))
 
 
 def test_padding_does_not_change_the_class_logits(tiny):
   """The pooled vector ignores pad tokens, for every pooling."""
-  from lm import models  # pylint: disable=g-import-not-at-top
+  from lm.model import params as model_params  # pylint: disable=g-import-not-at-top
+  from lm.model import registry  # pylint: disable=g-import-not-at-top
+  from lm.model.config import ModelConfig  # pylint: disable=g-import-not-at-top
   for model_kw in (dict(ENCODER, pooling='mean'), dict(pooling='last'),
                    dict(ENCODER, pooling='first')):
-    config = models.ModelConfig(**{**dict(tiny.model), **model_kw,
+    config = ModelConfig(**{**dict(tiny.model), **model_kw,
                                    'num_classes': 3})
-    model = models.build_model(config)
-    params = models.init_params(model, jax.random.PRNGKey(0))
+    model = registry.build_model(config)
+    params = model_params.init_params(model, jax.random.PRNGKey(0))
     tokens = np.array([[5, 6, 7, 8]])
     short = model.apply({'params': params}, tokens,
                         padding_mask_BL=np.ones((1, 4), bool))
@@ -107,7 +110,7 @@ def test_dp_sgd_without_noise_or_clipping_is_plain_sgd(tiny):
                               ('dp1', True, 1.0)]:
     config.privacy.update(dp_sgd=dp_sgd, noise_multiplier=noise,
                           l2_clip=1e6)
-    trainer = train.Trainer(config)
+    trainer = Trainer(config)
     batch = next(iter(trainer.data.train.to_iter_dataset()))
     state, step_metrics = trainer.train_step(trainer.init_state(), batch)
     steps[name] = (jax.device_get(state.params), step_metrics)
@@ -123,32 +126,32 @@ def test_dp_sgd_run_reports_epsilon(tiny, tmp_path):
   config.train.update(num_steps=6, eval_every=6, checkpoint_every=6)
   config.privacy.update(dp_sgd=True, noise_multiplier=1.1, l2_clip=1.0)
   lines = []
-  train.train_and_evaluate(config, str(tmp_path), log=lines.append)
+  loop.train_and_evaluate(config, str(tmp_path), log=lines.append)
   assert any(line.startswith('DP-SGD at step 6: epsilon=') for line in lines)
-  result = evaluation.evaluate_workdir(str(tmp_path), 'validation', {})
+  result = score.evaluate_workdir(str(tmp_path), 'validation', {})
   spent = result['privacy']
   assert spent['steps'] == 6 and 0 < spent['epsilon'] < 100
-  trainer = train.Trainer(config)
+  trainer = Trainer(config)
   assert spent['delta'] == 1 / trainer.data.train_examples
   # More steps, or less noise, spend more.
   assert trainer.privacy_spent(60)['epsilon'] > spent['epsilon']
   config.privacy.noise_multiplier = 0.8
-  assert train.Trainer(config).privacy_spent(6)['epsilon'] > spent['epsilon']
-  assert 'DP-SGD: epsilon' in evaluation.markdown_table(result)
+  assert Trainer(config).privacy_spent(6)['epsilon'] > spent['epsilon']
+  assert 'DP-SGD: epsilon' in score.markdown_table(result)
 
 
 def test_bad_privacy_settings_are_refused(tiny):
   tiny.privacy.update(dp_sgd=True, l2_clip=0.0)
   with pytest.raises(UsageError, match='privacy.l2_clip must be > 0'):
-    train.Trainer(tiny)
+    Trainer(tiny)
 
 
 def test_init_from_a_family_that_cannot_serve_the_task(tiny, tmp_path):
   decoder = tiny.copy_and_resolve_references()
   decoder.train.update(num_steps=3, eval_every=3, checkpoint_every=3)
-  train.train_and_evaluate(decoder, str(tmp_path / 'gpt'))
+  loop.train_and_evaluate(decoder, str(tmp_path / 'gpt'))
   config = classifier_config(tiny, **ENCODER)
   config.init_from = str(tmp_path / 'gpt')
   with pytest.raises(UsageError, match='holds a decoder model, which cannot '
                      'serve this task'):
-    train.Trainer(config).init_from(config.init_from)
+    Trainer(config).init_from(config.init_from)

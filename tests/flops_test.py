@@ -7,12 +7,14 @@ import jax.numpy as jnp
 import pytest
 
 from configs import default
-from lm import flops
-from lm import models
+from lm.model import params as model_params
+from lm.model import registry
+from lm.model.config import ModelConfig
+from lm.perf import flops
 
 
 def test_matmul_params_of_the_default_model():
-  c = models.ModelConfig.from_config(default.get_config().model)
+  c = ModelConfig.from_config(default.get_config().model)
   per_layer = 4 * c.d_model ** 2 + 2 * c.d_model * c.d_ff
   # The tied table is the output layer; the position table multiplies
   # nothing.
@@ -22,11 +24,11 @@ def test_matmul_params_of_the_default_model():
 
 def test_an_untied_head_and_experts_count_what_a_token_uses():
   base = dict(vocab_size=100, d_model=16, num_layers=2, num_heads=2, d_ff=32)
-  tied = flops.matmul_params(models.ModelConfig(**base))
-  untied = flops.matmul_params(models.ModelConfig(tie_embeddings=False,
+  tied = flops.matmul_params(ModelConfig(**base))
+  untied = flops.matmul_params(ModelConfig(tie_embeddings=False,
                                                   **base))
   assert untied == tied  # The head kernel stands in for the table.
-  moe = flops.matmul_params(models.ModelConfig(
+  moe = flops.matmul_params(ModelConfig(
       num_experts=4, experts_per_token=2, **base))
   router, mlp = 2 * 16 * 4, 2 * 16 * 32
   # Each token goes through two experts: one MLP more per layer.
@@ -35,15 +37,15 @@ def test_an_untied_head_and_experts_count_what_a_token_uses():
 
 @pytest.mark.parametrize('family', ['decoder', 'encoder'])
 def test_the_formula_matches_xla_cost_analysis(family):
-  c = models.ModelConfig(family=family, vocab_size=512, d_model=128,
+  c = ModelConfig(family=family, vocab_size=512, d_model=128,
                          num_layers=2, num_heads=4, d_ff=512, max_len=256)
-  model = models.build_model(c)
-  params = models.abstract_params(model)
+  model = registry.build_model(c)
+  params = model_params.abstract_params(model)
   seq_len = 256
   tokens = jax.ShapeDtypeStruct((2, seq_len), jnp.int32)
   # Positions passed explicitly keep causal attention whole: the formula
   # counts the scores whole (as PaLM does), which the query blocks of
-  # lm/causal_attention.py partly skip.
+  # lm/kernels/causal_attention.py partly skip.
   positions = (jnp.broadcast_to(jnp.arange(seq_len), tokens.shape),)
   if family == 'encoder':
     positions = ()  # Not causal: whole already.

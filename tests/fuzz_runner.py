@@ -4,8 +4,9 @@ their command lines would, and reports how each ended.
   python -m tests.fuzz_runner < cases.json
 
 reads {script module: [argument list, ...]} as JSON and prints {script
-module: [{argv, code (the exit code), stderr, crash (a traceback, or
-null)}, ...]}. One process serves hundreds of invocations of every
+module: [{argv, code (the exit code), stdout, stderr, crash (a traceback,
+or null)}, ...]}; or, given a list of [script module, argument list]
+pairs, runs them in that order and prints a list of those results. One process serves hundreds of invocations of every
 script, so that tests/fuzz_test.py needs no interpreter start (and no JAX
 import) per case. Before each case the script's flags are removed and its
 module reloaded, which defines them anew. A case that runs longer than
@@ -71,16 +72,18 @@ def run_case(name: str, argv: list[str]) -> dict:
     crash = traceback.format_exc()
   finally:
     signal.alarm(0)
-  return {'argv': argv, 'code': code, 'stderr': err.getvalue(),
-          'crash': crash}
+  return {'argv': argv, 'code': code, 'stdout': out.getvalue(),
+          'stderr': err.getvalue(), 'crash': crash}
 
 
 def main():
   cases = json.load(sys.stdin)
   signal.signal(signal.SIGALRM, _alarm)
-  results = {}
-  for name, argvs in cases.items():
-    results[name] = [run_case(name, argv) for argv in argvs]
+  if isinstance(cases, list):
+    results = [run_case(name, argv) for name, argv in cases]
+  else:
+    results = {name: [run_case(name, argv) for argv in argvs]
+               for name, argvs in cases.items()}
   json.dump(results, sys.__stdout__)
 
 

@@ -18,7 +18,7 @@ import sys
 
 import pytest
 
-from lm import checkpoint
+from lm.io import layout
 from tests.cli_helpers import overrides
 from tests.cli_helpers import snapshot
 from tests.conftest import ROOT
@@ -58,7 +58,7 @@ def _files(tmp):
     with open(paths[name], 'wb') as f:
       f.write(data)
   with open(os.path.join(paths['bad_json_workdir'],
-                         checkpoint.CONFIG_FILE), 'wb') as f:
+                         layout.CONFIG), 'wb') as f:
     f.write(b'{"model": ')
   with open(os.path.join(paths['existing_output'], 'keep.txt'), 'w') as f:
     f.write('not to be overwritten')
@@ -136,6 +136,8 @@ def _cases(files, workdir, data_dir):
           [f'--workdir={files["bad_json_workdir"]}',
            f'--output={files["dir"]}/o'],
           [f'--workdir={workdir}']],
+      'experiments.weights': [[], ['nope'], ['minilm', 'smollm2'],
+                              ['--bogus=1']],
       'experiments.embed': [
           [f'--workdir={workdir}', '--text=hello'],  # A decoder, not encoder.
           [f'--workdir={files["not_a_workdir"]}', '--text=hello'],

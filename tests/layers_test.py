@@ -4,7 +4,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lm import layers
+from lm.model import attention
+from lm.model import layers
+from lm.model import positions
 
 
 def test_rotary_scores_depend_only_on_relative_position():
@@ -12,8 +14,8 @@ def test_rotary_scores_depend_only_on_relative_position():
   k = jax.random.normal(jax.random.PRNGKey(1), (1, 1, 1, 16))
 
   def score(q_pos, k_pos):
-    rq = layers.apply_rotary(q, jnp.array([[q_pos]]), 10_000.0)
-    rk = layers.apply_rotary(k, jnp.array([[k_pos]]), 10_000.0)
+    rq = positions.apply_rotary(q, jnp.array([[q_pos]]), 10_000.0)
+    rk = positions.apply_rotary(k, jnp.array([[k_pos]]), 10_000.0)
     return float(jnp.sum(rq * rk))
 
   np.testing.assert_allclose(score(5, 2), score(13, 10), rtol=1e-5)
@@ -22,14 +24,14 @@ def test_rotary_scores_depend_only_on_relative_position():
 
 def test_rotary_keeps_vector_norms():
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 3, 8))
-  positions = jnp.broadcast_to(jnp.arange(5), (2, 5))
-  rotated = layers.apply_rotary(x, positions, 10_000.0)
+  positions_BL = jnp.broadcast_to(jnp.arange(5), (2, 5))
+  rotated = positions.apply_rotary(x, positions_BL, 10_000.0)
   np.testing.assert_allclose(jnp.linalg.norm(rotated, axis=-1),
                              jnp.linalg.norm(x, axis=-1), rtol=1e-5)
 
 
 def test_sinusoidal_positions_start_with_sin0_cos0():
-  table = layers.sinusoidal_positions(jnp.arange(4)[None], 6, jnp.float32)
+  table = positions.sinusoidal_positions(jnp.arange(4)[None], 6, jnp.float32)
   assert table.shape == (1, 4, 6)
   np.testing.assert_allclose(table[0, 0], [0, 0, 0, 1, 1, 1])
 
@@ -49,9 +51,9 @@ def test_swiglu_has_gate_and_up_projections():
 
 def test_grouped_query_attention_equals_repeated_heads():
   """GQA with K kv heads == MHA whose kv weights repeat each kv head."""
-  gqa = layers.Attention(num_heads=4, num_kv_heads=2, head_dim=8,
+  gqa = attention.Attention(num_heads=4, num_kv_heads=2, head_dim=8,
                          use_bias=False)
-  mha = layers.Attention(num_heads=4, num_kv_heads=4, head_dim=8,
+  mha = attention.Attention(num_heads=4, num_kv_heads=4, head_dim=8,
                          use_bias=False)
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 16))
   positions = jnp.broadcast_to(jnp.arange(5), (2, 5))

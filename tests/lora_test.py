@@ -5,23 +5,25 @@ import jax
 import numpy as np
 import pytest
 
-from lm import checkpoint
-from lm import models
-from lm import train
+from lm import restore
 from lm.compress import lora
 from lm.compress import workdirs
 from lm.errors import UsageError
+from lm.model import params as model_params
+from lm.model import registry
+from lm.model.config import ModelConfig
+from lm.train import loop
 from tests.conftest import tiny_config
 
 
 @pytest.mark.parametrize('scan', [False, True])
 def test_merged_model_computes_what_the_adapters_do(scan):
-  config = models.ModelConfig(
+  config = ModelConfig(
       vocab_size=64, d_model=32, num_layers=2, num_heads=4, d_ff=64,
       scan_layers=scan, lora_rank=4, lora_alpha=8.0,
       lora_targets=('query', 'out', 'wi', 'wo'))
-  model = models.build_model(config)
-  params = models.init_params(model, jax.random.key(0))
+  model = registry.build_model(config)
+  params = model_params.init_params(model, jax.random.key(0))
   # B starts at zero; give it values so the adapters change the outputs.
   flat = flax.traverse_util.flatten_dict(params, sep='/')
   names = [n for n in flat if n.endswith('lora_b')]
@@ -33,9 +35,9 @@ def test_merged_model_computes_what_the_adapters_do(scan):
   with_adapters = model.apply({'params': params}, tokens)
   merged, merged_config = lora.merge(params, config)
   assert merged_config.lora_rank == 0
-  plain = models.build_model(merged_config)
+  plain = registry.build_model(merged_config)
   assert jax.tree.structure(merged) == jax.tree.structure(
-      models.abstract_params(plain))
+      model_params.abstract_params(plain))
   np.testing.assert_allclose(plain.apply({'params': merged}, tokens),
                              with_adapters, atol=1e-5)
   # ... and the adapters did change them.
@@ -52,11 +54,11 @@ def test_lora_fine_tuning_updates_only_the_adapters(float_workdir, data_dir,
                       lora_targets=('query', 'value', 'wo'))
   config.init_from = float_workdir
   config.train.update(num_steps=6, eval_every=6, checkpoint_every=6)
-  train.train_and_evaluate(config, str(tmp_path / 'lora'))
+  loop.train_and_evaluate(config, str(tmp_path / 'lora'))
   before = flax.traverse_util.flatten_dict(
-      checkpoint.restore(float_workdir).params, sep='/')
+      restore.workdir(float_workdir).params, sep='/')
   after = flax.traverse_util.flatten_dict(
-      checkpoint.restore(str(tmp_path / 'lora')).params, sep='/')
+      restore.workdir(str(tmp_path / 'lora')).params, sep='/')
   adapters = sorted(n for n in after if 'lora_' in n)
   assert len(adapters) == 2 * 3 * 2  # A and B, 3 targets, 2 layers
   assert set(after) - set(adapters) == set(before)
@@ -66,14 +68,14 @@ def test_lora_fine_tuning_updates_only_the_adapters(float_workdir, data_dir,
   # The merged workdir is a plain model with the adapted outputs.
   workdirs.merge_lora_workdir(str(tmp_path / 'lora'),
                               str(tmp_path / 'merged'))
-  merged = checkpoint.restore(str(tmp_path / 'merged'))
-  adapted = checkpoint.restore(str(tmp_path / 'lora'))
+  merged = restore.workdir(str(tmp_path / 'merged'))
+  adapted = restore.workdir(str(tmp_path / 'lora'))
   assert merged.model_config.lora_rank == 0
   tokens = np.arange(1, 17).reshape(2, 8)
   np.testing.assert_allclose(
-      models.build_model(merged.model_config).apply(
+      registry.build_model(merged.model_config).apply(
           {'params': merged.params}, tokens),
-      models.build_model(adapted.model_config).apply(
+      registry.build_model(adapted.model_config).apply(
           {'params': adapted.params}, tokens), atol=1e-5)
   with pytest.raises(UsageError, match='no LoRA adapters'):
     workdirs.merge_lora_workdir(float_workdir, str(tmp_path / 'again'))
@@ -81,4 +83,4 @@ def test_lora_fine_tuning_updates_only_the_adapters(float_workdir, data_dir,
 
 def test_bad_lora_targets_are_refused():
   with pytest.raises(UsageError, match='must name some of'):
-    models.ModelConfig(lora_rank=4, lora_targets=('q_proj',)).validate()
+    ModelConfig(lora_rank=4, lora_targets=('q_proj',)).validate()

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lm import matmul
+from lm.kernels import matmul
 
 
 # An output narrower than x takes the "tn" weight gradient, a wider one the

@@ -6,10 +6,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lm import decode
-from lm import models
-from lm import train
 from lm.errors import UsageError
+from lm.infer import generate
+from lm.infer import sampling
+from lm.model import params as model_params
+from lm.model import registry
+from lm.model.config import ModelConfig
+from lm.train.trainer import Trainer
 
 _SMALL = dict(vocab_size=64, d_model=32, num_layers=3, num_heads=4,
               num_kv_heads=2, d_ff=64, max_len=32)
@@ -25,36 +28,36 @@ def stack_layers(params, num_layers):
 
 @pytest.mark.parametrize('family', ['decoder', 'encoder_decoder'])
 def test_scanned_layers_compute_what_the_loop_does(family):
-  config = models.ModelConfig(family=family, **_SMALL)
-  loop = models.build_model(config)
-  scanned = models.build_model(models.ModelConfig(
+  config = ModelConfig(family=family, **_SMALL)
+  loop = registry.build_model(config)
+  scanned = registry.build_model(ModelConfig(
       family=family, scan_layers=True, **_SMALL))
-  params = models.init_params(loop, jax.random.key(0))
+  params = model_params.init_params(loop, jax.random.key(0))
   if family == 'encoder_decoder':  # Both halves have their own stack.
     stacked = {**params, 'encoder': stack_layers(params['encoder'], 3),
                'decoder': stack_layers(params['decoder'], 3)}
   else:
     stacked = stack_layers(params, 3)
   assert jax.tree.structure(stacked) == jax.tree.structure(
-      models.abstract_params(scanned))
+      model_params.abstract_params(scanned))
   tokens = jax.random.randint(jax.random.key(1), (2, 16), 0, 64)
   inputs = {'inputs': tokens, 'encoder_inputs': tokens}
   np.testing.assert_allclose(
       scanned.apply({'params': stacked},
-                    **models.model_inputs(scanned, inputs)),
-      loop.apply({'params': params}, **models.model_inputs(loop, inputs)),
+                    **model_params.model_inputs(scanned, inputs)),
+      loop.apply({'params': params}, **model_params.model_inputs(loop, inputs)),
       atol=1e-5)
 
 
 def test_scanned_layers_decode_with_the_kv_cache():
-  loop = models.build_model(models.ModelConfig(**_SMALL))
-  scanned = models.build_model(models.ModelConfig(scan_layers=True, **_SMALL))
-  params = models.init_params(loop, jax.random.key(0))
-  sampling = decode.SamplingConfig(max_new_tokens=6, temperature=0.0)
+  loop = registry.build_model(ModelConfig(**_SMALL))
+  scanned = registry.build_model(ModelConfig(scan_layers=True, **_SMALL))
+  params = model_params.init_params(loop, jax.random.key(0))
+  settings = sampling.SamplingConfig(max_new_tokens=6, temperature=0.0)
   prompts = [[5, 6, 7], [9]]
-  kwargs = dict(sampling=sampling, rng=jax.random.key(0), eos_id=None)
-  assert decode.generate(scanned, stack_layers(params, 3), prompts,
-                         **kwargs) == decode.generate(loop, params, prompts,
+  kwargs = dict(sampling=settings, rng=jax.random.key(0), eos_id=None)
+  assert generate.generate(scanned, stack_layers(params, 3), prompts,
+                         **kwargs) == generate.generate(loop, params, prompts,
                                                       **kwargs)
 
 
@@ -62,11 +65,11 @@ def test_scanned_layers_decode_with_the_kv_cache():
 def test_remat_gives_the_same_gradients(remat):
   tokens = jax.random.randint(jax.random.key(1), (2, 16), 0, 64)
 
-  params_of_loop = models.init_params(
-      models.build_model(models.ModelConfig(**_SMALL)), jax.random.key(0))
+  params_of_loop = model_params.init_params(
+      registry.build_model(ModelConfig(**_SMALL)), jax.random.key(0))
 
   def grads(**extra):
-    model = models.build_model(models.ModelConfig(**_SMALL, **extra))
+    model = registry.build_model(ModelConfig(**_SMALL, **extra))
     params = params_of_loop
     if extra.get('scan_layers'):
       params = stack_layers(params, 3)
@@ -87,9 +90,9 @@ def test_remat_gives_the_same_gradients(remat):
 def test_scan_and_full_remat_lower_the_compiled_peak_memory(tiny):
   tiny.model.update(num_layers=12, d_model=64, d_ff=256)
   tiny.data.update(seq_len=64, batch_size=16)
-  without = train.Trainer(tiny).step_memory()
+  without = Trainer(tiny).step_memory()
   tiny.model.update(scan_layers=True, remat='full')
-  with_remat = train.Trainer(tiny).step_memory()
+  with_remat = Trainer(tiny).step_memory()
   # Activations are the temporaries; the parameters and state are the same.
   assert with_remat['temp_bytes'] < 0.5 * without['temp_bytes']
   assert with_remat['argument_bytes'] == without['argument_bytes']
@@ -99,9 +102,9 @@ def test_accumulating_micro_batches_equals_one_big_batch(tiny):
   tiny.data.batch_size = 32
   tiny.optim.warmup_steps = 0
   results = []
-  for steps in (1, 4):
-    tiny.train.grad_accum_steps = steps
-    trainer = train.Trainer(tiny)
+  for accum in (1, 4):
+    tiny.train.grad_accum_steps = accum
+    trainer = Trainer(tiny)
     batch = next(iter(trainer.data.train.to_iter_dataset()))
     state, step_metrics = trainer.train_step(trainer.init_state(), batch)
     results.append((jax.device_get(step_metrics),
@@ -118,4 +121,4 @@ def test_accumulation_must_divide_the_batch(tiny):
   tiny.train.grad_accum_steps = 3
   with pytest.raises(UsageError, match='batch_size=8 is not divisible by '
                      'train.grad_accum_steps=3'):
-    train.Trainer(tiny)
+    Trainer(tiny)

@@ -7,8 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lm import models
 from lm.errors import UsageError
+from lm.model import params as model_params
+from lm.model import registry
+from lm.model.config import ModelConfig
 
 TINY = dict(vocab_size=50, d_model=32, num_layers=2, num_heads=4, d_ff=64,
             max_len=16)
@@ -23,10 +25,10 @@ VARIANTS = {
 
 
 def make(**overrides):
-  config = models.ModelConfig(**{**TINY, **overrides})
+  config = ModelConfig(**{**TINY, **overrides})
   config.validate()
-  model = models.build_model(config)
-  return model, models.init_params(model, jax.random.PRNGKey(0))
+  model = registry.build_model(config)
+  return model, model_params.init_params(model, jax.random.PRNGKey(0))
 
 
 class TestShapes(chex.TestCase):
@@ -61,8 +63,8 @@ def test_output_at_t_does_not_depend_on_inputs_after_t(variant):
 
 @pytest.mark.parametrize('variant', sorted(VARIANTS))
 def test_every_parameter_has_one_logical_axis_per_dimension(variant):
-  config = models.ModelConfig(**{**TINY, **VARIANTS[variant]})
-  boxed = models.build_model(config).init(
+  config = ModelConfig(**{**TINY, **VARIANTS[variant]})
+  boxed = registry.build_model(config).init(
       jax.random.PRNGKey(0), jnp.ones((1, 4), jnp.int32))['params']
   leaves = jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(
       x, nn.Partitioned))
@@ -115,12 +117,12 @@ def test_dropout_changes_training_output_only():
 ])
 def test_bad_model_config_is_one_clear_error(overrides, message):
   with pytest.raises(UsageError, match=message):
-    models.ModelConfig.from_config({**TINY, **overrides})
+    ModelConfig.from_config({**TINY, **overrides})
 
 
 def test_unknown_model_key_is_named():
   with pytest.raises(UsageError, match='num_layer'):
-    models.ModelConfig.from_config({**TINY, 'num_layer': 3})
+    ModelConfig.from_config({**TINY, 'num_layer': 3})
 
 
 @pytest.mark.parametrize('variant', ['llama_gqa', 't5_decoder'])

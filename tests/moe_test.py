@@ -6,10 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lm import models
-from lm import moe
-from lm import train
 from lm.errors import UsageError
+from lm.model import moe
+from lm.model.config import ModelConfig
+from lm.train.trainer import Trainer
 from tests.conftest import tiny_config
 
 
@@ -72,7 +72,7 @@ def test_balanced_routing_has_load_balancing_loss_one():
 def test_moe_model_trains_with_falling_loss_and_reports_expert_load(tiny):
   tiny.model.update(num_experts=4, experts_per_token=2, moe_every=2)
   tiny.train.update(num_steps=30)
-  trainer = train.Trainer(tiny)
+  trainer = Trainer(tiny)
   params = trainer.init_state().params
   assert 'moe' in params['block_1'] and 'mlp' in params['block_0']
   state, batches = trainer.init_state(), iter(
@@ -88,6 +88,6 @@ def test_moe_model_trains_with_falling_loss_and_reports_expert_load(tiny):
 
 def test_bad_expert_settings_are_refused():
   with pytest.raises(UsageError, match='experts_per_token=3'):
-    models.ModelConfig(num_experts=2, experts_per_token=3).validate()
+    ModelConfig(num_experts=2, experts_per_token=3).validate()
   with pytest.raises(UsageError, match='num_experts must be 0'):
-    models.ModelConfig(num_experts=1).validate()
+    ModelConfig(num_experts=1).validate()

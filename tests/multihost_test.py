@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from lm import curves
+from lm.evaluate import curves
 from tests.conftest import ROOT
 
 # The default config's data with bytes for tokens and a smaller model, so

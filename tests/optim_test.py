@@ -5,13 +5,14 @@ import jax
 import numpy as np
 import pytest
 
-from lm import optim
-from lm import train
 from lm.errors import UsageError
+from lm.model import params as model_params
+from lm.train import optim
+from lm.train.trainer import Trainer
 
 
 def _steps(config, count=2):
-  trainer = train.Trainer(config)
+  trainer = Trainer(config)
   start = trainer.init_state()
   initial = jax.device_get(start.params)
   state, batches = start, iter(trainer.data.train.to_iter_dataset())
@@ -21,7 +22,7 @@ def _steps(config, count=2):
 
 
 def _by_name(params):
-  return {optim.param_name(path): x for path, x in
+  return {model_params.param_name(path): x for path, x in
           jax.tree_util.tree_flatten_with_path(params)[0]}
 
 
@@ -80,4 +81,4 @@ def test_layer_decay_slows_lower_layers_geometrically():
 def test_bad_settings_are_one_clear_error(tiny, setting, message):
   tiny.optim.update(setting)
   with pytest.raises(UsageError, match=message):
-    train.Trainer(tiny)
+    Trainer(tiny)

@@ -2,7 +2,7 @@
 
 Small random-init configs of each architecture are built with transformers;
 every weight is perturbed (HF starts biases and norms at 0 and 1, which would
-hide a mix-up), converted with lm/convert/hf_layouts.py, and both models run
+hide a mix-up), converted with the layouts the families register, and both models run
 on the same tokens, with padding where the architecture takes a mask.
 """
 
@@ -11,8 +11,10 @@ import pytest
 import torch
 import transformers
 
-from lm import models
 from lm.convert import hf_layouts
+from lm.model import registry
+from lm.model.config import ModelConfig
+from lm.model.hf import rules
 
 TOLERANCE = 1e-4
 VOCAB = 99
@@ -65,9 +67,9 @@ def convert(model):
   tensors = {k: v.detach().numpy() for k, v in model.state_dict().items()}
   hf_config = model.config.to_dict()
   arch = hf_layouts.get_architecture(hf_config['model_type'])
-  config = models.ModelConfig(**arch.config_from_hf(hf_config, set(tensors)))
+  config = ModelConfig(**arch.config_from_hf(hf_config, set(tensors)))
   config.validate()
-  return config, arch, hf_layouts.params_from_hf(arch.rules(config), tensors)
+  return config, arch, rules.params_from_hf(arch.rules(config), tensors)
 
 
 def _inputs(seed, batch, length):
@@ -80,7 +82,7 @@ def _inputs(seed, batch, length):
 
 def _lm_and_hf_outputs(name, model):
   config, _, params = convert(model)
-  lm_model = models.build_model(config)
+  lm_model = registry.build_model(config)
   tokens, mask = _inputs(1, 2, 11)
   t = lambda x: torch.tensor(x)
   with torch.no_grad():
@@ -120,7 +122,7 @@ def test_logits_match_transformers(name, hf_models):
 def test_export_inverts_import_exactly(name, hf_models):
   model = hf_models[name]
   config, arch, params = convert(model)
-  exported = hf_layouts.params_to_hf(arch.rules(config), params)
+  exported = rules.params_to_hf(arch.rules(config), params)
   original = {k: v.detach().numpy() for k, v in model.state_dict().items()}
   assert exported
   for key, value in exported.items():

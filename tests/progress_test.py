@@ -7,7 +7,7 @@ import re
 import time
 
 from lm import progress
-from lm import train
+from lm.train import loop
 
 
 class FakeTerminal(io.StringIO):
@@ -60,7 +60,7 @@ def test_a_training_run_draws_the_line_between_its_log_lines(tiny, tmp_path):
     terminal.write(line + '\n')
     lines.append(line)
 
-  train.train_and_evaluate(tiny, str(tmp_path), log=log,
+  loop.train_and_evaluate(tiny, str(tmp_path), log=log,
                            progress=progress.TerminalLine(terminal))
   out = terminal.getvalue()
   # Drawn in place (a carriage return, no newline) at least once ...

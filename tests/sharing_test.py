@@ -7,19 +7,21 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lm import models
 from lm.errors import UsageError
+from lm.model import params as model_params
+from lm.model import registry
+from lm.model.config import ModelConfig
 from tests import decode_test
 
-BASE = models.ModelConfig(vocab_size=64, d_model=32, num_layers=4,
+BASE = ModelConfig(vocab_size=64, d_model=32, num_layers=4,
                           num_heads=4, d_ff=64, position='rotary')
 
 
 def build(**overrides):
   config = dataclasses.replace(BASE, **overrides)
   config.validate()
-  model = models.build_model(config)
-  return model, models.init_params(model, jax.random.key(0))
+  model = registry.build_model(config)
+  return model, model_params.init_params(model, jax.random.key(0))
 
 
 @pytest.mark.parametrize('groups', [1, 2])
@@ -38,7 +40,7 @@ def test_shared_blocks_compute_what_copies_of_them_do(groups):
   np.testing.assert_allclose(
       shared.apply({'params': shared_params}, tokens),
       plain.apply({'params': copied}, tokens), atol=1e-5)
-  assert models.count_params(shared_params) < models.count_params(
+  assert model_params.count_params(shared_params) < model_params.count_params(
       plain_params)
 
 

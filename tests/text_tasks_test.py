@@ -7,8 +7,6 @@ import textwrap
 import numpy as np
 import pytest
 
-from lm import evaluation
-from lm import train
 from lm.data import country_qa
 from lm.data import datasets
 from lm.data import summarization
@@ -16,6 +14,9 @@ from lm.data import text_pairs
 from lm.data import translation
 from lm.data import wordnet
 from lm.errors import UsageError
+from lm.evaluate import score
+from lm.train import loop
+from lm.train.trainer import Trainer
 
 
 def test_seq2seq_example_shifts_the_target_behind_bos():
@@ -173,9 +174,9 @@ def test_fixture_dataset_splits_whole_files(summaries_dir):
 def test_text_task_trains_and_scores_generated_text(tiny, tmp_path,
                                                     summaries_dir, objective):
   config = text_config(tiny, summaries_dir[0], objective)
-  final = train.train_and_evaluate(config, str(tmp_path))
+  final = loop.train_and_evaluate(config, str(tmp_path))
   assert np.isfinite(final['loss'])
-  result = evaluation.evaluate_workdir(str(tmp_path), 'test', {})
+  result = score.evaluate_workdir(str(tmp_path), 'test', {})
   assert {'rouge1', 'rouge2', 'rougeL', 'loss'} <= set(result['metrics'])
   assert 0 <= result['metrics']['rougeL'] <= 100
   assert result['generation']['examples'] == 6
@@ -183,21 +184,21 @@ def test_text_task_trains_and_scores_generated_text(tiny, tmp_path,
   with open(os.path.join(tmp_path, 'eval', 'docstring_summaries_test.json'),
             encoding='utf-8') as f:
     assert json.load(f)['metrics'] == result['metrics']
-  assert 'rougeL' in evaluation.markdown_table(result)
+  assert 'rougeL' in score.markdown_table(result)
 
 
 def test_text_task_refuses_the_wrong_family(tiny, summaries_dir):
   config = text_config(tiny, summaries_dir[0], 'seq2seq')
   config.model.family = 'decoder'
   with pytest.raises(UsageError, match='trains encoder_decoder models'):
-    train.Trainer(config)
+    Trainer(config)
   config = text_config(tiny, summaries_dir[0], 'instruct')
   config.data.name = 'shakespeare'
   with pytest.raises(UsageError, match='has no source/target pairs'):
-    train.Trainer(config)
+    Trainer(config)
 
 
 def test_unknown_task_is_named(tiny):
   tiny.data.name = 'squad'
   with pytest.raises(UsageError, match="unknown dataset 'squad'"):
-    train.Trainer(tiny)
+    Trainer(tiny)

@@ -8,16 +8,22 @@ import jax
 import numpy as np
 import pytest
 
-from lm import checkpoint
-from lm import models
-from lm import train
 from lm.errors import UsageError
-from lm.workdir_lock import WorkdirLock
+from lm.io import checkpoint
+from lm.io import config_file
+from lm.io import layout
+from lm.io.lock import WorkdirLock
+from lm.model import params as model_params
+from lm.model import registry
+from lm.model.config import ModelConfig
+from lm.train import loop
+from lm.train import steps
+from lm.train.trainer import Trainer
 
 
 def abstract_params(config):
-  model = models.build_model(models.ModelConfig.from_config(config.model))
-  return models.abstract_params(model)
+  model = registry.build_model(ModelConfig.from_config(config.model))
+  return model_params.abstract_params(model)
 
 
 def final_params(config, workdir):
@@ -32,7 +38,7 @@ def params_at(config, workdir, step):
 def test_loss_falls_on_a_tiny_fixture(tiny, tmp_path):
   tiny.train.profile_steps = 3
   lines = []
-  final = train.train_and_evaluate(tiny, str(tmp_path), log=lines.append)
+  final = loop.train_and_evaluate(tiny, str(tmp_path), log=lines.append)
   uniform = np.log(tiny.model.vocab_size)
   assert final['loss'] < 0.75 * uniform, final
   assert 0 < final['bits_per_byte'] < 8
@@ -51,28 +57,28 @@ def test_loss_falls_on_a_tiny_fixture(tiny, tmp_path):
 
 def test_eval_steps_scores_the_first_batches_of_the_split(tiny):
   tiny.train.eval_steps = 2
-  trainer = train.Trainer(tiny)
-  params = models.init_params(trainer.model, jax.random.key(0))
+  trainer = Trainer(tiny)
+  params = model_params.init_params(trainer.model, jax.random.key(0))
   batches = list(trainer.eval_batches())
   assert len(batches) > 2
-  assert trainer.evaluate(params) == train.evaluate(
+  assert trainer.evaluate(params) == steps.evaluate(
       trainer.eval_step, params, batches[:2], trainer.token_bytes)
   tiny.train.eval_steps = 0
-  assert train.Trainer(tiny).evaluate(params) == train.evaluate(
+  assert Trainer(tiny).evaluate(params) == steps.evaluate(
       trainer.eval_step, params, batches, trainer.token_bytes)
   tiny.train.eval_steps = -1
   with pytest.raises(UsageError, match='eval_steps must be >= 0'):
-    train.Trainer(tiny)
+    Trainer(tiny)
 
 
 @pytest.mark.slow
 def test_stop_and_resume_equals_an_uninterrupted_run(tiny, tmp_path):
-  straight = train.train_and_evaluate(tiny, str(tmp_path / 'straight'))
+  straight = loop.train_and_evaluate(tiny, str(tmp_path / 'straight'))
 
   resumed_dir = str(tmp_path / 'resumed')
-  train.train_and_evaluate(tiny, resumed_dir, stop_at_step=10)
+  loop.train_and_evaluate(tiny, resumed_dir, stop_at_step=10)
   lines = []
-  resumed = train.train_and_evaluate(tiny, resumed_dir, log=lines.append)
+  resumed = loop.train_and_evaluate(tiny, resumed_dir, log=lines.append)
 
   assert any('Resuming from the checkpoint at step 10' in l for l in lines)
   assert resumed == straight
@@ -88,30 +94,30 @@ def test_stop_and_resume_equals_an_uninterrupted_run(tiny, tmp_path):
 
 
 def test_more_steps_continue_a_finished_run(tiny, tmp_path):
-  train.train_and_evaluate(tiny, str(tmp_path), stop_at_step=10)
+  loop.train_and_evaluate(tiny, str(tmp_path), stop_at_step=10)
   tiny.train.num_steps = 12
   lines = []
-  train.train_and_evaluate(tiny, str(tmp_path), log=lines.append)
+  loop.train_and_evaluate(tiny, str(tmp_path), log=lines.append)
   assert any('step 12/12' in line for line in lines)
   assert final_params(tiny, str(tmp_path))[1] == 12
 
 
 def test_resuming_with_another_model_is_refused(tiny, tmp_path):
-  train.train_and_evaluate(tiny, str(tmp_path), stop_at_step=10)
+  loop.train_and_evaluate(tiny, str(tmp_path), stop_at_step=10)
   tiny.model.d_model = 48
   with pytest.raises(UsageError, match='model.d_model=32'):
-    train.train_and_evaluate(tiny, str(tmp_path))
+    loop.train_and_evaluate(tiny, str(tmp_path))
 
 
 def test_tokenizer_larger_than_model_vocab_is_refused(tiny, tmp_path):
   tiny.model.vocab_size = 100
   with pytest.raises(UsageError, match='vocab_size'):
-    train.train_and_evaluate(tiny, str(tmp_path))
+    loop.train_and_evaluate(tiny, str(tmp_path))
 
 
 def _first_and_last_eval(config, workdir):
   evals = []
-  train.train_and_evaluate(config, workdir, log=lambda line: evals.append(
+  loop.train_and_evaluate(config, workdir, log=lambda line: evals.append(
       line) if line.startswith('eval at step') else None)
   loss = lambda line: float(line.split('val_loss=')[1].split()[0])
   return loss(evals[0]), loss(evals[-1])
@@ -147,7 +153,7 @@ def test_an_objective_the_family_cannot_train_is_refused(
   tiny.model.update(family=family, num_kv_heads=0)
   tiny.data.objective = objective
   with pytest.raises(UsageError, match=match):
-    train.train_and_evaluate(tiny, str(tmp_path))
+    loop.train_and_evaluate(tiny, str(tmp_path))
   assert not os.listdir(tmp_path)
 
 
@@ -155,7 +161,7 @@ def test_no_room_for_the_mask_token_is_refused(tiny, tmp_path):
   tiny.model.update(family='encoder', num_kv_heads=0)  # vocab 260: full
   tiny.data.objective = 'masked'
   with pytest.raises(UsageError, match='at least 261'):
-    train.train_and_evaluate(tiny, str(tmp_path))
+    loop.train_and_evaluate(tiny, str(tmp_path))
 
 
 def test_config_of_an_older_workdir_gets_the_keys_added_since(tmp_path):
@@ -164,10 +170,10 @@ def test_config_of_an_older_workdir_gets_the_keys_added_since(tmp_path):
   del old['privacy']
   del old['data']['augment']
   old['model']['d_model'] = 64
-  with open(tmp_path / checkpoint.CONFIG_FILE, 'w') as f:
+  with open(tmp_path / layout.CONFIG, 'w') as f:
     json.dump(old, f)
-  assert 'privacy' not in checkpoint.load_config(str(tmp_path))
-  config = checkpoint.load_config(str(tmp_path), base.get_base_config())
+  assert 'privacy' not in config_file.load_config(str(tmp_path))
+  config = config_file.load_config(str(tmp_path), base.get_base_config())
   assert config.privacy.dp_sgd is False
   assert config.data.augment.synonym == 0.0
   assert config.model.d_model == 64  # what was saved wins
@@ -176,21 +182,21 @@ def test_config_of_an_older_workdir_gets_the_keys_added_since(tmp_path):
 def test_sequences_longer_than_the_position_table_are_refused(tiny):
   tiny.data.seq_len = 65  # tiny's learned positions stop at 64
   with pytest.raises(UsageError, match='exceed model.max_len=64'):
-    train.Trainer(tiny)
+    Trainer(tiny)
 
 
 def test_a_second_run_on_a_workdir_in_use_is_refused(tiny, tmp_path):
   workdir = str(tmp_path)
   with WorkdirLock(workdir):  # Another run holds it (a lock is per open file).
     with pytest.raises(UsageError, match=r'in use by another run \(pid '):
-      train.train_and_evaluate(tiny, workdir)
-  assert not os.path.exists(os.path.join(workdir, checkpoint.CONFIG_FILE))
+      loop.train_and_evaluate(tiny, workdir)
+  assert not os.path.exists(os.path.join(workdir, layout.CONFIG))
   # A run that fails while holding it frees it too (the operating system
   # frees it when a process dies).
   other = tiny.copy_and_resolve_references()
   other.model.d_model = 64
-  checkpoint.save_config(other, workdir)
+  config_file.save_config(other, workdir)
   with pytest.raises(UsageError, match='was trained with model.d_model=64'):
-    train.train_and_evaluate(tiny, workdir)
+    loop.train_and_evaluate(tiny, workdir)
   with WorkdirLock(workdir):
     pass

@@ -24,7 +24,6 @@ import numpy as np
 
 from lm.errors import UsageError
 
-FILE_NAME = 'deep_compression.npz'
 # Dense kernels and embedding tables (not pruned, but shared and coded).
 TARGETS = r'.*(kernel|embedding)'
 

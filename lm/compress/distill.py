@@ -16,9 +16,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lm import checkpoint
-from lm import models
+from lm import restore
 from lm.errors import UsageError
+from lm.model import registry
+from lm.model.config import ModelConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,25 +31,31 @@ class Distill:
   alpha: float
 
 
-def load_teacher(distill_config, student: models.ModelConfig
-                 ) -> tuple[Distill, Any]:
-  """(Distill, teacher params) from config.distill; checks the vocabulary."""
+def validate(distill_config) -> None:
+  """The distill section: raises UsageError naming the key and the fix."""
   c = distill_config
   if c.temperature <= 0 or not 0 <= c.alpha <= 1:
     raise UsageError(f'distill.temperature must be > 0 and distill.alpha in '
                      f'[0, 1]; got {c.temperature} and {c.alpha}')
-  restored = checkpoint.restore(c.teacher)
+
+
+def load_teacher(distill_config, student: ModelConfig
+                 ) -> tuple[Distill, Any]:
+  """(Distill, teacher params) from config.distill; checks the vocabulary."""
+  c = distill_config
+  restored = restore.workdir(c.teacher)
   teacher = restored.model_config
   if teacher.vocab_size != student.vocab_size or (
       teacher.num_classes != student.num_classes):
     raise UsageError(
-        f'the teacher in {c.teacher} predicts {teacher.num_classes or teacher.vocab_size} '
-        f'outputs, the student {student.num_classes or student.vocab_size}; '
+        f'the teacher in {c.teacher} predicts '
+        f'{teacher.num_classes or teacher.vocab_size} outputs, the student '
+        f'{student.num_classes or student.vocab_size}; '
         'distillation needs the same vocabulary (or classes)')
   if teacher.family != student.family:
     raise UsageError(f'the teacher in {c.teacher} is a {teacher.family} '
                      f'model, the student a {student.family} one')
-  return (Distill(models.build_model(teacher), float(c.temperature),
+  return (Distill(registry.build_model(teacher), float(c.temperature),
                   float(c.alpha)), restored.params)
 
 

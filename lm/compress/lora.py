@@ -1,8 +1,9 @@
 """LoRA adapters: merging them into their kernels.
 
-The adapters themselves are `layers.Dense` options (model.lora_rank,
-lora_alpha, lora_targets): y = x W + (alpha / r) x A B. Training a LoRA
-model updates A and B alone (lm/train.py freezes the rest). `merge` folds
+The adapters themselves are lm/model/layers.py `Dense` options
+(model.lora_rank, lora_alpha, lora_targets): y = x W + (alpha / r) x A B.
+Training a LoRA model updates A and B alone (lm/train/optim.py freezes the
+rest, with NOT_ADAPTERS). `merge` folds
 each adapter into its kernel, W + (alpha / r) A B, giving a plain model
 with the same outputs and no extra cost at inference.
 """
@@ -13,15 +14,15 @@ from typing import Any
 import jax
 import numpy as np
 
-from lm import models
 from lm.errors import UsageError
+from lm.model.config import ModelConfig
 
 # optim.freeze pattern for every parameter but the adapters.
 NOT_ADAPTERS = r'(?!.*lora_[ab]$).*'
 
 
-def merge(params: Any, model_config: models.ModelConfig
-          ) -> tuple[Any, models.ModelConfig]:
+def merge(params: Any, model_config: ModelConfig
+          ) -> tuple[Any, ModelConfig]:
   """(params, model config) of the same model with its adapters merged."""
   if not model_config.lora_rank:
     raise UsageError('the model has no LoRA adapters (model.lora_rank=0)')

@@ -28,10 +28,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from lm import models
-from lm import optim
-from lm.compress import quantize
 from lm.errors import UsageError
+from lm.model import params as model_params
+from lm.model import quantized
+from lm.model import registry
+from lm.model.config import ModelConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,19 +84,20 @@ class PruneConfig:
                        f'expression ({e})') from e
 
 
-def input_axes(model_config: models.ModelConfig) -> dict[str, int]:
+def input_axes(model_config: ModelConfig) -> dict[str, int]:
   """{kernel name: its (last) input axis, negative}, for every kernel that
   quantization would treat, read from the int8 model's scale shapes."""
-  model = models.build_model(dataclasses.replace(model_config, quant='int8'))
+  model = registry.build_model(dataclasses.replace(model_config,
+                                                   quant='int8'))
   out = {}
-  flat = jax.tree_util.tree_flatten_with_path(models.abstract_params(model))[0]
-  shapes = {optim.param_name(path): leaf.shape for path, leaf in flat}
+  shapes = {name: leaf.shape for name, leaf in model_params.named_leaves(
+      model_params.abstract_params(model)).items()}
   for name, shape in shapes.items():
-    if name.endswith(quantize.SCALE_SUFFIX):
-      kernel = shapes[name[:-len(quantize.SCALE_SUFFIX)]]
+    if name.endswith(quantized.SCALE_SUFFIX):
+      kernel = shapes[name[:-len(quantized.SCALE_SUFFIX)]]
       reduced = [i for i in range(len(kernel))
                  if shape[i] == 1 and kernel[i] != 1]
-      out[name[:-len(quantize.SCALE_SUFFIX)]] = reduced[-1] - len(kernel)
+      out[name[:-len(quantized.SCALE_SUFFIX)]] = reduced[-1] - len(kernel)
   return out
 
 
@@ -137,7 +139,8 @@ def magnitude_mask(w, sparsity, c: PruneConfig, axis: int):
 def _targets(params, c: PruneConfig) -> Any:
   pattern = re.compile(c.targets)
   return jax.tree_util.tree_map_with_path(
-      lambda path, _: bool(pattern.fullmatch(optim.param_name(path))), params)
+      lambda path, _: bool(pattern.fullmatch(model_params.param_name(path))),
+      params)
 
 
 def prune_params(params, c: PruneConfig, axes: dict[str, int]):
@@ -147,7 +150,8 @@ def prune_params(params, c: PruneConfig, axes: dict[str, int]):
     raise UsageError(f'prune.targets={c.targets!r} matches no parameter')
   return jax.tree_util.tree_map_with_path(
       lambda path, w, target: jnp.where(magnitude_mask(
-          w, c.final_sparsity, c, axes.get(optim.param_name(path), -2)), w,
+          w, c.final_sparsity, c,
+          axes.get(model_params.param_name(path), -2)), w,
                                         0) if target else w,
       params, targets)
 
@@ -179,7 +183,7 @@ def masked(inner: optax.GradientTransformation, c: PruneConfig,
       if not target:
         return old
       value = jnp.where(old, p + u, 0)
-      axis = axes.get(optim.param_name(path), -2)
+      axis = axes.get(model_params.param_name(path), -2)
       return jax.lax.cond(due, lambda: old & magnitude_mask(
           value, sparsity, c, axis), lambda: old)
 

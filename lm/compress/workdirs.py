@@ -12,56 +12,62 @@ import os
 import jax
 import ml_collections
 
-from lm import checkpoint
-from lm import models
+from lm import restore
 from lm.compress import deep_compression
 from lm.compress import lora
 from lm.compress import prune
 from lm.compress import quantize
 from lm.errors import UsageError
+from lm.io import config_file
+from lm.io import layout
+from lm.io import outputs
+from lm.model import params as model_params
+from lm.model import registry
+from lm.model.config import ModelConfig
 
 
-def _write(source: str, output: str, restored: checkpoint.Restored,
-           model_config: models.ModelConfig, params,
+def _write(source: str, output: str, restored: restore.Restored,
+           model_config: ModelConfig, params,
            defaults: ml_collections.ConfigDict | None,
            extra_files: dict[str, bytes] | None = None, **sections) -> None:
   """`output`: the source's config with `model_config` (and `sections`
   replaced), its tokenizer moved along, and `params` at the source's step."""
-  config = checkpoint.load_config(source, defaults)
+  config = config_file.load_config(source, defaults)
   config.model = dataclasses.asdict(model_config)
   for name, values in sections.items():
     config[name] = ml_collections.ConfigDict(values)
   tokenizer = config.data.tokenizer
   if os.path.isdir(tokenizer) and os.path.samefile(tokenizer, source):
     config.data.tokenizer = os.path.abspath(output)
-  checkpoint.write_params_workdir(output, config, jax.device_get(params),
-                                  restored.tokenizer, restored.step,
-                                  extra_files)
+  outputs.write_params_workdir(output, config, jax.device_get(params),
+                               restored.tokenizer, restored.step, extra_files)
 
 
-def _restore_float(source: str, output: str) -> checkpoint.Restored:
-  checkpoint.check_new_directory(output)
-  restored = checkpoint.restore(source)
+def _restore_float(source: str, output: str) -> restore.Restored:
+  outputs.check_new_directory(output)
+  restored = restore.workdir(source)
   if restored.model_config.quant != 'none':
     raise UsageError(f'{source} is already quantized '
                      f'(model.quant={restored.model_config.quant!r}); '
                      'compress the float workdir it came from')
-  if restored.model_config.family == 'lstm':
-    raise UsageError('compression applies to Transformer workdirs; '
-                     f'{source} holds the LSTM baseline')
+  family = registry.get(restored.model_config.family)
+  if not family.compressible:
+    raise UsageError(f'compression rewrites lm Dense layers; {source} holds '
+                     f'a {family.name} model, which has none')
   return restored
 
 
 def quantize_workdir(source: str, output: str, quant: str, group: int = 64,
                      kv_cache: str = 'float',
                      defaults: ml_collections.ConfigDict | None = None
-                     ) -> models.ModelConfig:
+                     ) -> ModelConfig:
   """Writes `output`: the source's latest params quantized to `quant`."""
   restored = _restore_float(source, output)
   model_config = dataclasses.replace(restored.model_config, quant=quant,
                                      quant_group=group, kv_cache=kv_cache)
   model_config.validate()
-  abstract = models.abstract_params(models.build_model(model_config))
+  abstract = model_params.abstract_params(
+      registry.build_model(model_config))
   params = quantize.quantize_params(restored.params, abstract,
                                     model_config.quantization)
   _write(source, output, restored, model_config, params, defaults)
@@ -84,7 +90,7 @@ def prune_workdir(source: str, output: str, config: prune.PruneConfig,
 
 def merge_lora_workdir(source: str, output: str,
                        defaults: ml_collections.ConfigDict | None = None
-                       ) -> models.ModelConfig:
+                       ) -> ModelConfig:
   """Writes `output`: the source's LoRA adapters merged into its kernels."""
   restored = _restore_float(source, output)
   params, model_config = lora.merge(restored.params, restored.model_config)
@@ -103,5 +109,5 @@ def deep_compress_workdir(source: str, output: str, bits: int = 5,
   data, stats = deep_compression.encode(restored.params, targets, bits)
   params = deep_compression.decode(data)
   _write(source, output, restored, restored.model_config, params, defaults,
-         extra_files={deep_compression.FILE_NAME: data})
+         extra_files={layout.DEEP_COMPRESSION: data})
   return stats

@@ -9,7 +9,8 @@
 The format is read from the source: a file starting with b'GGUF' is GGUF
 (Llama architecture); a `.safetensors` file, or a directory holding them,
 is a Hugging Face checkpoint whose config.json names the architecture
-(bert, gpt2, llama, t5). Everything is read and checked -- tensors, shapes,
+(bert, gpt2, llama, t5: the layouts the model families register). Everything
+is read and checked -- tensors, shapes,
 the tokenizer against the embedding -- before anything is written, and the
 workdir appears in one rename, so a failed import leaves nothing behind.
 """
@@ -27,13 +28,17 @@ import numpy as np
 import safetensors
 import safetensors.numpy
 
-from lm import checkpoint
-from lm import models
+from lm import restore
 from lm.convert import gguf_file
 from lm.convert import hf_layouts
 from lm.convert import tokenizer_files
 from lm.data import tokenizers
 from lm.errors import UsageError
+from lm.io import outputs
+from lm.model import params as model_params
+from lm.model import registry
+from lm.model.config import ModelConfig
+from lm.model.hf import rules
 
 _WEIGHTS_FILE = 'model.safetensors'
 _HF_CONFIG_FILE = 'config.json'
@@ -41,14 +46,14 @@ _HF_CONFIG_FILE = 'config.json'
 
 @dataclasses.dataclass
 class Imported:
-  model_config: models.ModelConfig
+  model_config: ModelConfig
   params: dict
   tokenizer: tokenizers.Tokenizer
   source_format: str
 
   @property
   def num_params(self) -> int:
-    return models.count_params(self.params)
+    return model_params.count_params(self.params)
 
 
 def detect_format(source: str) -> str:
@@ -86,10 +91,9 @@ def read_checkpoint(source: str, tokenizer_dir: str | None = None
   if tokenizer_dir and kind == 'gguf':
     tokenizer = tokenizer_files.find_tokenizer(tokenizer_dir)
   arch = hf_layouts.get_architecture(hf_config.get('model_type'))
-  model_config = models.ModelConfig(
-      **arch.config_from_hf(hf_config, set(tensors)))
+  model_config = ModelConfig(**arch.config_from_hf(hf_config, set(tensors)))
   model_config.validate()
-  params = hf_layouts.params_from_hf(arch.rules(model_config), tensors)
+  params = rules.params_from_hf(arch.rules(model_config), tensors)
   _check_shapes(model_config, params)
   if tokenizer.vocab_size > model_config.vocab_size:
     raise UsageError(
@@ -108,30 +112,30 @@ def import_checkpoint(source: str, workdir: str,
   The workdir's config.json is `base_config` (configs/base.py's defaults)
   with the imported model section and tokenizer.
   """
-  checkpoint.check_new_directory(workdir)
+  outputs.check_new_directory(workdir)
   imported = read_checkpoint(source, tokenizer_dir)
   config = ml_collections.ConfigDict(base_config.to_dict())
   config.model = dataclasses.asdict(imported.model_config)
   # The tokenizer travels with the workdir; data.tokenizer names it.
   config.data.update(tokenizer=os.path.abspath(workdir),
                      vocab_size=imported.tokenizer.vocab_size)
-  checkpoint.write_params_workdir(workdir, config, imported.params,
-                                  imported.tokenizer)
+  outputs.write_params_workdir(workdir, config, imported.params,
+                               imported.tokenizer)
   return imported
 
 
 def export_workdir(workdir: str, output: str) -> str:
   """Writes the workdir's latest params in Hugging Face layout; returns arch."""
-  restored = checkpoint.restore(workdir)
+  restored = restore.workdir(workdir)
   arch_name = hf_layouts.architecture_of(restored.model_config)
-  arch = hf_layouts.ARCHITECTURES[arch_name]
+  arch = registry.get(restored.model_config.family).hf_layouts[arch_name]
   hf_config = arch.config_to_hf(restored.model_config)
   hf_config['torch_dtype'] = 'float32'
   params = jax.tree.map(lambda x: np.asarray(x, np.float32), restored.params)
-  tensors = hf_layouts.params_to_hf(arch.rules(restored.model_config), params)
-  checkpoint.check_new_directory(output)
+  tensors = rules.params_to_hf(arch.rules(restored.model_config), params)
+  outputs.check_new_directory(output)
   final = os.path.abspath(output)
-  staging = checkpoint.staging_path(final)
+  staging = outputs.staging_path(final)
   try:
     safetensors.numpy.save_file(tensors, os.path.join(staging, _WEIGHTS_FILE),
                                 metadata={'format': 'pt'})
@@ -173,9 +177,9 @@ def _read_safetensors(paths: list[str]) -> dict[str, np.ndarray]:
   return tensors
 
 
-def _check_shapes(model_config: models.ModelConfig, params: dict) -> None:
+def _check_shapes(model_config: ModelConfig, params: dict) -> None:
   """The params are exactly what the model builds: no more, no fewer."""
-  abstract = models.abstract_params(models.build_model(model_config))
+  abstract = model_params.abstract_params(registry.build_model(model_config))
   want = flax.traverse_util.flatten_dict(abstract, sep='/')
   have = flax.traverse_util.flatten_dict(params, sep='/')
   for name in sorted(set(want) | set(have)):

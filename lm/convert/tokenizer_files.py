@@ -17,6 +17,7 @@ import tokenizers as hf_tokenizers
 
 from lm.data import tokenizers
 from lm.errors import UsageError
+from lm.io import layout
 
 _GPT2_FILES = (('encoder.json', 'vocab.bpe'), ('vocab.json', 'merges.txt'))
 # Fallbacks by role when no config names a token, in order of preference.
@@ -32,7 +33,7 @@ _CONVENTIONAL = {'bos_token': ('<|endoftext|>', '[CLS]', '<s>'),
 def find_tokenizer(directory: str) -> tokenizers.Tokenizer:
   """The tokenizer stored in `directory`, or one error listing what to add."""
   path = lambda name: os.path.join(directory, name)
-  if os.path.exists(path(tokenizers.SPM_FILE)) or (
+  if os.path.exists(path(layout.SENTENCEPIECE_TOKENIZER)) or (
       os.path.exists(path('tokenizer.json'))
       and tokenizers.is_byte_marker(path('tokenizer.json'))):
     # lm's own formats: a workdir, or a model exported from one.

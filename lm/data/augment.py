@@ -30,6 +30,14 @@ RATES = ('synonym', 'delete', 'swap', 'token_mask')
 _WORD = re.compile(r'^(\W*)(\w+)(\W*)$')
 
 
+def check_rates(augment_config) -> None:
+  """data.augment's rates (for lm/data/config.py)."""
+  for name in RATES:
+    rate = augment_config[name]
+    if not 0.0 <= rate < 1.0:
+      raise UsageError(f'data.augment.{name} must be in [0, 1), got {rate}')
+
+
 @dataclasses.dataclass(frozen=True)
 class Augmenter:
   synonym: float = 0.0
@@ -40,10 +48,8 @@ class Augmenter:
 
   @classmethod
   def from_config(cls, augment_config, synonyms_fn=None) -> 'Augmenter':
+    """The data.augment section's operations (checked by `check_rates`)."""
     rates = {name: float(augment_config[name]) for name in RATES}
-    for name, rate in rates.items():
-      if not 0.0 <= rate < 1.0:
-        raise UsageError(f'data.augment.{name} must be in [0, 1), got {rate}')
     synonyms = None
     if rates['synonym']:
       if synonyms_fn is None:

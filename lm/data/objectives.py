@@ -10,7 +10,7 @@
 
 Every example is a dict of equal-shape arrays with 'targets' and 'weights'
 (1 where a target is scored), plus whatever the model family reads
-(`models.*.batch_inputs`). The ids these objectives add -- [MASK], the
+(its module's `batch_inputs`). The ids these objectives add -- [MASK], the
 sentinels -- come right after the tokenizer's vocabulary, so the model's
 vocab_size must leave room for them (`extra_ids` says how many).
 """
@@ -21,9 +21,9 @@ import numpy as np
 
 from lm.errors import UsageError
 
+# Which model family trains with which objective is the family's to say
+# (lm/model/registry.py).
 OBJECTIVES = ('causal', 'masked', 'span')
-FAMILY_OF = {'causal': 'decoder', 'masked': 'encoder',
-             'span': 'encoder_decoder'}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,28 +41,13 @@ class Objective:
 
   @classmethod
   def from_config(cls, data_config, tokenizer) -> 'Objective':
-    objective = cls(
+    """The data section's objective (checked by `check_settings`)."""
+    return cls(
         name=data_config.objective, vocab_size=tokenizer.vocab_size,
         bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id,
         seq_len=data_config.seq_len, mask_rate=data_config.mask_rate,
         noise_density=data_config.noise_density,
         mean_span_length=data_config.mean_span_length)
-    objective.validate()
-    return objective
-
-  def validate(self):
-    if self.name not in OBJECTIVES:
-      raise UsageError(f'data.objective={self.name!r} is not one of '
-                       f"{list(OBJECTIVES) + ['classify', 'seq2seq', 'instruct']}")
-    if not 0 < self.mask_rate < 1 or not 0 < self.noise_density < 1:
-      raise UsageError('data.mask_rate and data.noise_density must be in '
-                       f'(0, 1), got {self.mask_rate} and {self.noise_density}')
-    if self.mean_span_length < 1:
-      raise UsageError('data.mean_span_length must be >= 1, got '
-                       f'{self.mean_span_length}')
-    if self.name == 'span' and self.seq_len < 4:
-      raise UsageError(f'span corruption needs data.seq_len >= 4, got '
-                       f'{self.seq_len}')
 
   @property
   def window_len(self) -> int:
@@ -98,6 +83,20 @@ class Objective:
     if self.name == 'masked':
       return masked_example(window, rng, self)
     return span_example(window, rng, self)
+
+
+def check_settings(data_config) -> None:
+  """The data section's corruption settings (for data/config.py)."""
+  rates = (data_config.mask_rate, data_config.noise_density)
+  if not all(0 < rate < 1 for rate in rates):
+    raise UsageError('data.mask_rate and data.noise_density must be in '
+                     f'(0, 1), got {rates[0]} and {rates[1]}')
+  if data_config.mean_span_length < 1:
+    raise UsageError('data.mean_span_length must be >= 1, got '
+                     f'{data_config.mean_span_length}')
+  if data_config.objective == 'span' and data_config.seq_len < 4:
+    raise UsageError(f'span corruption needs data.seq_len >= 4, got '
+                     f'{data_config.seq_len}')
 
 
 def causal_example(window: np.ndarray) -> dict[str, np.ndarray]:

@@ -16,7 +16,7 @@ objectives:
 
 Training batches are infinite and shuffled; evaluation batches go once
 through a split with the last one padded by rows of weight 0. Generation
-(lm/evaluation.py) reads the raw pairs through `pairs(split)`.
+(lm/evaluate/score.py) reads the raw pairs through `pairs(split)`.
 """
 
 import dataclasses
@@ -31,7 +31,8 @@ from lm.data import sources
 from lm.data import tokenizers
 from lm.errors import UsageError
 
-FAMILY_OF = {'seq2seq': 'encoder_decoder', 'instruct': 'decoder'}
+# 'seq2seq' trains an encoder-decoder, 'instruct' a decoder.
+OBJECTIVES = ('seq2seq', 'instruct')
 
 
 @dataclasses.dataclass
@@ -41,7 +42,7 @@ class TextPairData:
   train: grain.MapDataset
   evaluation: dict[str, grain.MapDataset]
   token_bytes: np.ndarray
-  metrics: tuple[str, ...]  # what generation is scored by (lm/metrics.py)
+  metrics: tuple[str, ...]  # what generation is scored by (lm/evaluate/text_metrics.py)
   raw_examples: dict  # split -> random-access source of the raw examples
   encode_source: Callable[[str], list[int]]  # source text -> model input ids
   train_examples: int  # in this process's shard

@@ -22,10 +22,8 @@ import sentencepiece as spm
 import tokenizers as hf_tokenizers
 
 from lm.errors import UsageError
+from lm.io import layout
 
-SPM_FILE = 'tokenizer.model'
-JSON_FILE = 'tokenizer.json'  # byte-level marker, or a Hugging Face file
-_HF_CONFIG_FILE = 'tokenizer_config.json'
 # Shared special ids: 0 pad, 1 unk (SentencePiece only), 2 bos, 3 eos.
 PAD_ID, BOS_ID, EOS_ID = 0, 2, 3
 
@@ -63,7 +61,7 @@ class ByteTokenizer:
     return counts
 
   def save(self, directory: str) -> None:
-    _atomic_write(os.path.join(directory, JSON_FILE),
+    _atomic_write(os.path.join(directory, layout.JSON_TOKENIZER),
                   json.dumps({'kind': 'byte'}).encode())
 
 
@@ -99,7 +97,8 @@ class SentencePieceTokenizer:
     return counts
 
   def save(self, directory: str) -> None:
-    _atomic_write(os.path.join(directory, SPM_FILE), self.model_proto)
+    _atomic_write(os.path.join(directory, layout.SENTENCEPIECE_TOKENIZER),
+                  self.model_proto)
 
 
 def train_sentencepiece(texts: Iterable[str], vocab_size: int,
@@ -180,27 +179,29 @@ class HfTokenizer:
     return counts
 
   def save(self, directory: str) -> None:
-    _atomic_write(os.path.join(directory, JSON_FILE),
+    _atomic_write(os.path.join(directory, layout.JSON_TOKENIZER),
                   self.tokenizer.to_str().encode())
     token = self.tokenizer.id_to_token
-    _atomic_write(os.path.join(directory, _HF_CONFIG_FILE), json.dumps(
-        {'pad_token': token(self.pad_id), 'bos_token': token(self.bos_id),
-         'eos_token': token(self.eos_id),
-         'chat_template': self.chat_template}, indent=2).encode())
+    settings = {'pad_token': token(self.pad_id),
+                'bos_token': token(self.bos_id),
+                'eos_token': token(self.eos_id),
+                'chat_template': self.chat_template}
+    _atomic_write(os.path.join(directory, layout.HF_TOKENIZER_CONFIG),
+                  json.dumps(settings, indent=2).encode())
 
   @classmethod
   def load(cls, directory: str) -> 'HfTokenizer':
     tokenizer = hf_tokenizers.Tokenizer.from_file(
-        os.path.join(directory, JSON_FILE))
-    with open(os.path.join(directory, _HF_CONFIG_FILE)) as f:
+        os.path.join(directory, layout.JSON_TOKENIZER))
+    with open(os.path.join(directory, layout.HF_TOKENIZER_CONFIG)) as f:
       config = json.load(f)
     ids = {}
     for name in ('pad', 'bos', 'eos'):
       ids[name] = tokenizer.token_to_id(config[f'{name}_token'] or '')
       if ids[name] is None:
-        raise UsageError(f'{directory}/{_HF_CONFIG_FILE} names '
+        raise UsageError(f'{directory}/{layout.HF_TOKENIZER_CONFIG} names '
                          f'{name}_token={config[f"{name}_token"]!r}, which '
-                         f'{JSON_FILE} does not have')
+                         f'{layout.JSON_TOKENIZER} does not have')
     return cls(tokenizer, pad_id=ids['pad'], bos_id=ids['bos'],
                eos_id=ids['eos'], chat_template=config.get('chat_template'))
 
@@ -227,15 +228,16 @@ def is_byte_marker(path: str) -> bool:
 
 def load_tokenizer(directory: str) -> Tokenizer:
   """The tokenizer stored in a workdir (or a dataset's tokenizer folder)."""
-  spm_path = os.path.join(directory, SPM_FILE)
+  spm_path = os.path.join(directory, layout.SENTENCEPIECE_TOKENIZER)
   if os.path.exists(spm_path):
     return SentencePieceTokenizer.load(spm_path)
-  json_path = os.path.join(directory, JSON_FILE)
+  json_path = os.path.join(directory, layout.JSON_TOKENIZER)
   if os.path.exists(json_path):
     if is_byte_marker(json_path):
       return ByteTokenizer()
     return HfTokenizer.load(directory)
-  raise UsageError(f'no tokenizer ({SPM_FILE} or {JSON_FILE}) in '
+  raise UsageError(f'no tokenizer ({layout.SENTENCEPIECE_TOKENIZER} or '
+                   f'{layout.JSON_TOKENIZER}) in '
                    f'{directory}; is it a workdir written by training or '
                    'experiments/convert.py?')
 

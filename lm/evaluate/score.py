@@ -1,0 +1,155 @@
+"""Scores a trained model on a split of its task.
+
+Classifiers and language models are scored from their logits (the sums of
+lm/train/steps.py evaluate_sums). Text-to-text tasks are also scored on text
+the model writes: beam search (or greedy) for encoder-decoder models, greedy
+continuation of the prompt for decoders, then the dataset's metrics (BLEU
+and chrF for translation, ROUGE for summarization, exact match and token F1
+for QA) against the references.
+"""
+
+import json
+import os
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from lm.data import text_pairs
+from lm.errors import UsageError
+from lm.evaluate import text_metrics
+from lm.infer import beam_search
+from lm.infer import generate
+from lm.infer import sampling
+from lm.io import checkpoint
+from lm.io import config_file
+from lm.io import layout
+from lm.model import params as model_params
+from lm.train import batch_metrics
+from lm.train import steps
+from lm.train.trainer import Trainer
+
+# Generation metric name -> function(predictions, references) -> value(s).
+GENERATION_METRICS = {
+    'bleu': text_metrics.bleu, 'chrf': text_metrics.chrf,
+    'rouge': text_metrics.rouge, 'exact_match': text_metrics.exact_match,
+    'token_f1': text_metrics.token_f1}
+NUM_SHOWN = 5  # examples of generated text kept in the results
+
+
+def generate_texts(trainer: Trainer, params: Any, sources: list[str],
+                   eval_config) -> list[str]:
+  """The model's output text for each source, in batches."""
+  data, model = trainer.data, trainer.model
+  tokenizer = data.tokenizer
+  target_len = data.target_len
+  seq_len, size = trainer.config.data.seq_len, eval_config.batch_size
+  outputs = []
+  for start in range(0, len(sources), size):
+    chunk = sources[start:start + size]
+    batch = [data.encode_source(s) for s in chunk]
+    # Every batch has the same shape, so decoding compiles once: the last
+    # is filled with copies of its first row, and inputs padded to full
+    # length.
+    batch += batch[:1] * (size - len(batch))
+    if data.objective == 'seq2seq':
+      tokens = beam_search.translate(
+          model, params, batch, max_new_tokens=target_len,
+          bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id,
+          pad_id=tokenizer.pad_id, beam_size=eval_config.beam_size,
+          length_penalty=eval_config.length_penalty, source_len=seq_len)
+    else:
+      tokens = generate.generate(
+          model, params, batch,
+          sampling=sampling.SamplingConfig(max_new_tokens=target_len,
+                                           temperature=0.0),
+          rng=np.zeros(2, np.uint32), eos_id=tokenizer.eos_id,
+          pad_id=tokenizer.pad_id, max_len=trainer.model_config.context_limit,
+          prompt_len=seq_len - target_len)
+    outputs += [tokenizer.decode(t).strip() for t in tokens[:len(chunk)]]
+  return outputs
+
+
+def score_generation(metric_names, predictions, references) -> dict:
+  scores = {}
+  for name in metric_names:
+    value = GENERATION_METRICS[name](predictions, references)
+    scores.update(value if isinstance(value, dict) else {name: value})
+  return scores
+
+
+def evaluate_workdir(workdir: str, split: str, eval_overrides: dict,
+                     defaults: ml_collections.ConfigDict | None = None
+                     ) -> dict:
+  """Scores the workdir's latest checkpoint on `split` of its own task.
+
+  `defaults` (configs/base.py) fills config keys an older workdir lacks.
+  Writes <workdir>/eval/<dataset>_<split>.json and returns what it wrote.
+  """
+  config = config_file.load_config(workdir, defaults)
+  eval_config = config.evaluate
+  eval_config.update({k: v for k, v in eval_overrides.items()
+                      if v is not None})
+  config.distill.teacher = ''  # Scoring needs no teacher.
+  trainer = Trainer(config)
+  params, step = checkpoint.load_params(
+      workdir, model_params.abstract_params(trainer.model))
+  sums = steps.evaluate_sums(trainer.eval_step, params,
+                             trainer.eval_batches(split), trainer.token_bytes)
+  result = {'workdir': workdir, 'dataset': config.data.name, 'split': split,
+            'step': step, 'metrics': batch_metrics.summarize(sums)}
+  if 'confusion' in sums:
+    report = batch_metrics.report_from_confusion(
+        batch_metrics.rint_counts(sums['confusion']),
+        trainer.data.class_names)
+    result.update(per_class=report['per_class'],
+                  confusion_matrix=report['confusion_matrix'])
+  spent = trainer.privacy_spent(step)
+  if spent:
+    result['privacy'] = spent
+  if isinstance(trainer.data, text_pairs.TextPairData):
+    pairs = trainer.data.pairs(split)
+    if eval_config.max_examples > 0:
+      pairs = pairs[:eval_config.max_examples]
+    if not pairs:
+      raise UsageError(f'the {split} split of {config.data.name} is empty')
+    sources, references = zip(*pairs)
+    predictions = generate_texts(trainer, params, list(sources), eval_config)
+    result['metrics'].update(score_generation(trainer.data.metrics,
+                                              predictions, list(references)))
+    result['generation'] = {
+        'examples': len(pairs),
+        'decoding': (f'beam {eval_config.beam_size}, length penalty '
+                     f'{eval_config.length_penalty}'
+                     if trainer.data.objective == 'seq2seq' else 'greedy')}
+    result['samples'] = [
+        {'source': s, 'reference': r, 'prediction': p}
+        for s, r, p in list(zip(sources, references, predictions))[:NUM_SHOWN]]
+  path = layout.eval_path(workdir, config.data.name, split)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path + '.tmp', 'w') as f:
+    json.dump(result, f, indent=2, ensure_ascii=False)
+  os.replace(path + '.tmp', path)
+  result['path'] = path
+  return result
+
+
+def markdown_table(result: dict) -> str:
+  names = list(result['metrics'])
+  lines = [f'| dataset | split | step | {" | ".join(names)} |',
+           '| --- ' * (3 + len(names)) + '|',
+           f'| {result["dataset"]} | {result["split"]} | {result["step"]} | '
+           + ' | '.join(f'{result["metrics"][n]:.4f}' for n in names) + ' |']
+  for name, row in result.get('per_class', {}).items():
+    lines.append(f'class {name}: precision {row["precision"]:.4f} recall '
+                 f'{row["recall"]:.4f} f1 {row["f1"]:.4f} support '
+                 f'{row["support"]}')
+  if 'privacy' in result:
+    lines.append('DP-SGD: epsilon {epsilon:.3f}, delta {delta:.2e} after '
+                 '{steps} steps (noise multiplier {noise_multiplier}, clip '
+                 '{l2_clip})'.format(**result['privacy']))
+  for sample in result.get('samples', []):
+    lines.append(f'source: {sample["source"][:200]!r}\n  reference: '
+                 f'{sample["reference"]!r}\n  prediction: '
+                 f'{sample["prediction"]!r}')
+  return '\n'.join(lines)

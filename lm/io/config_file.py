@@ -1,0 +1,50 @@
+"""A workdir's config.json: the run's whole config, written atomically and
+read back with the defaults of keys added to lm since."""
+
+import json
+import os
+
+import ml_collections
+
+from lm.errors import UsageError
+from lm.io import layout
+
+
+def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  path = layout.config_path(workdir)
+  with open(path + '.tmp', 'w') as f:
+    f.write(config.to_json_best_effort(indent=2))
+  os.replace(path + '.tmp', path)
+
+
+def load_config(workdir: str, defaults: ml_collections.ConfigDict | None = None
+                ) -> ml_collections.ConfigDict:
+  """The workdir's config; keys it lacks (added to lm after it was written)
+  are taken from `defaults` (e.g. configs/base.py), which keep old runs'
+  behaviour."""
+  path = layout.config_path(workdir)
+  if not os.path.exists(path):
+    raise UsageError(f'{workdir} has no {layout.CONFIG}; is it a workdir '
+                     'written by experiments/train.py?')
+  try:
+    with open(path, encoding='utf-8') as f:
+      saved = json.load(f)
+  except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise UsageError(f'{path} is damaged (not JSON: {e}); restore it from '
+                     'a copy, or train into a new workdir') from e
+  if not isinstance(saved, dict) or 'model' not in saved:
+    raise UsageError(f'{path} holds no model section; is it a workdir '
+                     'written by experiments/train.py?')
+  if defaults is None:
+    return ml_collections.ConfigDict(saved)
+  return ml_collections.ConfigDict(_fill_missing(defaults.to_dict(), saved))
+
+
+def _fill_missing(defaults: dict, saved: dict) -> dict:
+  merged = dict(saved)
+  for key, value in defaults.items():
+    if key not in merged:
+      merged[key] = value
+    elif isinstance(value, dict) and isinstance(merged[key], dict):
+      merged[key] = _fill_missing(value, merged[key])
+  return merged

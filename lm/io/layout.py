@@ -1,0 +1,47 @@
+"""Every file and folder a workdir holds, named once.
+
+  config.json              the run's whole config (CONFIG)
+  checkpoints/<step>/      orbax steps: params, state, data (CHECKPOINTS)
+    lm_checksums.json      each sealed step's SHA-256 manifest (CHECKSUMS)
+  damaged_checkpoints/     steps whose checksums failed, moved aside (DAMAGED)
+  tensorboard/             event files of scalars, samples, histograms
+  eval/<dataset>_<split>.json   experiments/evaluate.py's results
+  profile/                 jax.profiler traces (train.profile_steps)
+  tokenizer.model | tokenizer.json (+ tokenizer_config.json)   the tokenizer
+  deep_compression.npz     a Deep-Compressed workdir's encoded params
+  preempted.json           where a run stopped on a signal
+  .lock                    held by the run that trains in the workdir
+"""
+
+import os
+
+CONFIG = 'config.json'
+CHECKPOINTS = 'checkpoints'
+CHECKSUMS = 'lm_checksums.json'
+DAMAGED = 'damaged_checkpoints'
+TENSORBOARD = 'tensorboard'
+EVAL = 'eval'
+PROFILE = 'profile'
+SENTENCEPIECE_TOKENIZER = 'tokenizer.model'
+# A byte-level tokenizer's marker, or a Hugging Face tokenizer.json.
+JSON_TOKENIZER = 'tokenizer.json'
+HF_TOKENIZER_CONFIG = 'tokenizer_config.json'
+DEEP_COMPRESSION = 'deep_compression.npz'
+PREEMPTED = 'preempted.json'
+LOCK = '.lock'
+
+
+def config_path(workdir: str) -> str:
+  return os.path.join(workdir, CONFIG)
+
+
+def checkpoint_dir(workdir: str) -> str:
+  return os.path.join(os.path.abspath(workdir), CHECKPOINTS)
+
+
+def damaged_dir(workdir: str) -> str:
+  return os.path.join(os.path.abspath(workdir), DAMAGED)
+
+
+def eval_path(workdir: str, dataset: str, split: str) -> str:
+  return os.path.join(workdir, EVAL, f'{dataset}_{split}.json')

@@ -1,0 +1,61 @@
+"""Matrix products laid out the way XLA:CPU runs them fastest.
+
+`dense`: x @ kernel for the dense layers, with a faster weight gradient.
+The weight gradient is x^T dy: both operands contract over their leading
+(token) axis, a "tn" product XLA:CPU runs slower than transposing x first
+and multiplying the plain way. Its simplifier folds a transpose it can see
+back into the product, so the transpose goes behind
+`jax.lax.optimization_barrier`. When x is wider than the output (the MLP's
+down projection) x is usually elementwise work (the GELU) that XLA would
+recompute inside the transposing copy, so that product stays "tn".
+
+`tied_logits`: logits against a [V, D] table (a tied output layer). A
+decoding step multiplies a few rows by the whole table, and XLA:CPU streams
+a [D, V] operand faster than the [V, D] table read transposed; the copy is
+loop-invariant, so XLA hoists it out of the decoding loop.
+
+Elsewhere (GPU, TPU) the products are the plain ones. docs/performance.md
+has the measurements.
+"""
+
+import jax
+import jax.numpy as jnp
+
+
+def dense(x, kernel):
+  """x [..., in] @ kernel [in, out]."""
+  if jax.default_backend() != 'cpu':
+    return x @ kernel
+  return _transposed_weight_gradient(x, kernel)
+
+
+@jax.custom_vjp
+def _transposed_weight_gradient(x, kernel):
+  return x @ kernel
+
+
+def _forward(x, kernel):
+  return x @ kernel, (x, kernel)
+
+
+def _backward(residuals, d_y):
+  x, kernel = residuals
+  x_TI = x.reshape(-1, x.shape[-1])
+  d_y_TO = d_y.reshape(-1, d_y.shape[-1])
+  if x_TI.shape[1] > d_y_TO.shape[1]:
+    d_kernel = jax.lax.dot_general(x_TI, d_y_TO, (((0,), (0,)), ((), ())))
+  else:
+    d_kernel = jax.lax.optimization_barrier(x_TI.T) @ d_y_TO
+  return d_y @ kernel.T, d_kernel.astype(kernel.dtype)
+
+
+_transposed_weight_gradient.defvjp(_forward, _backward)
+
+
+def tied_logits(x_BLD, table_VD, *, decoding_step: bool = False):
+  """x [B, L, D] against every row of table [V, D] -> [B, L, V];
+  `decoding_step`: one token per row, in a loop that reuses the table."""
+  if decoding_step and jax.default_backend() == 'cpu':
+    table_DV = jax.lax.optimization_barrier(table_VD.T)
+    return jnp.einsum('bld,dv->blv', x_BLD, table_DV)
+  return jnp.einsum('bld,vd->blv', x_BLD, table_VD)

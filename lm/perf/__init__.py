@@ -1,0 +1,2 @@
+"""Measuring a run: model FLOPs and the peak behind MFU, compiled memory,
+profiler traces, wall-clock timing."""

@@ -1,0 +1,124 @@
+"""Model FLOPs per token and the peak they are measured against (MFU).
+
+Model FLOPs count the arithmetic the model needs, not what the program runs
+(rematerialization is not counted), as PaLM (Chowdhery et al., 2022,
+Appendix B) and MaxText count them. One training token costs
+
+  6 * N + 12 * L * H * Q * T
+
+where N counts the parameters that multiply activations (every dense
+kernel, the output layer, and of a mixture of experts the share of expert
+weights one token uses), L is the number of layers, H the heads, Q the head
+width and T the sequence length: 2 FLOPs per weight per token forward, 4
+backward, plus QK^T and the attention-weighted sum of V (2 matmuls of
+2*T*Q per head, forward and backward). Like PaLM's, the attention term
+counts the whole T x T score matrix, causal or not. Embedding lookups, norms
+and the softmax are left out.
+"""
+
+import functools
+import time
+
+import flax.traverse_util
+import jax
+import jax.numpy as jnp
+
+from lm.model import params as model_params
+from lm.model import registry
+from lm.model.config import ModelConfig
+
+FORMULA = '6*N + 12*L*H*Q*T (PaLM, Appendix B)'
+
+# Dense bfloat16 peak FLOP/s of one chip from vendors' datasheets (without
+# structured sparsity), by a word in `jax.Device.device_kind`.
+DATASHEET_PEAK_BF16 = {
+    'H200': 989e12, 'H100': 989e12, 'A100': 312e12,
+    'TPU v4': 275e12, 'TPU v5 lite': 197e12, 'TPU v5e': 197e12,
+    'TPU v5p': 459e12, 'TPU v6 lite': 918e12, 'TPU v6e': 918e12,
+}
+
+
+def matmul_params(model_config: ModelConfig, params=None) -> int:
+  """N of the formula: weights that multiply activations, per token.
+  `params` (arrays or shapes) saves tracing the model when at hand."""
+  if params is None:
+    params = model_params.abstract_params(
+        registry.build_model(model_config))
+  flat = flax.traverse_util.flatten_dict(params)
+  total = 0.0
+  for path, leaf in flat.items():
+    name = path[-1]
+    if name == 'kernel' or name == 'router':
+      total += leaf.size
+    elif 'moe' in path and name in ('wi', 'wi_0', 'wi_1', 'wo'):
+      # A token goes through experts_per_token of num_experts experts.
+      total += leaf.size * (model_config.experts_per_token /
+                            model_config.num_experts)
+    elif (name == 'embedding' and path[-2] == 'embed' and
+          model_config.tie_embeddings and model_config.num_classes == 0):
+      total += leaf.size  # The tied table is the output layer too.
+  return int(total)
+
+
+def train_flops_per_token(model_config: ModelConfig, seq_len: int,
+                          params=None) -> float:
+  """FORMULA for a model (its `params`' shapes, if at hand) and length."""
+  config = model_config
+  attention_layers = registry.get(config.family).attention_layers(config)
+  attention = (12 * attention_layers * config.num_heads * config.head_width
+               * seq_len)
+  return 6 * matmul_params(config, params) + attention
+
+
+def measure_matmul_peak(dtype=jnp.float32, size: int = 1024,
+                        repeats: int = 10, calls: int = 3) -> float:
+  """FLOP/s of this process's best square matmul on the default device.
+
+  A chain of `repeats` dependent [size, size] products runs in one compiled
+  call, so dispatch is paid once; the best of `calls` calls after a
+  compiling one is taken (the least disturbed).
+  """
+  a = jax.random.normal(jax.random.key(0), (size, size), dtype)
+  scale = jnp.asarray(1 / size ** 0.5, dtype)  # Keeps values finite.
+
+  @jax.jit
+  def chain(x):
+    for _ in range(repeats):
+      x = (x @ a) * scale
+    return x
+
+  chain(a).block_until_ready()
+  best = float('inf')
+  for _ in range(calls):
+    start = time.perf_counter()
+    chain(a).block_until_ready()
+    best = min(best, time.perf_counter() - start)
+  return 2 * size ** 3 * repeats / best
+
+
+def datasheet_peak(device: jax.Device | None = None) -> float | None:
+  """The datasheet's bfloat16 peak of `device` (default: the first), or None
+  where unknown (every CPU)."""
+  device = device or jax.devices()[0]
+  for name, peak in DATASHEET_PEAK_BF16.items():
+    if name.lower() in device.device_kind.lower():
+      return peak
+  return None
+
+
+@functools.cache
+def peak_flops(dtype_name: str = 'float32') -> dict[str, float | None]:
+  """FLOP/s that MFU divides by, for the whole run (every process).
+
+  'measured': this process's best square matmul (lm's own peak), times the
+  processes; on a CPU it covers every local device, which share the cores.
+  'datasheet': the devices' datasheet peak, where known (GPU, TPU).
+  Measured once per process (a second or two).
+  """
+  dtype = jnp.dtype(dtype_name)
+  measured = max(measure_matmul_peak(dtype, size) for size in (512, 1024))
+  if jax.devices()[0].platform != 'cpu':
+    measured *= jax.local_device_count()
+  sheet = datasheet_peak()
+  return {'measured': measured * jax.process_count(),
+          'datasheet': sheet and sheet * jax.device_count()}

@@ -1,0 +1,176 @@
+"""The optimizer of a run, built whole: the optax chain from `config.optim`
+(AdamW, warmup + cosine, clipping), with DP-SGD's per-example aggregation
+(`config.privacy`), frozen parameters (LoRA freezes all but its adapters)
+and pruning masks (`config.prune`) in the same chain.
+
+Weight decay applies to matrices only (kernels and embeddings), never to
+norm scales or biases, as in GPT-2 and nanoGPT. Parameters are picked by
+name -- the '/'-joined path, e.g. 'block_3/mlp/wi/kernel' -- with regular
+expressions that must match the whole name:
+  freeze       parameters that never change (no update, no optimizer state)
+  lr_scale     (pattern, factor) pairs: those parameters' updates, so their
+               learning rate, scaled by the factor (the first match wins)
+  layer_decay  layer-wise learning-rate decay (ELECTRA, BEiT): block i of L
+               learns at decay**(L - i) of the rate, the embeddings at
+               decay**(L + 1), the layers after the last block at the full
+               rate
+"""
+
+import math
+import re
+
+import jax
+import ml_collections
+import numpy as np
+import optax
+
+from lm.compress import lora
+from lm.compress import prune
+from lm.errors import UsageError
+from lm.model.config import ModelConfig
+from lm.model.params import param_name
+from lm.train import privacy
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """The optim section (and its schedule over train.num_steps): raises
+  UsageError naming the key that is wrong and the fix."""
+  settings = config.optim
+  if settings.name != 'adamw':
+    raise UsageError(f"optim.name={settings.name!r} is not supported; use "
+                     "'adamw'")
+  rate = settings.learning_rate
+  if not (isinstance(rate, (int, float)) and 0 < rate < math.inf):
+    raise UsageError(f'optim.learning_rate must be a positive finite number, '
+                     f'got {rate!r}')
+  if not 0 <= settings.warmup_steps < config.train.num_steps:
+    raise UsageError(f'optim.warmup_steps={settings.warmup_steps} must be in '
+                     f'[0, train.num_steps={config.train.num_steps})')
+  if not 0 < settings.layer_decay <= 1:
+    raise UsageError(f'optim.layer_decay must be in (0, 1], got '
+                     f'{settings.layer_decay}')
+  for pattern, factor in settings.lr_scale:
+    _compile(pattern, 'optim.lr_scale')
+    if factor < 0:
+      raise UsageError(f'optim.lr_scale factor for {pattern!r} must be >= 0, '
+                       f'got {factor}')
+  for pattern in settings.freeze:
+    _compile(pattern, 'optim.freeze')
+
+
+def make_schedule(optim_config, num_steps: int) -> optax.Schedule:
+  """Linear warmup to `learning_rate`, cosine decay to `min_lr_ratio` of it."""
+  settings = optim_config
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=settings.learning_rate,
+      warmup_steps=settings.warmup_steps, decay_steps=num_steps,
+      end_value=settings.learning_rate * settings.min_lr_ratio)
+
+
+def decay_mask(params):
+  """True for parameters that get weight decay: those with 2+ dimensions."""
+  return jax.tree.map(lambda p: p.ndim >= 2, params)
+
+
+def make_optimizer(config: ml_collections.ConfigDict,
+                   model_config: ModelConfig, schedule: optax.Schedule
+                   ) -> optax.GradientTransformation:
+  """The run's whole chain, in the order gradients go through it: pruning
+  masks, DP-SGD's clipping and noise of per-example gradients, then for the
+  parameters not frozen global-norm clipping, AdamW and the by-name
+  learning-rate factors."""
+  settings = config.optim
+  chain = []
+  if settings.clip_norm:
+    chain.append(optax.clip_by_global_norm(settings.clip_norm))
+  chain.append(optax.adamw(schedule, b1=settings.b1, b2=settings.b2,
+                           eps=settings.eps,
+                           weight_decay=settings.weight_decay,
+                           mask=decay_mask))
+  if settings.lr_scale or settings.layer_decay != 1:
+    chain.append(scale_by_name(lambda name: _lr_factor(
+        name, settings.lr_scale, settings.layer_decay,
+        model_config.num_layers)))
+  optimizer = optax.chain(*chain)
+  freeze = tuple(settings.freeze)
+  if model_config.lora_rank and not freeze:
+    # LoRA trains its adapters alone (all else is frozen, not even in the
+    # optimizer state) unless optim.freeze says otherwise.
+    freeze = (lora.NOT_ADAPTERS,)
+  if freeze:
+    frozen = [_compile(pattern, 'optim.freeze') for pattern in freeze]
+    optimizer = optax.multi_transform(
+        {'train': optimizer, 'frozen': optax.set_to_zero()},
+        lambda params: _freeze_labels(params, frozen))
+  if config.privacy.dp_sgd:  # Per-example gradients in, one gradient out.
+    optimizer = optax.chain(
+        privacy.aggregator(config.privacy, config.train.seed), optimizer)
+  prune_config = prune.PruneConfig.from_config(config.prune)
+  if prune_config.pattern != 'none':  # The masks join the optimizer state.
+    optimizer = prune.masked(optimizer, prune_config,
+                             prune.input_axes(model_config))
+  return optimizer
+
+
+def scale_by_name(factor_of) -> optax.GradientTransformation:
+  """Multiplies each update by factor_of(parameter name): a number, or an
+  array that broadcasts against the update (one factor per scanned layer)."""
+
+  def update(updates, state, params=None):
+    del params
+    return jax.tree_util.tree_map_with_path(
+        lambda path, u: u * _broadcastable(factor_of(param_name(path)), u),
+        updates), state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(),
+                                      update)
+
+
+def _broadcastable(factor, update):
+  factor = np.asarray(factor, np.float32)
+  return factor.reshape(factor.shape + (1,) * (update.ndim - factor.ndim))
+
+
+def _lr_factor(name: str, lr_scale, layer_decay: float, num_layers: int):
+  for pattern, factor in lr_scale:
+    if re.fullmatch(pattern, name):
+      return factor
+  if layer_decay == 1:
+    return 1.0
+  parts = name.split('/')
+  blocks = [p for p in parts if re.fullmatch(r'block_\d+', p)]
+  if blocks:
+    return layer_decay ** (num_layers - int(blocks[0][len('block_'):]))
+  if 'blocks' in parts:  # Scanned: one factor per layer, on the layer axis.
+    return layer_decay ** (num_layers - np.arange(num_layers))
+  if any(part in _EMBEDDINGS for part in parts):
+    return layer_decay ** (num_layers + 1)
+  return 1.0
+
+
+# Parameters below the first block, which layer_decay slows the most.
+_EMBEDDINGS = ('embed', 'position_embed', 'token_type_embed', 'embed_norm')
+
+
+def _freeze_labels(params, frozen: list[re.Pattern]):
+  labels = jax.tree_util.tree_map_with_path(
+      lambda path, _: 'frozen' if any(p.fullmatch(param_name(path))
+                                      for p in frozen) else 'train', params)
+  names = [param_name(path) for path, _ in
+           jax.tree_util.tree_flatten_with_path(params)[0]]
+  for pattern in frozen:
+    if not any(pattern.fullmatch(n) for n in names):
+      raise UsageError(
+          f'optim.freeze pattern {pattern.pattern!r} matches no parameter; '
+          f'names look like {names[:3]} (the whole name must match)')
+  if 'train' not in jax.tree.leaves(labels):
+    raise UsageError('optim.freeze matches every parameter; nothing would '
+                     'train')
+  return labels
+
+
+def _compile(pattern: str, key: str) -> re.Pattern:
+  try:
+    return re.compile(pattern)
+  except re.error as e:
+    raise UsageError(f'{key}: {pattern!r} is not a regular expression ({e})')

@@ -1,0 +1,199 @@
+"""The compiled steps of training and evaluation, as pure functions.
+
+`train_step` is one optimizer update of a `TrainState` on a batch (with
+gradient accumulation, per-example gradients for DP-SGD, or a teacher's
+soft targets); `eval_step` sums a batch's metrics. lm/train/trainer.py
+compiles them for a mesh.
+"""
+
+from typing import Any
+
+import flax.struct
+import flax.traverse_util
+import jax
+import jax.numpy as jnp
+import optax
+
+from lm.compress import distill as distillation
+from lm.errors import UsageError
+from lm.model import params as model_params
+from lm.train import batch_metrics
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a step changes. The RNG is a raw uint32 key (serializable)."""
+
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  rng: jax.Array
+
+  def checkpoint_items(self):
+    return self.params, {'step': self.step, 'opt_state': self.opt_state,
+                         'rng': self.rng}
+
+
+def forward(model, params, batch, **kwargs):
+  """The model's outputs on a batch, and the auxiliary values its layers
+  sowed in the 'aux' collection (lm/moe.py: router losses, expert load)."""
+  return model.apply({'params': params},
+                     **model_params.model_inputs(model, batch),
+                     mutable=['aux'], **kwargs)
+
+
+def batch_sums(model, params, batch, token_bytes_V=None, **kwargs):
+  """Metric sums of one batch (lm/train/batch_metrics.py)."""
+  return _metric_sums(forward(model, params, batch, **kwargs)[0], batch,
+                      token_bytes_V)
+
+
+def _metric_sums(outputs, batch, token_bytes_V=None):
+  """Per target token for the language-modelling objectives, per sequence
+  for classification (batches with a 'label')."""
+  if 'label' in batch:
+    return batch_metrics.classification_sums(outputs, batch['label'],
+                                             batch['weights'])
+  return batch_metrics.lm_sums(outputs, batch['targets'], batch['weights'],
+                               token_bytes_V)
+
+
+def train_step(state: TrainState, batch, teacher_params=None, *, model,
+               optimizer, schedule, per_example: bool = False,
+               accum_steps: int = 1,
+               distill: distillation.Distill | None = None):
+  """One optimizer update on a batch (see lm/data: pipeline, classification).
+
+  The loss is the mean over the batch's weighted targets, plus the router
+  losses of mixture-of-experts layers. With `accum_steps` > 1 the batch is
+  split into that many micro-batches whose gradients are summed one after
+  another (a scan), so only a micro-batch's activations are alive at once;
+  the update equals the whole batch's. With `per_example` the optimizer
+  gets one gradient per example (a leading batch axis), as DP-SGD's
+  aggregation (lm/privacy.py) needs. With `distill` the teacher (its params
+  `teacher_params`) gives soft targets (lm/compress/distill.py).
+  """
+  dropout_rng = jax.random.fold_in(state.rng, state.step)
+
+  def loss_fn(params, batch, rng, num_targets, aux_share):
+    outputs, aux = forward(model, params, batch, deterministic=False,
+                           rngs={'dropout': rng})
+    sums = _metric_sums(outputs, batch)
+    router_loss = sum(jnp.sum(x) for x in _sown(aux, 'router_loss'))
+    loss = sums['nll'] / num_targets + aux_share * router_loss
+    totals = {'nll': sums['nll'], 'correct': sums['correct'],
+             'router_loss': aux_share * router_loss,
+             'expert_load': _expert_load(aux)}
+    if distill is not None:
+      teacher_outputs, _ = forward(distill.teacher, teacher_params, batch)
+      totals['soft_loss'] = distillation.soft_loss_sum(
+          outputs, teacher_outputs, batch['weights'], distill.temperature)
+      loss = ((1 - distill.alpha) * sums['nll'] + distill.alpha *
+              totals['soft_loss']) / num_targets + aux_share * router_loss
+    return loss, totals
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  num_targets = jnp.maximum(jnp.sum(batch['weights']), 1.0)
+  if per_example:
+    def example_grad(example, index):
+      return grad_fn(state.params, jax.tree.map(lambda x: x[None], example),
+                     jax.random.fold_in(dropout_rng, index),
+                     jnp.maximum(jnp.sum(example['weights']), 1.0), 1.0)
+
+    (_, totals), grads = jax.vmap(example_grad)(
+        batch, jnp.arange(len(batch['weights'])))
+    totals = jax.tree.map(lambda x: jnp.sum(x, 0), totals)
+    totals['router_loss'] /= len(batch['weights'])
+    totals['expert_load'] /= len(batch['weights'])
+    grad_norm = optax.tree.norm(jax.tree.map(lambda g: g.mean(0), grads))
+  elif accum_steps > 1:
+    def micro_step(running, micro):
+      micro_batch, index = micro
+      (_, totals), grads = grad_fn(state.params, micro_batch,
+                                  jax.random.fold_in(dropout_rng, index),
+                                  num_targets, 1.0 / accum_steps)
+      totals['expert_load'] /= accum_steps
+      return jax.tree.map(jnp.add, running, (grads, totals)), None
+
+    micro_batches = _micro_batches(batch, accum_steps)
+    (_, totals), grads = jax.eval_shape(
+        grad_fn, state.params, jax.tree.map(lambda x: x[0], micro_batches),
+        dropout_rng, num_targets, 1.0)
+    zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype),
+                         (grads, totals))
+    (grads, totals), _ = jax.lax.scan(
+        micro_step, zeros, (micro_batches, jnp.arange(accum_steps)))
+    grad_norm = optax.tree.norm(grads)
+  else:
+    (_, totals), grads = grad_fn(state.params, batch, dropout_rng,
+                                num_targets, 1.0)
+    grad_norm = optax.tree.norm(grads)
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  # A non-finite loss or gradient (an overflow, a bad batch) must not reach
+  # the parameters or Adam's moments: the step keeps them as they were.
+  finite = jnp.isfinite(totals['nll']) & jnp.isfinite(grad_norm)
+  params, opt_state = jax.tree.map(
+      lambda new, old: jnp.where(finite, new, old),
+      (params, opt_state), (state.params, state.opt_state))
+  step_metrics = {'loss': totals['nll'] / num_targets,
+                  'token_accuracy': totals['correct'] / num_targets,
+                  'grad_norm': grad_norm,
+                  'learning_rate': schedule(state.step),
+                  'skipped': jnp.logical_not(finite).astype(jnp.int32)}
+  if distill is not None:
+    step_metrics['soft_loss'] = totals['soft_loss'] / num_targets
+  if totals['expert_load'].size:
+    # 1.0 when every expert gets its share of tokens; E when one gets all.
+    step_metrics['router_loss'] = totals['router_loss']
+    step_metrics['expert_load_max'] = (jnp.max(totals['expert_load'])
+                                       * totals['expert_load'].size)
+  return state.replace(step=state.step + 1, params=params,
+                       opt_state=opt_state), step_metrics
+
+
+def _micro_batches(batch, count: int):
+  """[count, B / count, ...]: micro-batch i takes rows i, i + count, ...,
+  so each stays spread over the devices the batch's rows are on."""
+  return jax.tree.map(
+      lambda x: x.reshape((x.shape[0] // count, count) + x.shape[1:])
+      .swapaxes(0, 1), batch)
+
+
+def _sown(aux, name: str) -> list[jax.Array]:
+  """Every value the model's layers sowed as `name` (one per layer; a
+  stacked one for scanned layers)."""
+  flat = flax.traverse_util.flatten_dict(aux.get('aux', {}))
+  return [x for path, values in flat.items() if path[-1] == name
+          for x in jax.tree.leaves(values)]
+
+
+def _expert_load(aux) -> jax.Array:
+  """The fraction of routed tokens each expert got, averaged over the
+  mixture-of-experts layers; empty for a model without them."""
+  loads = _sown(aux, 'expert_load')
+  if not loads:
+    return jnp.zeros((0,))
+  stacked = jnp.concatenate([x.reshape(-1, x.shape[-1]) for x in loads])
+  return jnp.mean(stacked, axis=0)
+
+
+def eval_step(params, batch, token_bytes_V, *, model):
+  return batch_sums(model, params, batch, token_bytes_V)
+
+
+def evaluate_sums(eval_fn, params, batches, token_bytes_V) -> dict:
+  """The metric sums over all `batches` (see batch_metrics.summarize)."""
+  totals = None
+  for batch in batches:
+    sums = eval_fn(params, batch, token_bytes_V)
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+  if totals is None:
+    raise UsageError('the evaluation split produced no batches')
+  return jax.device_get(totals)
+
+
+def evaluate(eval_fn, params, batches, token_bytes_V) -> dict[str, float]:
+  """batch_metrics.summarize of the sums over all `batches`."""
+  return batch_metrics.summarize(evaluate_sums(eval_fn, params, batches,
+                                               token_bytes_V))
