@@ -9,7 +9,7 @@ from lm.model.hf.rules import activation_from_hf
 from lm.model.hf.rules import activation_to_hf
 from lm.model.hf.rules import linear
 from lm.model.hf.rules import norm
-from lm.model.hf.rules import path
+from lm.model.hf.rules import param_path
 from lm.model.hf.rules import same
 
 
@@ -28,7 +28,7 @@ def _rules(c: ModelConfig) -> list[Rule]:
         Rule(
             f'{hf}.attn.c_attn.weight',
             tuple(
-                path(f'{attention}/{part}/kernel')
+                param_path(f'{attention}/{part}/kernel')
                 for part in ('query', 'key', 'value')),
             lambda x: [w.reshape(-1, n, h) for w in np.split(x, 3, axis=1)],
             lambda xs: np.concatenate([w.reshape(w.shape[0], -1)
@@ -36,11 +36,12 @@ def _rules(c: ModelConfig) -> list[Rule]:
         Rule(
             f'{hf}.attn.c_attn.bias',
             tuple(
-                path(f'{attention}/{part}/bias')
+                param_path(f'{attention}/{part}/bias')
                 for part in ('query', 'key', 'value')),
             lambda x: [b.reshape(n, h) for b in np.split(x, 3)],
             lambda xs: np.concatenate([b.reshape(-1) for b in xs])),
-        Rule(f'{hf}.attn.c_proj.weight', (path(f'{attention}/out/kernel'),),
+        Rule(f'{hf}.attn.c_proj.weight',
+             (param_path(f'{attention}/out/kernel'),),
              lambda x: [x.reshape(n, h, -1)],
              lambda xs: xs[0].reshape(n * h, -1)),
         same(f'{hf}.attn.c_proj.bias', f'{attention}/out/bias'),

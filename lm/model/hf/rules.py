@@ -30,17 +30,19 @@ class Rule:
   to_hf: Callable[[list[np.ndarray]], np.ndarray]
 
 
-def path(name: str) -> Path:
+def param_path(name: str) -> Path:
+  """('block_0', 'mlp', 'wi', 'kernel') from 'block_0/mlp/wi/kernel'."""
   return tuple(name.split('/'))
 
 
 def same(hf_name, lm_name):
-  return Rule(hf_name, (path(lm_name),), lambda x: [x], lambda xs: xs[0])
+  return Rule(hf_name, (param_path(lm_name),), lambda x: [x], lambda xs: xs[0])
 
 
 def linear(hf_name, lm_name):
   """HF [out, in] weight <-> lm [in, out] kernel."""
-  return Rule(hf_name, (path(lm_name),), lambda x: [x.T], lambda xs: xs[0].T)
+  return Rule(hf_name, (param_path(lm_name),), lambda x: [x.T],
+              lambda xs: xs[0].T)
 
 
 def heads_in(hf_name, lm_name, heads, head_dim):
@@ -49,11 +51,11 @@ def heads_in(hf_name, lm_name, heads, head_dim):
     return [x.T.reshape(x.shape[1], heads, head_dim)]
   def to_hf(xs):
     return xs[0].reshape(xs[0].shape[0], heads * head_dim).T
-  return Rule(hf_name, (path(lm_name),), to_lm, to_hf)
+  return Rule(hf_name, (param_path(lm_name),), to_lm, to_hf)
 
 
 def heads_bias(hf_name, lm_name, heads, head_dim):
-  return Rule(hf_name, (path(lm_name),),
+  return Rule(hf_name, (param_path(lm_name),),
               lambda x: [x.reshape(heads, head_dim)],
               lambda xs: xs[0].reshape(heads * head_dim))
 
@@ -65,7 +67,7 @@ def heads_out(hf_name, lm_name, heads, head_dim):
     return [x.T.reshape(heads, head_dim, x.shape[0])]
   def to_hf(xs):
     return xs[0].reshape(heads * head_dim, xs[0].shape[-1]).T
-  return Rule(hf_name, (path(lm_name),), to_lm, to_hf)
+  return Rule(hf_name, (param_path(lm_name),), to_lm, to_hf)
 
 
 def norm(hf_prefix, lm_name, with_bias=True, weight='weight', bias='bias'):
@@ -119,16 +121,16 @@ class Architecture:
   requires: dict[str, Any]
 
 
-def _get(tree: dict, path: Path):
-  for key in path:
+def _get(tree: dict, lm_path: Path):
+  for key in lm_path:
     tree = tree[key]
   return tree
 
 
-def _set(tree: dict, path: Path, value):
-  for key in path[:-1]:
+def _set(tree: dict, lm_path: Path, value):
+  for key in lm_path[:-1]:
     tree = tree.setdefault(key, {})
-  tree[path[-1]] = value
+  tree[lm_path[-1]] = value
 
 
 def params_from_hf(rules: list[Rule], tensors: dict[str, np.ndarray]) -> dict:
@@ -139,8 +141,9 @@ def params_from_hf(rules: list[Rule], tensors: dict[str, np.ndarray]) -> dict:
     raise UsageError(f'the checkpoint lacks {len(missing)} tensor(s) its '
                      f'config implies, e.g. {missing[:3]}')
   for rule in rules:
-    for path, value in zip(rule.lm_paths, rule.to_lm(tensors[rule.hf_name])):
-      _set(params, path, np.ascontiguousarray(value))
+    for lm_path, value in zip(rule.lm_paths,
+                              rule.to_lm(tensors[rule.hf_name])):
+      _set(params, lm_path, np.ascontiguousarray(value))
   return params
 
 
