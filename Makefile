@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 WORKDIR ?= workdirs/default
 export JAX_COMPILATION_CACHE_DIR ?= $(CURDIR)/.cache/jax
 
-.PHONY: setup train test clean
+.PHONY: setup train test bench-gpu gpu-wheels clean
 
 setup: $(VENV)/.installed
 
@@ -30,5 +30,30 @@ train: setup
 test: setup
 	$(BIN)/python -m pytest -q --durations=25
 
+# The GPU benchmark (configs/bench/llama_gpu.py, one JSON line). A Python
+# that already runs JAX on a GPU is used as it is, with the wheels of .whl/
+# added (`make gpu-wheels` fetches what a bare JAX image lacks, for machines
+# that reach no package registry); otherwise .venv-cuda gets lm[cuda].
+GPU_BENCH := -m experiments.benchmark --config=configs/bench/llama_gpu.py \
+  --decode_batches=1,64
+GPU_SITE := $(CURDIR)/.cache/gpu-site
+GPU_READY := import jax, flax, optax, orbax.checkpoint, chex, ml_collections; \
+  assert jax.default_backend() == "gpu"
+
+bench-gpu:
+	@if [ -d .whl ]; then $(PYTHON) -m pip install --quiet --no-index \
+	  --no-deps --upgrade --target $(GPU_SITE) .whl/*.whl; fi
+	@if PYTHONPATH=$(GPU_SITE) $(PYTHON) -c '$(GPU_READY)' 2>/dev/null; then \
+	  PYTHONPATH=$(CURDIR):$(GPU_SITE) $(PYTHON) $(GPU_BENCH); \
+	else \
+	  $(PYTHON) -m venv .venv-cuda && \
+	  .venv-cuda/bin/pip install --quiet -c constraints.txt -e '.[cuda]' && \
+	  .venv-cuda/bin/python $(GPU_BENCH); \
+	fi
+
+gpu-wheels:
+	$(PYTHON) -m pip download --quiet --no-deps --only-binary=:all: -d .whl \
+	  ml-collections==$$(sed -n 's/^ml_collections==//p' constraints.txt)
+
 clean:
-	rm -rf $(VENV) .cache *.egg-info
+	rm -rf $(VENV) .venv-cuda .whl .cache *.egg-info

@@ -16,9 +16,12 @@ of preference:
 
 Both are read when a process starts, so the script's process re-executes
 itself with them, before JAX is imported (from experiments/__init__.py,
-only for `python -m experiments.NAME`). LM_ALLOCATOR=glibc skips mimalloc,
-LM_ALLOCATOR=system changes nothing; a process that already preloads
-mimalloc or sets glibc.malloc.hugetlb stays as it is. experiments/benchmark.py
+only for `python -m experiments.NAME`), and only where JAX will run on the
+CPU: a GPU or TPU backend allocates device memory its own way. A process
+whose LD_PRELOAD the user set (tcmalloc on a TPU VM, say) stays as it is.
+LM_ALLOCATOR=glibc skips mimalloc, LM_ALLOCATOR=system changes nothing; a
+process that already preloads mimalloc or sets glibc.malloc.hugetlb stays as
+it is. `describe` says what a process runs with. experiments/benchmark.py
 and experiments/torch_peer.py record what their process ran with;
 docs/performance.md has the measurements.
 """
@@ -78,17 +81,45 @@ def tunables_to_add(environ, libc: tuple[str, str], thp: str
   return f'{current}:{TUNABLE}=1' if current else f'{TUNABLE}=1'
 
 
+# Distributions whose presence means JAX will not run on the CPU (their
+# names as importlib.metadata gives them, lower case, '-' for '_').
+_ACCELERATOR_PLUGINS = {'jax-cuda': 'cuda', 'jax-rocm': 'rocm',
+                        'libtpu': 'tpu'}
+
+
+def accelerator(environ, distributions: list[str]) -> str | None:
+  """The GPU/TPU platform JAX will take ('cuda', 'rocm', 'tpu'), or None for
+  the CPU: JAX_PLATFORMS' first entry where set, else an installed plugin
+  among `distributions` (installed_distributions())."""
+  platforms = environ.get('JAX_PLATFORMS', '')
+  if platforms:
+    first = platforms.split(',')[0].strip().lower()
+    return None if first == 'cpu' else first
+  for name in distributions:
+    name = name.lower().replace('_', '-')
+    for prefix, platform_name in _ACCELERATOR_PLUGINS.items():
+      if name.startswith(prefix):
+        return platform_name
+  return None
+
+
+def installed_distributions() -> list[str]:
+  return [dist.metadata['Name'] or '' for dist in
+          importlib.metadata.distributions()]
+
+
 def settings_to_add(environ, mimalloc: str | None, libc: tuple[str, str],
-                    thp: str) -> dict[str, str]:
+                    thp: str, platform_name: str | None = None
+                    ) -> dict[str, str]:
   """The environment variables to restart with ({} to stay as is), given the
-  environment, mimalloc_library(), platform.libc_ver() and thp_mode()."""
+  environment, mimalloc_library(), platform.libc_ver(), thp_mode() and the
+  accelerator() JAX will use (None: the CPU)."""
   choice = environ.get('LM_ALLOCATOR', '')
-  preloaded = environ.get('LD_PRELOAD', '')
-  if choice == 'system' or 'mimalloc' in preloaded:
+  if (choice == 'system' or environ.get('LD_PRELOAD')
+      or platform_name is not None):
     return {}
   if mimalloc and choice != 'glibc':
-    added = {'LD_PRELOAD': f'{mimalloc}:{preloaded}' if preloaded
-             else mimalloc}
+    added = {'LD_PRELOAD': mimalloc}
     added.update({name: value for name, value in MIMALLOC_OPTIONS.items()
                   if name not in environ})
     return added
@@ -101,7 +132,8 @@ def restart_with_allocator() -> None:
   if sys.platform != 'linux':
     return
   added = settings_to_add(os.environ, mimalloc_library(), platform.libc_ver(),
-                          thp_mode())
+                          thp_mode(), accelerator(os.environ,
+                                                  installed_distributions()))
   if not added:
     return
   try:
@@ -138,3 +170,13 @@ def malloc_settings() -> dict:
              for name in MIMALLOC_OPTIONS},
           'glibc_tunables': os.environ.get('GLIBC_TUNABLES', ''),
           'transparent_huge_pages': thp_mode()}
+
+
+def describe() -> str:
+  """What this process allocates with, in a few words, for a log's first
+  line."""
+  if loaded_allocator() == 'mimalloc':
+    return 'mimalloc (LM_ALLOCATOR=system keeps the system malloc)'
+  if 'hugetlb=1' in os.environ.get('GLIBC_TUNABLES', ''):
+    return 'glibc malloc with transparent huge pages'
+  return 'the system malloc'

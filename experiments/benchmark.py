@@ -11,11 +11,13 @@ config.bench.steps steps after config.bench.warmup_steps, model FLOPs per
 token (lm/perf/flops.py gives the formula), achieved GFLOP/s, this process's
 measured matmul peak and the MFU against it (and against the datasheet peak
 on a GPU or TPU), compile time, the train step's peak memory, and
-prefill_tokens_per_s and decode_tokens_per_s of greedy generation.
---only=train or --only=decode runs one half.
+prefill_tokens_per_s and decode_tokens_per_s of greedy generation (with
+the fraction of the memory-bandwidth roofline on a GPU or TPU).
+--decode_batches=1,64 measures generation at each batch size, under
+"decode". --only=train or --only=decode runs one half.
 
 --sweep instead measures tokens/s and peak memory of the train step for
-each --seq_lens (at --sweep_batch rows, with 'xla' and 'blockwise'
+each --seq_lens (at --sweep_batch rows, with 'auto' and 'blockwise'
 attention) and each --layer_counts (at the config's batch and length),
 writes one JSON line per point to --sweep_out and draws --plot.
 """
@@ -38,6 +40,9 @@ _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Config file, e.g. configs/bench/gpt_cpu.py.')
 _ONLY = flags.DEFINE_enum('only', '', ['', 'train', 'decode'],
                           'Measure only training or only generation.')
+_DECODE_BATCHES = flags.DEFINE_list(
+    'decode_batches', [], 'Generation: batch sizes to measure, each under '
+    '"decode" (default: config.bench.decode_batch, at the top level).')
 _SWEEP = flags.DEFINE_bool('sweep', False, 'Run the scaling sweep instead.')
 _SEQ_LENS = flags.DEFINE_list('seq_lens', ['128', '256', '512', '1024', '2048'],
                               'Sweep: sequence lengths.')
@@ -68,7 +73,7 @@ def sweep(config, peak):
   """One result per point: lengths with both attentions, then depths."""
   base = config.copy_and_resolve_references()
   base.bench.update(steps=_SWEEP_STEPS.value, warmup_steps=1)
-  for attention in ('xla', 'blockwise'):
+  for attention in ('auto', 'blockwise'):
     for seq_len in _ints(_SEQ_LENS):
       point = base.copy_and_resolve_references()
       point.model.update(attention=attention,
@@ -94,7 +99,7 @@ def plot(points, path):
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
   fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
   by_length = [p for p in points if p['sweep'] == 'seq_len']
-  for attention, style in (('xla', 'o-'), ('blockwise', 's--')):
+  for attention, style in (('auto', 'o-'), ('blockwise', 's--')):
     rows = [p for p in by_length if p['attention'] == attention]
     lengths = [p['seq_len'] for p in rows]
     axes[0].plot(lengths, [p['train_tokens_per_s'] for p in rows], style,
@@ -139,8 +144,10 @@ def main(argv):
               'new_tokens'):
     if config.bench[key] < (0 if key == 'warmup_steps' else 1):
       cli.fail(f'config.bench.{key}={config.bench[key]} is out of range')
+  # Refused before any work.
   if _SWEEP.value:
-    _ints(_SEQ_LENS), _ints(_LAYER_COUNTS)  # Refused before any work.
+    _ints(_SEQ_LENS), _ints(_LAYER_COUNTS)
+  decode_batches = _ints(_DECODE_BATCHES) if _DECODE_BATCHES.value else []
   model_config = ModelConfig.from_config(config.model)
   peak = flops.peak_flops(model_config.dtype)
   if _SWEEP.value:
@@ -168,7 +175,10 @@ def main(argv):
             'seq_len': config.data.seq_len, **allocator.malloc_settings()}
   if _ONLY.value != 'decode':
     result.update(benchmark.measure_train(config, peak))
-  if _ONLY.value != 'train':
+  if _ONLY.value != 'train' and decode_batches:
+    result['decode'] = [benchmark.measure_decode(config, batch)
+                        for batch in decode_batches]
+  elif _ONLY.value != 'train':
     result.update(benchmark.measure_decode(config))
   print(json.dumps(result), flush=True)
 

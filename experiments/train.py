@@ -25,10 +25,12 @@ import jax
 from ml_collections import config_flags
 
 from configs import base
+from experiments import allocator
 from experiments import cli
 from lm import progress
 from lm.evaluate import score as evaluation
 from lm.io import preemption
+from lm.kernels import platform
 from lm.train import loop
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -70,6 +72,9 @@ def main(argv):
                'after the multi-process run')
   primary = jax.process_index() == 0
   if primary:
+    print(f'lm on JAX {jax.__version__}, {platform.current()} backend '
+          f'({jax.device_count()} devices); memory: {allocator.describe()}',
+          flush=True)
     print(config, flush=True)
   try:
     final = loop.train_and_evaluate(

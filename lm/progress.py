@@ -97,11 +97,11 @@ class Tracker:
   device's, not how far dispatch has run ahead."""
 
   def __init__(self, line, num_steps: int, tokens_per_step: int,
-               flops_per_token: float, peak_flops: float,
-               interval_s: float = 0.5):
+               flops_per_token: float, peak, interval_s: float = 0.5):
+    """`peak` turns FLOP/s into MFU (lm/perf/flops.py Peak)."""
     self.line, self.num_steps = line, num_steps
     self.tokens_per_step, self.interval_s = tokens_per_step, interval_s
-    self.flops_per_token, self.peak_flops = flops_per_token, peak_flops
+    self.flops_per_token, self.peak = flops_per_token, peak
     self.rate = None  # A Throughput from the last redraw on.
 
   def due(self) -> bool:
@@ -115,7 +115,7 @@ class Tracker:
       self.rate = Throughput(step, self.tokens_per_step, self.num_steps)
     else:
       tokens_per_s, eta_s = self.rate.update(step)
-      mfu = tokens_per_s * self.flops_per_token / self.peak_flops
+      mfu = self.peak.mfu(tokens_per_s * self.flops_per_token)
       text += (f' | {tokens_per_s:,.0f} tokens/s | MFU {mfu:.1%} | '
                f'ETA {format_seconds(eta_s)}')
     self.line.show(text)

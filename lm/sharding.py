@@ -172,7 +172,11 @@ def activation_rules(mesh: jax.sharding.Mesh):
   `init` constrains each boxed parameter as it is made, which fails for
   some layouts (flax issue 3676); init through jit's out_shardings.
   """
-  with jax.set_mesh(mesh), nn.logical_axis_rules(RULES):
+  # An abstract mesh (devices unnamed) traces a program to lower for
+  # another platform.
+  use_mesh = (jax.sharding.use_abstract_mesh
+              if isinstance(mesh, jax.sharding.AbstractMesh) else jax.set_mesh)
+  with use_mesh(mesh), nn.logical_axis_rules(RULES):
     yield
 
 

@@ -45,7 +45,8 @@ def test_only_scripts_run_with_dash_m_restart(argv, expected):
 
 @pytest.mark.parametrize('environ, mimalloc, expected', [
     ({}, LIB, MIMALLOC),
-    ({'LD_PRELOAD': '/x.so'}, LIB, dict(MIMALLOC, LD_PRELOAD=f'{LIB}:/x.so')),
+    # The user's own preload (tcmalloc, say) is left alone.
+    ({'LD_PRELOAD': '/x.so'}, LIB, {}),
     # The user's own mimalloc options stay.
     ({'MIMALLOC_PURGE_DELAY': '100'}, LIB,
      {k: v for k, v in MIMALLOC.items() if k != 'MIMALLOC_PURGE_DELAY'}),
@@ -67,3 +68,22 @@ def test_the_installed_mimalloc_is_found():
   # setup.cfg installs cmeel-mimalloc on Linux.
   path = allocator.mimalloc_library()
   assert path and os.path.basename(path).startswith('libmimalloc.so')
+
+
+@pytest.mark.parametrize('environ, distributions, expected', [
+    ({}, ['jax', 'jaxlib'], None),
+    ({}, ['jax', 'jax-cuda13-plugin', 'jax-cuda13-pjrt'], 'cuda'),
+    ({}, ['jax_cuda12_plugin'], 'cuda'),
+    ({}, ['libtpu'], 'tpu'),
+    ({'JAX_PLATFORMS': 'cpu'}, ['jax-cuda13-plugin'], None),
+    ({'JAX_PLATFORMS': 'cuda,cpu'}, [], 'cuda'),
+])
+def test_the_accelerator_jax_will_take(environ, distributions, expected):
+  assert allocator.accelerator(environ, distributions) == expected
+
+
+def test_no_restart_where_jax_runs_on_an_accelerator():
+  assert allocator.settings_to_add({}, LIB, GLIBC, 'madvise', 'cuda') == {}
+  assert allocator.settings_to_add({}, LIB, GLIBC, 'madvise', 'tpu') == {}
+  assert allocator.settings_to_add({}, LIB, GLIBC, 'madvise', None) == MIMALLOC
+

@@ -3,16 +3,26 @@
 import os
 import subprocess
 import sys
+import tempfile
 
 import ml_collections
 
 from tests.conftest import ROOT
 
 
-def run(module, *args):
-  env = dict(os.environ, PYTHONPATH=ROOT)
-  return subprocess.run([sys.executable, '-m', module, *args], cwd=ROOT,
-                        env=env, capture_output=True, text=True, timeout=600)
+def run(module, *args, hidden=()):
+  """`python -m module args`; the packages named in `hidden` fail to import
+  (as where they are not installed)."""
+  with tempfile.TemporaryDirectory(prefix='lm-hidden-') as folder:
+    for name in hidden:
+      os.makedirs(os.path.join(folder, name))
+      with open(os.path.join(folder, name, '__init__.py'), 'w',
+                encoding='utf-8') as f:
+        f.write(f'raise ImportError("{name} is hidden by the test")\n')
+    path = os.pathsep.join(([folder] if hidden else []) + [ROOT])
+    return subprocess.run([sys.executable, '-m', module, *args], cwd=ROOT,
+                          env=dict(os.environ, PYTHONPATH=path),
+                          capture_output=True, text=True, timeout=600)
 
 
 def flat_overrides(config) -> dict:

@@ -7,6 +7,7 @@ import grain
 import numpy as np
 import pytest
 
+from lm.data import config as data_config
 from lm.data import datasets
 from lm.data import objectives
 from lm.data import pipeline
@@ -15,6 +16,10 @@ from lm.data import shakespeare
 from lm.data import tokenizers
 
 TRICKY = 'ROMEO:\nBut soft!  what light\n\n\tthrough 窓 yonder 日本語 breaks?  \n'
+
+
+def test_the_config_knows_every_dataset_the_builders_build():
+  assert sorted(data_config.DATASETS) == sorted(datasets.BUILDERS)
 
 
 def test_markdown_becomes_speaker_colon_lines():

@@ -1,6 +1,7 @@
 """Model FLOPs: the formula counts what XLA compiles; the peak is measured."""
 
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -11,6 +12,7 @@ from lm.model import params as model_params
 from lm.model import registry
 from lm.model.config import ModelConfig
 from lm.perf import flops
+from lm.train import loop
 
 
 def test_matmul_params_of_the_default_model():
@@ -64,9 +66,44 @@ def test_the_matmul_peak_is_measured():
   assert math.isfinite(peak) and peak > 1e8
 
 
-def test_datasheet_peaks_are_known_by_device_kind():
+@pytest.mark.parametrize('kind, peak, bandwidth', [
+    ('NVIDIA H200', 989e12, 4.8e12), ('NVIDIA H200 NVL', 835e12, 4.8e12),
+    ('NVIDIA H100 80GB HBM3', 989e12, 3.35e12),
+    ('NVIDIA H100 PCIe', 756e12, 2.0e12), ('NVIDIA H100 NVL', 835e12, 3.9e12),
+    ('NVIDIA A100-SXM4-80GB', 312e12, 2.039e12),
+    ('NVIDIA A100-SXM4-40GB', 312e12, 1.555e12),
+    ('TPU v5 lite', 197e12, 0.819e12)])
+def test_datasheet_peaks_tell_the_cards_apart(kind, peak, bandwidth):
   class FakeDevice:
-    device_kind = 'NVIDIA H200'
+    device_kind = kind
 
-  assert flops.datasheet_peak(FakeDevice()) == 989e12
+  assert flops.datasheet_peak(FakeDevice()) == peak
+  assert flops.datasheet_peak(FakeDevice(),
+                              flops.DATASHEET_BANDWIDTH) == bandwidth
+
+
+def test_a_cpu_has_no_datasheet_peak():
   assert flops.datasheet_peak(jax.devices('cpu')[0]) is None
+
+
+def test_a_measured_peak_rises_to_a_faster_step():
+  peak = flops.Peak(100e9, measured=True)
+  assert peak.mfu(50e9) == 0.5 and peak.take_news() is None
+  assert peak.mfu(150e9) == 1.0
+  assert '100.0 to 150.0 GFLOP/s' in peak.take_news()
+  assert peak.take_news() is None  # Said once.
+  assert peak.mfu(75e9) == 0.5
+  datasheet = flops.Peak(100e9, measured=False)
+  assert datasheet.mfu(150e9) == 1.5  # A datasheet is not moved.
+
+
+def test_training_never_logs_mfu_above_one(tiny, tmp_path, monkeypatch):
+  # A peak measured while something else had the machine.
+  monkeypatch.setattr(flops, 'peak_flops',
+                      lambda dtype: {'measured': 1e3, 'datasheet': None})
+  lines = []
+  loop.train_and_evaluate(tiny, str(tmp_path), log=lines.append)
+  mfus = [float(m) for line in lines
+          for m in re.findall(r'MFU ([\d.]+)%', line)]
+  assert mfus and max(mfus) <= 100.0, mfus
+  assert any(line.startswith('MFU peak raised from 0.0 to') for line in lines)

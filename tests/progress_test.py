@@ -7,6 +7,7 @@ import re
 import time
 
 from lm import progress
+from lm.perf import flops
 from lm.train import loop
 
 
@@ -33,7 +34,8 @@ def test_a_pipe_gets_no_line_and_a_terminal_gets_one():
 def test_the_line_reports_rates_from_finished_steps():
   line = Shown()
   tracker = progress.Tracker(line, num_steps=100, tokens_per_step=1000,
-                             flops_per_token=2e6, peak_flops=1e12,
+                             flops_per_token=2e6,
+                             peak=flops.Peak(1e12, measured=False),
                              interval_s=0.0)
   tracker.finished(10, 2.5)
   assert line.texts[-1] == 'step 10/100 | loss 2.5000'  # No rate from one.

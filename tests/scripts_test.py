@@ -140,7 +140,9 @@ _TINY_BENCH = ['--config=configs/bench/gpt_cpu.py', '--config.model.num_layers=1
 
 
 def test_benchmark_prints_speed_flops_and_mfu():
-  result = run('experiments.benchmark', *_TINY_BENCH)
+  # The GPU machine the benchmark is made for has no data stack.
+  result = run('experiments.benchmark', *_TINY_BENCH,
+               hidden=('grain', 'tensorflow_datasets', 'tensorflow'))
   assert result.returncode == 0, result.stderr
   report = json.loads(result.stdout.strip().splitlines()[-1])
   assert report['train_steps_timed'] == 2
@@ -151,7 +153,7 @@ def test_benchmark_prints_speed_flops_and_mfu():
               'mfu_measured', 'train_peak_mib', 'prefill_tokens_per_s',
               'decode_tokens_per_s'):
     assert report[key] > 0, key
-  assert report['mfu_measured'] < 1
+  assert report['mfu_measured'] <= 1
   # The script restarted itself with mimalloc (setup.cfg installs it).
   added = allocator.settings_to_add(os.environ, allocator.mimalloc_library(),
                                     platform.libc_ver(), allocator.thp_mode())
@@ -171,8 +173,8 @@ def test_benchmark_sweep_writes_json_lines_and_a_plot(tmp_path):
   points = [json.loads(line) for line in out.read_text().splitlines()]
   assert [(p['sweep'], p['attention'], p['seq_len'], p['batch_size'],
            p['num_layers']) for p in points] == [
-               ('seq_len', 'xla', 32, 1, 1), ('seq_len', 'blockwise', 32, 1, 1),
-               ('num_layers', 'xla', 16, 2, 2)]
+               ('seq_len', 'auto', 32, 1, 1), ('seq_len', 'blockwise', 32, 1, 1),
+               ('num_layers', 'auto', 16, 2, 2)]
   assert all(p['train_tokens_per_s'] > 0 for p in points)
   assert plot.stat().st_size > 10_000
 

@@ -25,15 +25,12 @@ from typing import Callable
 import grain
 import numpy as np
 
+from lm.data import config
 from lm.data import datasets
 from lm.data import pipeline
 from lm.data import sources
 from lm.data import tokenizers
 from lm.errors import UsageError
-
-# 'seq2seq' trains an encoder-decoder, 'instruct' a decoder.
-OBJECTIVES = ('seq2seq', 'instruct')
-
 
 @dataclasses.dataclass
 class TextPairData:
@@ -86,26 +83,9 @@ def instruct_example(prompt_ids, answer_ids, *, eos_id: int, pad_id: int,
   return {'inputs': inputs, 'targets': targets, 'weights': weights}
 
 
-def check_lengths(data_config) -> int:
-  """The target length in tokens (data.target_len, or seq_len if 0)."""
-  target_len = data_config.target_len or data_config.seq_len
-  if data_config.seq_len < 2 or target_len < 2:
-    raise UsageError('text-to-text tasks need data.seq_len and '
-                     f'data.target_len >= 2, got {data_config.seq_len} and '
-                     f'{target_len}')
-  if data_config.objective == 'instruct' and target_len >= data_config.seq_len:
-    raise UsageError(
-        f'data.target_len={target_len} leaves no room for the prompt in '
-        f'data.seq_len={data_config.seq_len}; make target_len smaller')
-  if '{source}' not in data_config.prompt:
-    raise UsageError(f'data.prompt={data_config.prompt!r} must contain '
-                     "'{source}', where the source text goes")
-  return target_len
-
-
 def make_text_pair_data(data_config, *, process_index: int = 0,
                         process_count: int = 1) -> TextPairData:
-  target_len = check_lengths(data_config)
+  target_len = config.target_len(data_config)
   builder = datasets.get_builder(data_config.name, data_config.data_dir or None)
   if 'target' not in builder.info.features:
     raise UsageError(

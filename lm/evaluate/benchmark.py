@@ -79,6 +79,7 @@ def measure_train(config: ml_collections.ConfigDict,
   achieved = per_token * tokens / step_s
   result = {
       'train_steps_timed': config.bench.steps,
+      'attention_kernel': trainer.attention_kernel(),
       'train_step_s': round(step_s, 4),
       'train_tokens_per_s': round(tokens / step_s, 1),
       'flops_per_token': per_token, 'flops_formula': flops.FORMULA,
@@ -90,8 +91,12 @@ def measure_train(config: ml_collections.ConfigDict,
   if device_peak:
     result['device_peak_mib'] = round(device_peak / 2**20, 1)
   if peak is not None:
-    result['peak_gflops_measured'] = round(peak['measured'] / 1e9, 2)
-    result['mfu_measured'] = round(achieved / peak['measured'], 4)
+    # A step faster than the timed matmuls raises that peak (flops.Peak).
+    measured = flops.Peak(peak['measured'], measured=True)
+    result['mfu_measured'] = round(measured.mfu(achieved), 4)
+    result['peak_gflops_measured'] = round(measured.flops_per_s / 1e9, 2)
+    if measured.take_news():
+      result['peak_raised_by_the_step'] = True
     if peak['datasheet']:
       result['peak_gflops_datasheet'] = peak['datasheet'] / 1e9
       result['mfu_datasheet'] = round(achieved / peak['datasheet'], 4)
@@ -120,22 +125,42 @@ def greedy_generate(config: ml_collections.ConfigDict, model, model_config,
                          max_len=model_config.context_limit)
 
 
-def measure_decode(config: ml_collections.ConfigDict) -> dict:
-  """Prefill and greedy-generation tokens/s of config.bench's batch of
-  random prompts (median of bench.decode_repeats calls after a compiling
-  one).
+def decode_step_bytes(model, params, batch: int, prompt_len: int,
+                      new_tokens: int) -> int:
+  """Bytes one decoding step reads, averaged over generate's steps: every
+  weight, and the KV cache of the phase the step runs in (cache_phases)."""
+  weights = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))
+  total, done = 0, 0
+  for cache_len, last_step in generate.cache_phases(prompt_len, new_tokens):
+    cache = jax.eval_shape(lambda n=cache_len: generate.init_cache(
+        model, batch, n))
+    cache_bytes = sum(x.size * x.dtype.itemsize
+                      for x in jax.tree.leaves(cache))
+    total += (last_step - done) * (weights + cache_bytes)
+    done = last_step
+  return total // max(done, 1)
+
+
+def measure_decode(config: ml_collections.ConfigDict,
+                   batch: int | None = None) -> dict:
+  """Prefill and greedy-generation tokens/s of `batch` (default
+  config.bench.decode_batch) random prompts (median of bench.decode_repeats
+  calls after a compiling one).
 
   decode_tokens_per_s counts the batch's new tokens over the whole
-  generate call, prefill included, as peers' generate loops are timed.
+  generate call, prefill included, as peers' generate loops are timed. On a
+  device with a datasheet bandwidth, decode_roofline_fraction divides it by
+  the rate at which each step only reads its bytes (decode_step_bytes).
   """
   bench = config.bench
+  batch = batch or bench.decode_batch
   model, model_config, params = random_decoder(config)
   rng = np.random.default_rng(1)
   prompts = rng.integers(3, model_config.vocab_size,
-                         (bench.decode_batch, bench.prompt_len)).tolist()
+                         (batch, bench.prompt_len)).tolist()
   # generate's prefill, into the cache of its first decoding phase.
   cache_len = generate.cache_phases(bench.prompt_len, bench.new_tokens)[0][0]
-  lengths_B = jnp.full((bench.decode_batch,), bench.prompt_len)
+  lengths_B = jnp.full((batch,), bench.prompt_len)
   prefill = jax.jit(lambda params, tokens_BP: generate.prefill(
       model, params, tokens_BP, lengths_B, cache_len))
 
@@ -150,10 +175,20 @@ def measure_decode(config: ml_collections.ConfigDict) -> dict:
 
   generate_s = timed(greedy)
   new_tokens = sum(len(row) for row in written)
-  return {'decode_batch': bench.decode_batch, 'prompt_len': bench.prompt_len,
-          'new_tokens': bench.new_tokens,
-          'prefill_s': round(prefill_s, 4),
-          'prefill_tokens_per_s': round(
-              bench.decode_batch * bench.prompt_len / prefill_s, 1),
-          'generate_s': round(generate_s, 4),
-          'decode_tokens_per_s': round(new_tokens / generate_s, 1)}
+  step_bytes = decode_step_bytes(model, params, batch, bench.prompt_len,
+                                 bench.new_tokens)
+  result = {'decode_batch': batch, 'prompt_len': bench.prompt_len,
+            'new_tokens': bench.new_tokens,
+            'prefill_s': round(prefill_s, 4),
+            'prefill_tokens_per_s': round(
+                batch * bench.prompt_len / prefill_s, 1),
+            'generate_s': round(generate_s, 4),
+            'decode_tokens_per_s': round(new_tokens / generate_s, 1),
+            'decode_step_mib': round(step_bytes / 2**20, 1)}
+  bandwidth = flops.datasheet_peak(table=flops.DATASHEET_BANDWIDTH)
+  if bandwidth:
+    roofline = batch * bandwidth / step_bytes
+    result['decode_roofline_tokens_per_s'] = round(roofline, 1)
+    result['decode_roofline_fraction'] = round(
+        new_tokens / generate_s / roofline, 4)
+  return result

@@ -83,9 +83,9 @@ def generate(model: nn.Module, params: Any, prompts: list[list[int]], *,
     tokens_BP[row, :len(prompt)] = prompt
   lengths_B = np.array([len(p) for p in prompts], np.int32)
   with contextlib.nullcontext() if jit else jax.disable_jit():
-    new_BN, count_B = _generate_jit(model, sampling,
-                                    -1 if eos_id is None else eos_id, params,
-                                    tokens_BP, lengths_B, rng)
+    new_BN, count_B = generate_program(model, sampling,
+                                       -1 if eos_id is None else eos_id,
+                                       params, tokens_BP, lengths_B, rng)
   new_BN, count_B = np.asarray(new_BN), np.asarray(count_B)
   return [new_BN[row, :count_B[row]].tolist() for row in range(len(prompts))]
 
@@ -129,7 +129,9 @@ def prefill(model: nn.Module, params: Any, tokens_BP, lengths_B,
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _generate_jit(model, sampling, eos_id, params, tokens_BP, lengths_B, rng):
+def generate_program(model, sampling, eos_id, params, tokens_BP, lengths_B,
+                     rng):
+  """The compiled program of `generate`: prefill, then the decoding loop."""
   batch, prompt_len = tokens_BP.shape
   max_new = sampling.max_new_tokens
   phases = cache_phases(prompt_len, max_new)

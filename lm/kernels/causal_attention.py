@@ -1,9 +1,9 @@
 """Causal self-attention over the model's own positions 0, 1, 2, ...
 
 Query block i of n reads only the keys up to its own end, so 4 blocks do
-5/8 of the score and value products and of the softmax work. On CPUs, which
-have no fused attention kernel, the blocks run through a hand-written
-forward and backward pass (`jax.custom_vjp`) laid out for XLA:CPU:
+5/8 of the score and value products and of the softmax work. The blocks run
+through a hand-written forward and backward pass (`jax.custom_vjp`) laid out
+for XLA:CPU, which has no fused attention kernel:
 
 - heads go first ([B, K, G, L, H]; keys as [B, K, H, S]), so q, k, v and
   the output are transposed once, not per block, and every product batches
@@ -14,8 +14,8 @@ forward and backward pass (`jax.custom_vjp`) laid out for XLA:CPU:
 - the forward keeps exp(scores - max) and the row sums, and normalizes the
   [L, H] output instead of the [L, S] weights.
 
-docs/performance.md has the measurements behind each choice. On GPUs and
-TPUs the attention stays one `jax.nn.dot_product_attention` call.
+docs/performance.md has the measurements behind each choice;
+lm/kernels/attention.py picks this kernel on CPUs.
 """
 
 import functools
@@ -44,10 +44,6 @@ def causal_attention(q_BLNH, k_BSKH, v_BSKH, bias_BNLS, allowed_BLS,
   so `allowed_BLS` (the causal mask, and any padding mask) is False above
   the diagonal. N query heads share K key/value heads in groups (GQA).
   """
-  if jax.default_backend() != 'cpu':
-    return jax.nn.dot_product_attention(
-        q_BLNH, k_BSKH, v_BSKH, bias=bias_BNLS, mask=allowed_BLS[:, None],
-        scale=scale)
   scale = scores.default_scale(q_BLNH.shape[-1], scale)
   edges = tuple(query_block_edges(q_BLNH.shape[1]))
   return _blocked(q_BLNH, k_BSKH, v_BSKH, bias_BNLS, allowed_BLS, scale,

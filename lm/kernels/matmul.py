@@ -21,10 +21,15 @@ has the measurements.
 import jax
 import jax.numpy as jnp
 
+from lm.kernels import platform
 
-def dense(x, kernel):
-  """x [..., in] @ kernel [in, out]."""
-  if jax.default_backend() != 'cpu':
+
+def dense(x, kernel, out_dtype=None):
+  """x [..., in] @ kernel [in, out]; `out_dtype` (float32 for logits)
+  accumulates and returns in that dtype whatever the operands'."""
+  if out_dtype is not None and out_dtype != x.dtype:
+    return jnp.matmul(x, kernel, preferred_element_type=out_dtype)
+  if platform.current() != 'cpu':
     return x @ kernel
   return _transposed_weight_gradient(x, kernel)
 
@@ -52,10 +57,16 @@ def _backward(residuals, d_y):
 _transposed_weight_gradient.defvjp(_forward, _backward)
 
 
-def tied_logits(x_BLD, table_VD, *, decoding_step: bool = False):
-  """x [B, L, D] against every row of table [V, D] -> [B, L, V];
-  `decoding_step`: one token per row, in a loop that reuses the table."""
-  if decoding_step and jax.default_backend() == 'cpu':
+def tied_logits(x_BLD, table_VD):
+  """x [B, L, D] against every row of table [V, D] -> float32 [B, L, V].
+
+  One token per row (a decoding step, or a prefill's last tokens) multiplies
+  by a [D, V] copy of the table on a CPU: in a decoding loop the copy is
+  made once, before the loop.
+  """
+  if x_BLD.shape[1] == 1 and platform.current() == 'cpu':
     table_DV = jax.lax.optimization_barrier(table_VD.T)
-    return jnp.einsum('bld,dv->blv', x_BLD, table_DV)
-  return jnp.einsum('bld,vd->blv', x_BLD, table_VD)
+    return jnp.einsum('bld,dv->blv', x_BLD, table_DV,
+                      preferred_element_type=jnp.float32)
+  return jnp.einsum('bld,vd->blv', x_BLD, table_VD,
+                    preferred_element_type=jnp.float32)

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 
 from lm.kernels import attention as kernels
 from lm.model import quantized
+from lm.model import registry
 from lm.model.layers import HeadsDense
 from lm.model.positions import apply_rotary
 
@@ -31,13 +32,14 @@ class Attention(nn.Module):
   """Attention with `num_kv_heads` key/value heads shared by the query heads.
 
   Self-attention when `kv_BSD` is None, cross-attention otherwise.
+  `positions_BL` None means 0, 1, 2, ... in every row. `key_mask_BS` is
+  True at the keys a query may see (padding is False).
   `score_bias(query_positions_BL, key_positions_BS)` returns a [B, N, L, S]
   term added to the scores (T5's relative positions; called with the
   cache's positions when decoding); `scale_queries=False` drops the
   1/sqrt(H) factor, which T5 folds into its initialization instead.
-  `kernel` and `block` choose the computation (lm/kernels/attention.py).
-  `ordered_positions` says every row's positions are 0, 1, 2, ... (the model
-  made them), which lets causal attention skip the keys no query sees.
+  `kernel` (model.attention) and `block` say how to compute it
+  (lm/kernels/attention.py).
   """
 
   num_heads: int
@@ -54,13 +56,12 @@ class Attention(nn.Module):
   quant: quantized.Quant = quantized.NONE
   kv_cache_int8: bool = False
   lora: dict = dataclasses.field(default_factory=dict)  # Dense's lora_*
-  kernel: str = 'xla'
+  kernel: str = 'auto'
   block: int = 512
-  ordered_positions: bool = False
 
   @nn.compact
-  def __call__(self, x_BLD, positions_BL, *, kv_BSD=None, mask_BLS=None,
-               score_bias=None, decode: bool = False):
+  def __call__(self, x_BLD, positions_BL=None, *, kv_BSD=None,
+               key_mask_BS=None, score_bias=None, decode: bool = False):
     d_model = x_BLD.shape[-1]
 
     def project(x, heads, axes, name):
@@ -77,6 +78,10 @@ class Attention(nn.Module):
                      ('embed', 'kv_heads', 'head_dim'), 'key')
     v_BSKH = project(source_BSD, self.num_kv_heads,
                      ('embed', 'kv_heads', 'head_dim'), 'value')
+    ordered = positions_BL is None
+    if ordered:
+      positions_BL = jnp.broadcast_to(jnp.arange(x_BLD.shape[1]),
+                                      x_BLD.shape[:2])
     if self.rotary_theta is not None:
       q_BLNH = apply_rotary(q_BLNH, positions_BL, self.rotary_theta)
       k_BSKH = apply_rotary(k_BSKH, positions_BL, self.rotary_theta)
@@ -84,7 +89,7 @@ class Attention(nn.Module):
     scale = None if self.scale_queries else 1.0
     if decode and kv_BSD is None:
       out_BLNH = self._cached_attention(q_BLNH, k_BSKH, v_BSKH, positions_BL,
-                                        mask_BLS, score_bias, scale)
+                                        key_mask_BS, score_bias, scale)
     else:
       # Cross-attention's keys sit at their own places.
       key_positions_BS = positions_BL if kv_BSD is None else jnp.broadcast_to(
@@ -92,15 +97,19 @@ class Attention(nn.Module):
       bias_BNLS = None
       if score_bias is not None:
         bias_BNLS = score_bias(positions_BL, key_positions_BS)
+      # Self-attention over the model's own positions: the kernel may count
+      # on them (None), which lets causal kernels skip keys no query sees.
+      self_ordered = ordered and kv_BSD is None
       out_BLNH = kernels.attend(
-          q_BLNH, k_BSKH, v_BSKH, positions_BL, key_positions_BS,
-          causal=self.causal, mask_BLS=mask_BLS, bias_BNLS=bias_BNLS,
-          scale=scale, kind=self.kernel, block=self.block,
-          ordered_positions=self.ordered_positions and kv_BSD is None)
+          q_BLNH, k_BSKH, v_BSKH,
+          None if self_ordered else positions_BL,
+          None if self_ordered else key_positions_BS, causal=self.causal,
+          key_mask_BS=key_mask_BS, bias_BNLS=bias_BNLS, scale=scale,
+          kind=self.kernel, block=self.block)
       if self.is_mutable_collection(ATTENTION_MAPS):  # Only when asked.
         self.sow(ATTENTION_MAPS, 'probs', kernels.probabilities(
             q_BLNH, k_BSKH, bias_BNLS, kernels.allowed(
-                positions_BL, key_positions_BS, self.causal, mask_BLS),
+                positions_BL, key_positions_BS, self.causal, key_mask_BS),
             scale))
     out_BLNH = nn.with_logical_constraint(
         out_BLNH, ('batch', 'length', 'heads', 'head_dim'))
@@ -110,8 +119,8 @@ class Attention(nn.Module):
         param_dtype=self.param_dtype, quant=self.quant, name='out',
         **self.lora)(out_BLNH)
 
-  def _cached_attention(self, q_BLNH, k_BLKH, v_BLKH, positions_BL, mask_BLS,
-                        score_bias, scale):
+  def _cached_attention(self, q_BLNH, k_BLKH, v_BLKH, positions_BL,
+                        key_mask_BS, score_bias, scale):
     """Attention of this call's queries to every key in the cache (after
     writing this call's keys and values into it)."""
     keys_BKHS, values_BKHS = self._update_cache(k_BLKH, v_BLKH, positions_BL)
@@ -127,7 +136,7 @@ class Attention(nn.Module):
     # Slots not yet written sit after every query that can see them, so the
     # causal mask hides them.
     allowed_BLS = kernels.allowed(positions_BL, key_positions_BS, self.causal,
-                                  mask_BLS)
+                                  key_mask_BS)
     return kernels.cached(q_BLNH, keys_BKHS, values_BKHS, allowed_BLS,
                           bias_BNLS, scale)
 
@@ -167,3 +176,18 @@ class Attention(nn.Module):
       else:
         out.append(cached[name].value)
     return out[0], out[1]
+
+
+def kernel_for(config, seq_len: int, on: str | None = None
+               ) -> tuple[str, str | None]:
+  """(kernel, note): what computes the self-attention of a model of
+  `config` (lm/model/config.py ModelConfig) over `seq_len` tokens on
+  platform `on` (default: this one), as training runs it; the note says why
+  it is not the kernel model.attention asked for."""
+  family = registry.get(config.family)
+  call = kernels.Call(
+      dtype=jnp.dtype(config.compute_dtype).name, head_dim=config.head_width,
+      query_len=seq_len, key_len=seq_len, causal=family.generates,
+      ordered=True, bias=config.position == 'relative',
+      key_mask=not family.generates)
+  return kernels.choose(config.attention, call, on)

@@ -35,11 +35,10 @@ class TransformerBlock(nn.Module):
   deterministic: bool = True
   decode: bool = False
   scanned: bool = False
-  ordered_positions: bool = False  # see lm/model/attention.py
 
   @nn.compact
-  def __call__(self, x_BLD, positions_BL, mask_BLS=None, encoded_BSD=None,
-               cross_mask_BLS=None, score_bias=None):
+  def __call__(self, x_BLD, positions_BL=None, key_mask_BS=None,
+               encoded_BSD=None, cross_key_mask_BS=None, score_bias=None):
     config = self.config
     deterministic = self.deterministic
     dtype, param_dtype = config.compute_dtype, config.weights_dtype
@@ -55,8 +54,7 @@ class TransformerBlock(nn.Module):
           init_std=config.init_std, out_init_std=out_std, dtype=dtype,
           param_dtype=param_dtype, quant=config.quantization,
           kv_cache_int8=config.kv_cache == 'int8', lora=config.lora,
-          kernel=config.attention, block=config.attention_block,
-          ordered_positions=self.ordered_positions, name=name)
+          kernel=config.attention, block=config.attention_block, name=name)
 
     def norm(name):
       return layers.make_norm(config.norm, config.norm_eps, dtype,
@@ -73,12 +71,12 @@ class TransformerBlock(nn.Module):
     self_attention = attention('attention', config.position == 'rotary',
                                self.causal)
     x_BLD = residual(x_BLD, lambda h: self_attention(
-        h, positions_BL, mask_BLS=mask_BLS, score_bias=score_bias,
+        h, positions_BL, key_mask_BS=key_mask_BS, score_bias=score_bias,
         decode=self.decode), 'attention_norm')
     if self.cross_attention:
       cross = attention('cross_attention', False, False)
       x_BLD = residual(x_BLD, lambda h: cross(
-          h, positions_BL, kv_BSD=encoded_BSD, mask_BLS=cross_mask_BLS),
+          h, positions_BL, kv_BSD=encoded_BSD, key_mask_BS=cross_key_mask_BS),
                        'cross_attention_norm')
     if self.moe:
       mlp = moe.MoeMlp(
@@ -102,26 +100,31 @@ class TransformerBlock(nn.Module):
     return (x_BLD, None) if self.scanned else x_BLD
 
 
-def run_stack(module: nn.Module, config: ModelConfig, x_BLD, positions_BL, *,
-              num_layers: int, causal: bool, mask_BLS=None, encoded_BSD=None,
-              cross_mask_BLS=None, deterministic: bool, decode: bool = False,
-              ordered_positions: bool = False):
+def run_stack(module: nn.Module, config: ModelConfig, x_BLD,
+              positions_BL=None, *, num_layers: int, causal: bool,
+              key_mask_BS=None, encoded_BSD=None, cross_key_mask_BS=None,
+              deterministic: bool, decode: bool = False):
   """Positions, blocks and final norm, as submodules of `module`.
 
   Called from a compact method, so every family names its parameters the same
   way: position_embed, embed_norm, relative_bias, block_{i} (or blocks, with
-  a leading layer axis, when scanned), final_norm.
+  a leading layer axis, when scanned), final_norm. `positions_BL` None means
+  0, 1, 2, ... in every row; `key_mask_BS` (and `cross_key_mask_BS`, over
+  `encoded_BSD`) is True at the keys attention may see.
   """
   dtype, param_dtype = config.compute_dtype, config.weights_dtype
   if config.scale_embeddings:
     x_BLD = x_BLD * jnp.sqrt(jnp.asarray(config.d_model, dtype))
+  table_positions_BL = (default_positions(x_BLD) if positions_BL is None
+                        else positions_BL)
   if config.position == 'learned':
     x_BLD += layers.Embed(config.max_len, config.d_model,
                           config.init_std / 2, dtype, param_dtype,
                           axes=('position', 'embed'),
-                          name='position_embed')(positions_BL)
+                          name='position_embed')(table_positions_BL)
   elif config.position == 'sinusoidal':
-    x_BLD += positions.sinusoidal_positions(positions_BL, config.d_model, dtype)
+    x_BLD += positions.sinusoidal_positions(table_positions_BL,
+                                            config.d_model, dtype)
   if config.embed_norm:
     x_BLD = layers.make_norm(config.norm, config.norm_eps, dtype, param_dtype,
                              'embed_norm')(x_BLD)
@@ -137,10 +140,9 @@ def run_stack(module: nn.Module, config: ModelConfig, x_BLD, positions_BL, *,
         num_buckets=config.relative_buckets,
         max_distance=config.relative_max_distance, init_std=config.init_std,
         dtype=dtype, param_dtype=param_dtype, name='relative_bias')
-  block_args = (positions_BL, mask_BLS, encoded_BSD, cross_mask_BLS)
+  block_args = (positions_BL, key_mask_BS, encoded_BSD, cross_key_mask_BS)
   flags = dict(causal=causal, cross_attention=encoded_BSD is not None,
-               deterministic=deterministic, decode=decode,
-               ordered_positions=ordered_positions)
+               deterministic=deterministic, decode=decode)
   block = TransformerBlock
   if config.remat != 'none':
     block = nn.remat(block, policy=REMAT_POLICIES[config.remat])
@@ -176,16 +178,9 @@ def run_stack(module: nn.Module, config: ModelConfig, x_BLD, positions_BL, *,
   return x_BLD
 
 
-def default_positions(tokens_BL):
-  return jnp.broadcast_to(jnp.arange(tokens_BL.shape[1]), tokens_BL.shape)
-
-
-def padding_mask(valid_BS, query_len: int):
-  """[B, L, S] attention mask from a [B, S] validity mask (None passes)."""
-  if valid_BS is None:
-    return None
-  return jnp.broadcast_to(valid_BS[:, None, :].astype(bool),
-                          (valid_BS.shape[0], query_len, valid_BS.shape[1]))
+def default_positions(x_BL):
+  """0, 1, 2, ... in every row of `x_BL` (tokens, or [B, L, D] vectors)."""
+  return jnp.broadcast_to(jnp.arange(x_BL.shape[1]), x_BL.shape[:2])
 
 
 def classification_logits(config: ModelConfig, x_BLD, padding_mask_BL,
@@ -207,25 +202,24 @@ def classification_logits(config: ModelConfig, x_BLD, padding_mask_BL,
   return layers.Dense(
       config.num_classes, ('embed', 'classes'), init_std=config.init_std,
       dtype=config.compute_dtype, param_dtype=config.weights_dtype,
-      quant=config.quantization, name='classifier')(pooled_BD).astype(
-          jnp.float32)
+      quant=config.quantization, out_dtype=jnp.float32,
+      name='classifier')(pooled_BD)
 
 
-def output_logits(config: ModelConfig, x_BLD, embed: layers.Embed, bias=None,
-                  decoding_step: bool = False):
-  """Tied (the embedding table) or untied ('head') output projection."""
+def output_logits(config: ModelConfig, x_BLD, embed: layers.Embed, bias=None):
+  """Tied (the embedding table) or untied ('head') output projection, in
+  float32 whatever the compute dtype (the softmax and loss read them)."""
   dtype, param_dtype = config.compute_dtype, config.weights_dtype
   if config.tie_embeddings:
     if config.rescale_tied_head:  # T5: the tied table expects d_model**-0.5.
       x_BLD = x_BLD * config.d_model ** -0.5
-    logits_BLV = embed.attend(x_BLD, decoding_step=decoding_step)
+    logits_BLV = embed.attend(x_BLD)
   else:
     logits_BLV = layers.Dense(
         config.vocab_size, ('embed', 'vocab'), use_bias=False,
-        init_std=config.init_std,
-        dtype=dtype, param_dtype=param_dtype, quant=config.vocab_quantization,
+        init_std=config.init_std, dtype=dtype, param_dtype=param_dtype,
+        quant=config.vocab_quantization, out_dtype=jnp.float32,
         name='head')(x_BLD)
   if bias is not None:
-    logits_BLV += bias
-  return nn.with_logical_constraint(logits_BLV.astype(jnp.float32),
-                                    ('batch', 'length', 'vocab'))
+    logits_BLV += bias.astype(jnp.float32)
+  return nn.with_logical_constraint(logits_BLV, ('batch', 'length', 'vocab'))

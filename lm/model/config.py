@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from lm.errors import UsageError
+from lm.kernels import attention as attention_kernels
 from lm.model import layers
 from lm.model import quantized
 from lm.model import registry
@@ -32,7 +33,7 @@ CHOICES = {
     'remat': ('none', 'full', 'dots'),
     'quant': ('none', 'int8', 'int4'),
     'kv_cache': ('float', 'int8'),
-    'attention': ('xla', 'blockwise'),
+    'attention': attention_kernels.KINDS,
 }
 # What a rematerialized block keeps from the forward pass for the backward:
 # nothing ('full': it is recomputed), or the matmul results ('dots').
@@ -134,11 +135,14 @@ class ModelConfig:
   # with a projection to d_model, used both ways (0: d_model, no projection).
   share_layers: int = 0
   embed_dim: int = 0
-  # How attention is computed (lm/kernels/attention.py): 'xla'
-  # (jax.nn.dot_product_attention, whose [L, S] scores make memory quadratic
-  # in the length) or 'blockwise' (blocks of attention_block queries and
-  # keys, memory linear in the length). Both give the same values.
-  attention: str = 'xla'
+  # Which kernel computes attention (lm/kernels/attention.py): 'auto' (the
+  # fastest that serves on the platform: cuDNN or Pallas flash attention on
+  # a GPU, Pallas on a TPU, causal query blocks on a CPU), 'xla' (the [L, S]
+  # scores in memory), 'cudnn', 'pallas', 'blockwise' (blocks of
+  # attention_block queries and keys, memory linear in the length) or
+  # 'query_blocks'. All give the same values; a kernel that cannot serve
+  # the model says so and another runs.
+  attention: str = 'auto'
   attention_block: int = 512
 
   @property

@@ -32,32 +32,26 @@ class DecoderOnly(nn.Module):
                logits_at_B=None):
     """Next-token logits, or class logits when `num_classes` is set.
 
-    Padding goes on the right; causal attention keeps real tokens from
-    seeing it, and `padding_mask_BL` (True at real tokens) finds the last one.
+    `positions_BL` None means 0, 1, 2, ... in every row. Padding goes on the
+    right; causal attention keeps real tokens from seeing it, and
+    `padding_mask_BL` (True at real tokens) finds the last one.
     `logits_at_B` gives one index per row: the logits are then those of that
     position alone, [B, 1, V] (a prefill needs each prompt's last token's).
     """
     config = self.config
-    ordered_positions = positions_BL is None
-    if ordered_positions:
-      positions_BL = blocks.default_positions(tokens_BL)
     embed = layers.Embed(config.vocab_size, config.d_model, config.init_std,
                          config.compute_dtype, config.weights_dtype,
                          quant=config.vocab_quantization,
                          factor_dim=config.embed_dim, name='embed')
     x_BLD = blocks.run_stack(self, config, embed(tokens_BL), positions_BL,
                              num_layers=config.num_layers, causal=True,
-                             deterministic=deterministic, decode=decode,
-                             ordered_positions=ordered_positions)
+                             deterministic=deterministic, decode=decode)
     if config.num_classes:
       return blocks.classification_logits(config, x_BLD, padding_mask_BL,
                                           deterministic)
     if logits_at_B is not None:
       x_BLD = jnp.take_along_axis(x_BLD, logits_at_B[:, None, None], axis=1)
-    # Decoding steps lay the output layer out for a loop that reuses its
-    # table; a prefill projects once, so it does not.
-    return blocks.output_logits(config, x_BLD, embed,
-                                decoding_step=decode and logits_at_B is None)
+    return blocks.output_logits(config, x_BLD, embed)
 
 
 def _check(config: ModelConfig) -> None:

@@ -49,10 +49,8 @@ class EncoderOnly(nn.Module):
                             axes=('token_types', 'embed'),
                             name='token_type_embed')(token_types_BL)
     x_BLD = blocks.run_stack(
-        self, config, x_BLD, blocks.default_positions(tokens_BL),
-        num_layers=config.num_layers, causal=False,
-        mask_BLS=blocks.padding_mask(padding_mask_BL, tokens_BL.shape[1]),
-        deterministic=deterministic)
+        self, config, x_BLD, num_layers=config.num_layers, causal=False,
+        key_mask_BS=padding_mask_BL, deterministic=deterministic)
 
     def dense(name):
       return layers.Dense(config.d_model, ('embed', 'mlp'),

@@ -26,14 +26,14 @@ class Stack(nn.Module):
   causal: bool
 
   @nn.compact
-  def __call__(self, x_BLD, positions_BL, *, mask_BLS=None, encoded_BSD=None,
-               cross_mask_BLS=None, deterministic: bool, decode: bool = False,
-               ordered_positions: bool = False):
+  def __call__(self, x_BLD, positions_BL=None, *, key_mask_BS=None,
+               encoded_BSD=None, cross_key_mask_BS=None, deterministic: bool,
+               decode: bool = False):
     return blocks.run_stack(
         self, self.config, x_BLD, positions_BL, num_layers=self.num_layers,
-        causal=self.causal, mask_BLS=mask_BLS, encoded_BSD=encoded_BSD,
-        cross_mask_BLS=cross_mask_BLS, deterministic=deterministic,
-        decode=decode, ordered_positions=ordered_positions)
+        causal=self.causal, key_mask_BS=key_mask_BS, encoded_BSD=encoded_BSD,
+        cross_key_mask_BS=cross_key_mask_BS, deterministic=deterministic,
+        decode=decode)
 
 
 class EncoderDecoder(nn.Module):
@@ -60,26 +60,18 @@ class EncoderDecoder(nn.Module):
 
   def encode(self, tokens_BS, encoder_mask_BS=None, *,
              deterministic: bool = True):
-    return self.encoder(
-        self.embed(tokens_BS), blocks.default_positions(tokens_BS),
-        mask_BLS=blocks.padding_mask(encoder_mask_BS, tokens_BS.shape[1]),
-        deterministic=deterministic)
+    return self.encoder(self.embed(tokens_BS), key_mask_BS=encoder_mask_BS,
+                        deterministic=deterministic)
 
   @nn.compact  # The untied 'head' is created here.
   def decode_logits(self, encoded_BSD, tokens_BL, positions_BL=None,
                     encoder_mask_BS=None, *, deterministic: bool = True,
                     decode: bool = False):
-    ordered_positions = positions_BL is None
-    if ordered_positions:
-      positions_BL = blocks.default_positions(tokens_BL)
     x_BLD = self.decoder(
         self.embed(tokens_BL), positions_BL, encoded_BSD=encoded_BSD,
-        cross_mask_BLS=blocks.padding_mask(encoder_mask_BS,
-                                           tokens_BL.shape[1]),
-        deterministic=deterministic, decode=decode,
-        ordered_positions=ordered_positions)
-    return blocks.output_logits(self.config, x_BLD, self.embed,
-                                decoding_step=decode)
+        cross_key_mask_BS=encoder_mask_BS, deterministic=deterministic,
+        decode=decode)
+    return blocks.output_logits(self.config, x_BLD, self.embed)
 
   def __call__(self, encoder_tokens_BS, tokens_BL, encoder_mask_BS=None, *,
                deterministic: bool = True):

@@ -80,13 +80,11 @@ class Embed(nn.Module):
       rows = rows @ self.projection.astype(self.dtype)
     return rows
 
-  def attend(self, x_BLD, decoding_step: bool = False):
-    """Logits against every row; `decoding_step` lays the product out for
-    one token per row in a decoding loop (lm/kernels/matmul.py)."""
+  def attend(self, x_BLD):
+    """float32 logits against every row (lm/kernels/matmul.py)."""
     if self.factor_dim:
       x_BLD = x_BLD @ self.projection.astype(self.dtype).T
-    return matmul.tied_logits(x_BLD, self.embedding.astype(self.dtype),
-                              decoding_step=decoding_step)
+    return matmul.tied_logits(x_BLD, self.embedding.astype(self.dtype))
 
 
 class Dense(nn.Module):
@@ -110,6 +108,9 @@ class Dense(nn.Module):
   lora_rank: int = 0
   lora_alpha: float = 16.0
   lora_targets: tuple[str, ...] = ()
+  # The output's dtype where it differs from `dtype`: float32 for logits,
+  # accumulated in float32 from `dtype` operands.
+  out_dtype: Dtype | None = None
 
   @nn.compact
   def __call__(self, x):
@@ -129,7 +130,7 @@ def _project(module, x, shape, contract, features, bias_axes):
   # kernel layer (lm/kernels/matmul.py) picks its weight gradient.
   x_flat = x.reshape(x.shape[:-len(contract)] + (-1,))
   y = matmul.dense(x_flat.astype(module.dtype), kernel.reshape(
-      x_flat.shape[-1], -1).astype(module.dtype))
+      x_flat.shape[-1], -1).astype(module.dtype), module.out_dtype)
   y = y.reshape(x.shape[:-len(contract)] + tuple(features))
   if module.use_bias:
     bias = module.param('bias', logical(nn.initializers.zeros, bias_axes),

@@ -14,6 +14,11 @@ backward, plus QK^T and the attention-weighted sum of V (2 matmuls of
 2*T*Q per head, forward and backward). Like PaLM's, the attention term
 counts the whole T x T score matrix, causal or not. Embedding lookups, norms
 and the softmax are left out.
+
+MFU divides the achieved model FLOP/s by a peak: the datasheet's on a GPU or
+TPU, the best of several square matmuls this process times on a CPU. A
+measured peak is only a lower bound of what the machine can do, so a step
+that beats it raises it (`Peak`): MFU never reads above 100%.
 """
 
 import functools
@@ -23,6 +28,7 @@ import flax.traverse_util
 import jax
 import jax.numpy as jnp
 
+from lm.kernels import platform
 from lm.model import params as model_params
 from lm.model import registry
 from lm.model.config import ModelConfig
@@ -30,11 +36,23 @@ from lm.model.config import ModelConfig
 FORMULA = '6*N + 12*L*H*Q*T (PaLM, Appendix B)'
 
 # Dense bfloat16 peak FLOP/s of one chip from vendors' datasheets (without
-# structured sparsity), by a word in `jax.Device.device_kind`.
+# structured sparsity), by words in `jax.Device.device_kind`; the first
+# match wins, so the PCIe and NVL cards come before the SXM ones they share
+# a name with.
 DATASHEET_PEAK_BF16 = {
+    'H100 PCIe': 756e12, 'H100 NVL': 835e12, 'H200 NVL': 835e12,
     'H200': 989e12, 'H100': 989e12, 'A100': 312e12,
     'TPU v4': 275e12, 'TPU v5 lite': 197e12, 'TPU v5e': 197e12,
     'TPU v5p': 459e12, 'TPU v6 lite': 918e12, 'TPU v6e': 918e12,
+}
+# Memory bandwidth in bytes/s of one chip from the same datasheets: what a
+# decoding step, which reads every weight and the KV cache, is bound by.
+DATASHEET_BANDWIDTH = {
+    'H100 PCIe': 2.0e12, 'H100 NVL': 3.9e12, 'H200 NVL': 4.8e12,
+    'H200': 4.8e12, 'H100': 3.35e12, 'A100-SXM4-80GB': 2.039e12,
+    'A100': 1.555e12, 'TPU v4': 1.2e12, 'TPU v5 lite': 0.819e12,
+    'TPU v5e': 0.819e12, 'TPU v5p': 2.765e12, 'TPU v6 lite': 1.64e12,
+    'TPU v6e': 1.64e12,
 }
 
 
@@ -71,7 +89,7 @@ def train_flops_per_token(model_config: ModelConfig, seq_len: int,
 
 
 def measure_matmul_peak(dtype=jnp.float32, size: int = 1024,
-                        repeats: int = 10, calls: int = 3) -> float:
+                        repeats: int = 10, calls: int = 5) -> float:
   """FLOP/s of this process's best square matmul on the default device.
 
   A chain of `repeats` dependent [size, size] products runs in one compiled
@@ -96,13 +114,15 @@ def measure_matmul_peak(dtype=jnp.float32, size: int = 1024,
   return 2 * size ** 3 * repeats / best
 
 
-def datasheet_peak(device: jax.Device | None = None) -> float | None:
-  """The datasheet's bfloat16 peak of `device` (default: the first), or None
-  where unknown (every CPU)."""
+def datasheet_peak(device: jax.Device | None = None,
+                   table: dict[str, float] = DATASHEET_PEAK_BF16
+                   ) -> float | None:
+  """The datasheet's bfloat16 peak (or another `table`'s figure) of
+  `device` (default: the first), or None where unknown (every CPU)."""
   device = device or jax.devices()[0]
-  for name, peak in DATASHEET_PEAK_BF16.items():
+  for name, figure in table.items():
     if name.lower() in device.device_kind.lower():
-      return peak
+      return figure
   return None
 
 
@@ -117,8 +137,43 @@ def peak_flops(dtype_name: str = 'float32') -> dict[str, float | None]:
   """
   dtype = jnp.dtype(dtype_name)
   measured = max(measure_matmul_peak(dtype, size) for size in (512, 1024))
-  if jax.devices()[0].platform != 'cpu':
+  if not platform.devices_share_a_processor():
     measured *= jax.local_device_count()
   sheet = datasheet_peak()
   return {'measured': measured * jax.process_count(),
           'datasheet': sheet and sheet * jax.device_count()}
+
+
+class Peak:
+  """The FLOP/s MFU divides by, for one run.
+
+  A datasheet peak stays as it is. A measured one (a CPU's) is raised to
+  any achieved rate above it, since the machine has just done better than
+  the matmuls timed at the start (another process may have been busy then);
+  `take_news` says so once.
+  """
+
+  def __init__(self, flops_per_s: float, measured: bool):
+    self.flops_per_s, self.measured = flops_per_s, measured
+    self._news = None
+
+  @classmethod
+  def for_run(cls, dtype_name: str = 'float32') -> 'Peak':
+    peaks = peak_flops(dtype_name)
+    if peaks['datasheet']:
+      return cls(peaks['datasheet'], measured=False)
+    return cls(peaks['measured'], measured=True)
+
+  def mfu(self, achieved_flops_per_s: float) -> float:
+    """achieved / peak, raising a measured peak the rate beats."""
+    if self.measured and achieved_flops_per_s > self.flops_per_s:
+      self._news = (f'MFU peak raised from {self.flops_per_s / 1e9:,.1f} to '
+                    f'{achieved_flops_per_s / 1e9:,.1f} GFLOP/s: a step beat '
+                    'the matmuls measured at the start')
+      self.flops_per_s = achieved_flops_per_s
+    return achieved_flops_per_s / self.flops_per_s
+
+  def take_news(self) -> str | None:
+    """A line saying the peak moved since the last call, or None."""
+    news, self._news = self._news, None
+    return news

@@ -53,6 +53,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         f"model.quant={config.model.quant!r} is an inference format that "
         "experiments/compress.py writes; train with model.quant='none' and "
         'quantize the trained workdir')
+  if 'float16' in (config.model.get('dtype'), config.model.get('param_dtype')):
+    raise UsageError(
+        "model.dtype='float16' trains only with loss scaling, which lm does "
+        "not do; use 'bfloat16' (float32's range at half the memory)")
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise UsageError(f'the workdir {workdir} is a file, not a directory; '
                      'give a new or existing workdir')
@@ -97,6 +101,7 @@ def _train(trainer: trainer_lib.Trainer, config: ml_collections.ConfigDict,
   with contextlib.closing(checkpointer), preemption.Watch() as watch:
     state, train_iter = _start(trainer, config, workdir, checkpointer, log)
     log(f'Mesh: {sharding.describe(trainer.mesh)}.')
+    log(f'Attention: {trainer.attention_kernel()}.')
     if primary:
       config_file.save_config(config, workdir)
       trainer.data.tokenizer.save(workdir)
@@ -162,8 +167,7 @@ def _loop(trainer: trainer_lib.Trainer, config: ml_collections.ConfigDict,
   # Model FLOPs utilization (lm/perf/flops.py), against the datasheet peak
   # where the device has one, else this process's measured matmul peak.
   flops_per_token = trainer.flops_per_token()
-  peak = flops.peak_flops(trainer.model_config.dtype)
-  peak_flops = peak['datasheet'] or peak['measured']
+  peak = flops.Peak.for_run(trainer.model_config.dtype)
   profile = None
   if train_config.get('profile_steps'):
     profile = perf_profile.Profile(os.path.join(workdir, layout.PROFILE),
@@ -173,7 +177,7 @@ def _loop(trainer: trainer_lib.Trainer, config: ml_collections.ConfigDict,
                           checkpointer, log)
   tracker = progress and progress_line.Tracker(
       progress, train_config.num_steps, tokens_per_step, flops_per_token,
-      peak_flops)
+      peak)
   sample = summaries.eval_sampler(config, trainer.model_config,
                                   trainer.data.tokenizer)
   final = previous = None
@@ -195,7 +199,10 @@ def _loop(trainer: trainer_lib.Trainer, config: ml_collections.ConfigDict,
       step_metrics = jax.device_get(step_metrics)
       skipped.flush()
       tokens_per_s, eta_s = meter.update(step)
-      mfu = tokens_per_s * flops_per_token / peak_flops
+      mfu = peak.mfu(tokens_per_s * flops_per_token)
+      news = peak.take_news()
+      if news:
+        log(news)
       step_metrics['skipped'] = skipped.total  # In all, not this step's.
       if tracker:  # (The metrics are here already: no wait.)
         tracker.finished(step, float(step_metrics['loss']))

@@ -17,10 +17,8 @@ import ml_collections
 
 from lm import sharding
 from lm.compress import distill as distillation
-from lm.data import classification
-from lm.data import pipeline
-from lm.data import text_pairs
 from lm.errors import UsageError
+from lm.model import attention
 from lm.model import params as model_params
 from lm.model import registry
 from lm.perf import flops
@@ -96,21 +94,12 @@ class Trainer:
       self.data = self._make_data()
     if self.config.data.objective == 'classify':
       self._check_classes()
-    # [MASK] and the sentinels come after the tokenizer's ids.
-    self._check_vocab(self.data.objective.extra_ids
-                      if isinstance(self.data, pipeline.LmData) else 0)
+    self._check_vocab(_data().extra_ids(self.data))
 
   def _make_data(self):
-    """This process's share of the data (see lm/data/pipeline.py)."""
-    shard = {'process_index': jax.process_index(),
-             'process_count': jax.process_count()}
-    objective = self.config.data.objective
-    if objective == 'classify':
-      return classification.make_classification_data(self.config.data,
-                                                     **shard)
-    if objective in text_pairs.OBJECTIVES:
-      return text_pairs.make_text_pair_data(self.config.data, **shard)
-    return pipeline.make_lm_data(self.config.data, **shard)
+    """This process's share of the data (see lm/data/build.py)."""
+    return _data().make(self.config.data, jax.process_index(),
+                        jax.process_count())
 
   def _make_mesh(self, config):
     """The mesh, after checking that the batches split over it."""
@@ -159,6 +148,16 @@ class Trainer:
         sharding=self.batch_sharding) for k, v in local.items()}
     state = self.abstract_state()  # (Outside the mesh context: see it.)
     return memory.memory_sizes(self.compile_train_step(state, batch))
+
+  def attention_kernel(self) -> str:
+    """Which kernel computes self-attention at data.seq_len, and why not the
+    one model.attention asked for where it cannot serve (a line)."""
+    if not registry.get(self.model_config.family).attention_layers(
+        self.model_config):
+      return 'none (the model has no attention)'
+    kernel, note = attention.kernel_for(self.model_config,
+                                        self.config.data.seq_len)
+    return kernel + (f' ({note})' if note else '')
 
   def flops_per_token(self) -> float:
     """Model FLOPs per trained token at data.seq_len (lm/perf/flops.py)."""
@@ -238,16 +237,7 @@ class Trainer:
                          train_examples=self.data.train_examples)
 
   def eval_batches(self, split: str = 'validation'):
-    if isinstance(self.data, (classification.ClassificationData,
-                              text_pairs.TextPairData)):
-      if split not in self.data.evaluation:
-        raise UsageError(f'dataset {self.config.data.name!r} has no {split!r}'
-                         f' split; it has {sorted(self.data.evaluation)}')
-      return self.data.evaluation[split]
-    if split != 'validation':
-      raise UsageError(f'language-model datasets are evaluated on '
-                       f"'validation', not {split!r}")
-    return self.data.validation
+    return _data().evaluation(self.data, split, self.config.data.name)
 
   def evaluate(self, params, split: str = 'validation') -> dict[str, float]:
     """Metrics on `split`, or on its first train.eval_steps batches (what
@@ -256,3 +246,10 @@ class Trainer:
     if self.config.train.eval_steps:
       batches = itertools.islice(batches, self.config.train.eval_steps)
     return steps.evaluate(self.eval_step, params, batches, self.token_bytes)
+
+
+def _data():
+  """lm/data/build.py, imported when a run first reads data: the data stack
+  (grain, tensorflow-datasets) is not installed where the benchmark runs."""
+  from lm.data import build  # pylint: disable=g-import-not-at-top
+  return build
