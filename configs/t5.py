@@ -22,7 +22,8 @@ def get_config(arg='small'):
   num_layers, d_model, num_heads, d_ff = SIZES[arg or 'small']
   config = base.get_base_config()
   config.model.update(
-      family='encoder_decoder', vocab_size=32128, d_model=d_model,
+      family='encoder_decoder', vocab_size=32128, max_len=512,
+      d_model=d_model,
       num_layers=num_layers, num_heads=num_heads, head_dim=64, d_ff=d_ff,
       activation='relu', gated_mlp=False, norm='rmsnorm', norm_position='pre',
       norm_eps=1e-6, position='relative', relative_buckets=32,

@@ -66,7 +66,9 @@ def parse_flags(argv: list[str]) -> list[str]:
   """absl flag parsing that reports any flag or config error in one line."""
   _check_config_file(argv[1:])
   try:
-    return flags.FLAGS(argv)
+    remaining = flags.FLAGS(argv)
+    _check_text(remaining)
+    return remaining
   except flags.Error as e:
     fail(_without_traceback(str(e)))
   except (AttributeError, KeyError) as e:
@@ -79,6 +81,27 @@ def parse_flags(argv: list[str]) -> list[str]:
     # The config file's get_config() runs during parsing; its error is the
     # user's to fix, and is reported like theirs.
     fail(f'the config file failed: {type(e).__name__}: {e}')
+
+
+def _check_text(remaining: list[str]) -> None:
+  """Refuses flag values that are not UTF-8 text: Python hands their bytes
+  on as lone surrogates, which no tokenizer or file name takes."""
+  for name in flags.FLAGS:
+    values = flags.FLAGS[name].value
+    for value in values if isinstance(values, list) else [values]:
+      if isinstance(value, str) and not _is_text(value):
+        fail(f'--{name} is not valid UTF-8 text; give it as UTF-8')
+  for value in remaining[1:]:
+    if not _is_text(value):
+      fail('an argument is not valid UTF-8 text; give it as UTF-8')
+
+
+def _is_text(value: str) -> bool:
+  try:
+    value.encode('utf-8')
+  except UnicodeEncodeError:
+    return False
+  return True
 
 
 def get_config(flag: flags.FlagHolder, check_devices: bool = True

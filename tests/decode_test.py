@@ -109,6 +109,20 @@ def test_logits_at_one_position_per_row_equal_the_full_logits():
                              atol=1e-5)
 
 
+@pytest.mark.parametrize('chunk', [4, 5, 11])
+def test_a_prefill_in_chunks_equals_one_in_a_piece(chunk):
+  # Ragged rows whose last tokens fall in different chunks.
+  model, params = make(**VARIANTS['llama_gqa'])
+  tokens = jax.random.randint(jax.random.PRNGKey(5), (3, 11), 1, 50)
+  lengths = jnp.array([11, 3, 8])
+  whole = jax.jit(lambda t: generate.prefill(model, params, t, lengths, 14,
+                                             chunk=64))(tokens)
+  chunked = jax.jit(lambda t: generate.prefill(model, params, t, lengths, 14,
+                                               chunk=chunk))(tokens)
+  for got, expected in zip(jax.tree.leaves(chunked), jax.tree.leaves(whole)):
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
 def test_op_by_op_decoding_writes_what_the_compiled_loop_does():
   model, params = make(**VARIANTS['llama_gqa'])
   kwargs = dict(rng=jax.random.PRNGKey(3), eos_id=None, sampling=(

@@ -62,6 +62,17 @@ def _files(tmp):
     f.write(b'{"model": ')
   with open(os.path.join(paths['existing_output'], 'keep.txt'), 'w') as f:
     f.write('not to be overwritten')
+  # Outputs that are links (to a real folder, and to nothing), a name too
+  # long for the file system, and a pipe no reader should wait on.
+  paths['link_target'] = str(tmp / 'link_target')
+  os.makedirs(paths['link_target'])
+  paths['link_output'] = str(tmp / 'link_output')
+  os.symlink(paths['link_target'], paths['link_output'])
+  paths['dangling_output'] = str(tmp / 'dangling_output')
+  os.symlink(str(tmp / 'nowhere'), paths['dangling_output'])
+  paths['long_name'] = str(tmp / ('n' * 300))
+  paths['fifo'] = str(tmp / 'fifo')
+  os.mkfifo(paths['fifo'])
   return paths
 
 
@@ -118,6 +129,8 @@ def _cases(files, workdir, data_dir):
           ['max_new_tokens=0', 'max_new_tokens=-3',
            'max_new_tokens=1000000000', 'temperature=-1', 'top_k=-1',
            'top_p=0', 'top_p=1.5', 'top_p=nan', 'prompt=', 'mesh=a,b',
+           'temperature=nan', 'temperature=inf', 'top_k=100000',
+           'seed=99999999999999999999999', 'prompt=\udcffab',
            'mesh=3', 'mesh=0', 'mesh=1,1,1,1,1', 'chat']) + [
                [f'--workdir={files[name]}', '--prompt=x'] for name in (
                    'missing', 'empty', 'dir', 'not_a_workdir',
@@ -225,6 +238,28 @@ def _cases(files, workdir, data_dir):
           [f'--out={files["dir"]}'], ['--out='], ['stray'],
           [f'--out={files["binary"]}/configs.md']],
   }
+  # Empty paths (the current directory to the operating system), links,
+  # over-long names and a pipe, wherever a script reads or writes a path.
+  bad_outputs = ['', files['link_output'], files['dangling_output'],
+                 files['long_name']]
+  cases['experiments.train'] += [
+      train_base[:1] + [f'--workdir={path}'] + train_base[2:]
+      for path in ('', files['dangling_output'], files['long_name'])]
+  cases['experiments.generate'].append(['--workdir=', '--prompt=x'])
+  cases['experiments.evaluate'].append(['--workdir='])
+  cases['experiments.embed'].append(['--workdir=', '--text=x'])
+  cases['experiments.export'] += [
+      [f'--workdir={workdir}', f'--output={path}'] for path in bad_outputs
+  ] + [['--workdir=', f'--output={files["dir"]}/o']]
+  cases['experiments.compress'] += [
+      [f'--workdir={workdir}', '--method=int8', f'--output={path}']
+      for path in bad_outputs[1:]] + [
+          ['--workdir=', '--method=int8', f'--output={files["dir"]}/q']]
+  cases['experiments.convert'] += [
+      [f'--source={files["binary"]}', f'--workdir={path}']
+      for path in bad_outputs] + [
+          [f'--source={path}', f'--workdir={files["dir"]}/imp']
+          for path in ('', files['fifo'], files['long_name'])]
   scripts = {f'experiments.{name[:-3]}'
              for name in os.listdir(os.path.join(ROOT, 'experiments'))
              if name.endswith('.py') and
@@ -269,6 +304,9 @@ def test_malformed_invocations_get_one_line_errors(data_dir, workdir,
                                                    tmp_path):
   files = _files(tmp_path)
   before = _files_but_the_lock(workdir)
+  # The cases run in the repository's root: the current directory, which
+  # an empty path would name.
+  root_before = sorted(os.listdir(ROOT))
   results = _run(_cases(files, workdir, data_dir))
   total = sum(len(runs) for runs in results.values())
   assert total >= 300, total
@@ -283,10 +321,14 @@ def test_malformed_invocations_get_one_line_errors(data_dir, workdir,
                    f"stderr {run['stderr'][-500:]!r}, "
                    f"crash {(run['crash'] or '')[-1500:]}")
   assert not bad, f'{len(bad)} of {total} cases:\n' + '\n\n'.join(bad[:15])
+  assert sorted(os.listdir(ROOT)) == root_before
+  assert not [name for name in os.listdir(os.path.dirname(ROOT))
+              if '.partial-' in name]
   # Nothing was written into the workdir (but the lock file a refused
   # training run takes and frees) or the existing output folder.
   assert _files_but_the_lock(workdir) == before
   assert os.listdir(files['existing_output']) == ['keep.txt']
+  assert os.listdir(files['link_target']) == []
 
 
 def test_errors_name_the_problem_and_the_fix(data_dir, workdir, tmp_path):

@@ -1,6 +1,7 @@
 """The hand-laid-out products equal the plain ones: the dense product and its
 autodiff, and the tied output layer's logits."""
 
+import contextlib
 import re
 
 import jax
@@ -53,13 +54,15 @@ def test_a_wide_x_is_contracted_over_tokens_without_a_transpose():
   assert 'contracting_dims = [0] x [0]' in text
 
 
-@pytest.mark.parametrize('length', [3, 1])
-def test_tied_logits_equal_the_product_with_the_table(length):
-  # One token per row takes the [D, V] copy on a CPU; more take the table.
+@pytest.mark.parametrize('length, in_loop', [(3, False), (1, False),
+                                             (1, True)])
+def test_tied_logits_equal_the_product_with_the_table(length, in_loop):
+  # A decoding loop's step takes the [D, V] copy on a CPU; others the table.
   keys = jax.random.split(jax.random.key(1))
   x_BLD = jax.random.normal(keys[0], (2, length, 16))
   table_VD = jax.random.normal(keys[1], (40, 16))
-  got = jax.jit(matmul.tied_logits)(x_BLD, table_VD)
+  with matmul.decoding_loop() if in_loop else contextlib.nullcontext():
+    got = jax.jit(matmul.tied_logits)(x_BLD, table_VD)
   np.testing.assert_allclose(got, np.asarray(x_BLD) @ np.asarray(table_VD).T,
                              rtol=1e-5, atol=1e-5)
 
@@ -72,7 +75,8 @@ def _computation(text, name):
 def test_a_decoding_loop_reads_a_transposed_table_copied_once_before_it():
   def loop(x_BLD, table_VD):
     def step(_, x_BLD):
-      return x_BLD + matmul.tied_logits(x_BLD, table_VD)[..., :16]
+      with matmul.decoding_loop():
+        return x_BLD + matmul.tied_logits(x_BLD, table_VD)[..., :16]
     return jax.lax.fori_loop(0, 5, step, x_BLD)
 
   text = jax.jit(loop).lower(jnp.ones((2, 1, 16)),

@@ -6,8 +6,10 @@ LM_KILLS=20 LM_KILL_STEPS=200 runs the kill test at the issue's full size
 (CI runs 3 kills in 20 steps).
 """
 
+import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -183,6 +185,56 @@ def test_the_integrity_check_finds_damage(tiny, tmp_path, damage):
   assert integrity.problem(step_dir)
 
 
+def _sealed_step(tmp_path) -> str:
+  checkpointer = checkpoint.Checkpointer(str(tmp_path), async_save=False)
+  checkpointer.save(1, {'w': np.arange(10.0)}, None, None)
+  checkpointer.close()
+  assert integrity.problem(checkpointer.step_dir(1)) is None
+  return checkpointer.step_dir(1)
+
+
+def test_deleting_the_checksums_does_not_switch_the_check_off(tmp_path):
+  step_dir = _sealed_step(tmp_path)
+  os.remove(os.path.join(step_dir, integrity.MANIFEST))
+  assert 'missing' in integrity.problem(step_dir)
+  # A step never sealed (an older lm's) is taken as it is.
+  os.remove(os.path.join(os.path.dirname(step_dir), integrity.SEALED))
+  assert integrity.problem(step_dir) is None
+
+
+@pytest.mark.parametrize('entry', [None, [1], 'abc', [1, 2], ['1', 'x']])
+def test_a_malformed_checksum_entry_is_damage_not_a_crash(tmp_path, entry):
+  step_dir = _sealed_step(tmp_path)
+  path = os.path.join(step_dir, integrity.MANIFEST)
+  with open(path) as f:
+    manifest = json.load(f)
+  manifest[sorted(manifest)[0]] = entry
+  with open(path, 'w') as f:
+    json.dump(manifest, f)
+  assert 'malformed' in integrity.problem(step_dir)
+
+
+def test_params_that_do_not_fit_the_config_are_named(tmp_path):
+  _sealed_step(tmp_path)
+  checkpointer = checkpoint.Checkpointer(str(tmp_path), read_only=True)
+  for abstract, words in (({'w': jax.ShapeDtypeStruct((12,), np.float32)},
+                           'w is (10,) in the checkpoint and (12,)'),
+                          ({'v': jax.ShapeDtypeStruct((10,), np.float32)},
+                           'v is absent in the checkpoint')):
+    with pytest.raises(UsageError, match=re.escape(words)):
+      checkpointer.restore_params(abstract, 1)
+
+
+def test_a_folder_lm_did_not_write_is_named_as_such(tmp_path):
+  _sealed_step(tmp_path)
+  os.makedirs(os.path.join(layout.checkpoint_dir(str(tmp_path)), '7', 'mine'))
+  checkpointer = checkpoint.Checkpointer(str(tmp_path), read_only=True)
+  assert checkpointer.latest_step() == 7
+  with pytest.raises(UsageError, match='not a checkpoint lm wrote'):
+    checkpointer.has_train_state(7)
+  assert not checkpointer.has_train_state(1)  # Params alone, as imported.
+
+
 def test_an_asynchronous_step_is_sealed_without_waiting_for_the_next(
     tmp_path):
   checkpointer = checkpoint.Checkpointer(str(tmp_path))
@@ -209,7 +261,8 @@ def test_a_step_is_deleted_only_after_it_is_sealed(tmp_path):
   checkpointer.wait()  # Seals 1 and 2.
   checkpointer.save(3, {'w': np.arange(10.0)}, None, None)
   checkpointer.close()
-  assert sorted(os.listdir(layout.checkpoint_dir(str(tmp_path)))) == ['3']
+  assert sorted(os.listdir(layout.checkpoint_dir(str(tmp_path)))) == [
+      '3', integrity.SEALED]
   assert os.path.exists(os.path.join(checkpointer.step_dir(3),
                                      integrity.MANIFEST))
 
@@ -320,4 +373,5 @@ def test_a_failed_save_keeps_the_previous_checkpoint_and_says_so(
   loop.train_and_evaluate(tiny, workdir, log=lines.append)
   assert any('Resuming from the checkpoint at step 10' in l for l in lines)
   # Nothing of the failed save is left.
-  assert sorted(os.listdir(os.path.dirname(step_10))) == ['10', '20']
+  assert sorted(os.listdir(os.path.dirname(step_10))) == [
+      '10', '20', integrity.SEALED]

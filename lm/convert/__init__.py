@@ -19,7 +19,6 @@ import dataclasses
 import glob
 import json
 import os
-import shutil
 
 import flax.traverse_util
 import jax
@@ -35,6 +34,7 @@ from lm.convert import tokenizer_files
 from lm.data import tokenizers
 from lm.errors import UsageError
 from lm.io import outputs
+from lm.io import paths
 from lm.model import params as model_params
 from lm.model import registry
 from lm.model.config import ModelConfig
@@ -60,8 +60,9 @@ def detect_format(source: str) -> str:
   """'gguf' or 'safetensors', or one error saying what was expected."""
   expected = ('expected a GGUF file, or a .safetensors file or directory '
               f'with {_HF_CONFIG_FILE} beside it')
-  if not os.path.exists(source):
+  if source and not os.path.exists(source):
     raise UsageError(f'{source}: no such file or directory; {expected}')
+  paths.source(source)
   if os.path.isdir(source):
     if glob.glob(os.path.join(source, '*.safetensors')):
       return 'safetensors'
@@ -90,9 +91,22 @@ def read_checkpoint(source: str, tokenizer_dir: str | None = None
     tokenizer = tokenizer_files.find_tokenizer(tokenizer_dir or directory)
   if tokenizer_dir and kind == 'gguf':
     tokenizer = tokenizer_files.find_tokenizer(tokenizer_dir)
+  for name, tensor in tensors.items():
+    if not np.isfinite(tensor).all():
+      raise UsageError(f'{source}: the tensor {name} holds NaN or infinite '
+                       'values; the checkpoint is damaged')
   arch = hf_layouts.get_architecture(hf_config.get('model_type'))
-  model_config = ModelConfig(**arch.config_from_hf(hf_config, set(tensors)))
-  model_config.validate()
+  try:
+    model_config = ModelConfig(**arch.config_from_hf(hf_config,
+                                                     set(tensors)))
+    model_config.validate()
+  except KeyError as e:
+    raise UsageError(f"{source}'s config lacks the key {e}") from e
+  except (TypeError, ValueError) as e:
+    if isinstance(e, UsageError):
+      raise
+    raise UsageError(f"{source}'s config has a value of the wrong kind: "
+                     f'{str(e)[:200]}') from e
   params = rules.params_from_hf(arch.rules(model_config), tensors)
   _check_shapes(model_config, params)
   if tokenizer.vocab_size > model_config.vocab_size:
@@ -112,7 +126,7 @@ def import_checkpoint(source: str, workdir: str,
   The workdir's config.json is `base_config` (configs/base.py's defaults)
   with the imported model section and tokenizer.
   """
-  outputs.check_new_directory(workdir)
+  outputs.check_new_directory(workdir, 'new workdir')
   imported = read_checkpoint(source, tokenizer_dir)
   config = ml_collections.ConfigDict(base_config.to_dict())
   config.model = dataclasses.asdict(imported.model_config)
@@ -126,6 +140,7 @@ def import_checkpoint(source: str, workdir: str,
 
 def export_workdir(workdir: str, output: str) -> str:
   """Writes the workdir's latest params in Hugging Face layout; returns arch."""
+  outputs.check_new_directory(output)
   restored = restore.workdir(workdir)
   arch_name = hf_layouts.architecture_of(restored.model_config)
   arch = registry.get(restored.model_config.family).hf_layouts[arch_name]
@@ -133,20 +148,12 @@ def export_workdir(workdir: str, output: str) -> str:
   hf_config['torch_dtype'] = 'float32'
   params = jax.tree.map(lambda x: np.asarray(x, np.float32), restored.params)
   tensors = rules.params_to_hf(arch.rules(restored.model_config), params)
-  outputs.check_new_directory(output)
-  final = os.path.abspath(output)
-  staging = outputs.staging_path(final)
-  try:
+  with outputs.building(output) as staging:
     safetensors.numpy.save_file(tensors, os.path.join(staging, _WEIGHTS_FILE),
                                 metadata={'format': 'pt'})
     with open(os.path.join(staging, _HF_CONFIG_FILE), 'w') as f:
       json.dump(hf_config, f, indent=2)
     restored.tokenizer.save(staging)
-    if os.path.isdir(final):
-      os.rmdir(final)
-    os.rename(staging, final)
-  finally:
-    shutil.rmtree(staging, ignore_errors=True)
   return arch_name
 
 
@@ -157,9 +164,13 @@ def _read_hf_config(directory: str) -> dict:
                      'checkpoint needs the config.json saved with it')
   try:
     with open(path) as f:
-      return json.load(f)
+      config = json.load(f)
   except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise UsageError(f'{path} is not valid JSON: {e}') from e
+  if not isinstance(config, dict):
+    raise UsageError(f'{path} holds a JSON {type(config).__name__}, not the '
+                     'object of a model config')
+  return config
 
 
 def _read_safetensors(paths: list[str]) -> dict[str, np.ndarray]:
@@ -171,7 +182,8 @@ def _read_safetensors(paths: list[str]) -> dict[str, np.ndarray]:
       with safetensors.safe_open(path, framework='flax') as f:
         for name in f.keys():
           tensors[name] = np.asarray(f.get_tensor(name), np.float32)
-    except (safetensors.SafetensorError, OSError) as e:
+    except (safetensors.SafetensorError, OSError, ValueError,
+            TypeError) as e:
       raise UsageError(f'{path} is not a readable safetensors file: {e}'
                        ) from e
   return tensors

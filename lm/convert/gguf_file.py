@@ -14,6 +14,9 @@ that permutation. Tensors come out under Hugging Face Llama names, and the
 Llama layout in hf_layouts.py takes them from there.
 """
 
+import os
+import struct
+
 import gguf
 import numpy as np
 import tokenizers as hf_tokenizers
@@ -118,12 +121,49 @@ def _hf_name(name: str) -> str | None:
   return None
 
 
+# What malformed content makes the gguf package (or numpy under it) raise.
+_MALFORMED = (ValueError, IndexError, KeyError, TypeError, OverflowError,
+              UnicodeDecodeError, struct.error, MemoryError)
+# The fewest bytes a tensor's description and a key/value take in a header.
+_MIN_TENSOR_INFO, _MIN_KEY_VALUE = 24, 12
+
+
 def read_llama(path: str):
-  """(HF-style Llama config dict, {HF name: float32 array}, tokenizer)."""
+  """(HF-style Llama config dict, {HF name: float32 array}, tokenizer).
+  Any malformed content is a UsageError naming the file."""
+  _check_header(path)
   try:
-    reader = gguf.GGUFReader(path)
-  except (ValueError, OSError) as e:
-    raise UsageError(f'{path} is not a readable GGUF file: {e}') from e
+    return _read_llama(path)
+  except UsageError:
+    raise
+  except OSError as e:
+    raise UsageError(f'{path} could not be read: {e}') from e
+  except _MALFORMED as e:
+    raise UsageError(f'{path} is not a well-formed GGUF file '
+                     f'({type(e).__name__}: {str(e)[:200]})') from e
+
+
+def _check_header(path: str) -> None:
+  """Refuses counts of tensors and keys that the file is too small to
+  hold, before a reader would loop over them."""
+  try:
+    with open(path, 'rb') as f:
+      head = f.read(24)
+    size = os.path.getsize(path)
+  except OSError as e:
+    raise UsageError(f'{path} could not be read: {e}') from e
+  if len(head) < 24 or head[:4] != MAGIC:
+    raise UsageError(f'{path} is not a GGUF file (too short, or no GGUF '
+                     'magic)')
+  tensors, keys = struct.unpack('<QQ', head[8:24])
+  if tensors * _MIN_TENSOR_INFO + keys * _MIN_KEY_VALUE > size:
+    raise UsageError(f'{path} declares {tensors} tensors and {keys} '
+                     f'metadata keys, more than its {size} bytes can hold; '
+                     'the file is damaged or not a model')
+
+
+def _read_llama(path: str):
+  reader = gguf.GGUFReader(path)
   arch = _field(reader, 'general.architecture')
   if arch != 'llama':
     raise UsageError(f'{path} holds a {arch!r} model; lm imports GGUF files '
@@ -192,8 +232,13 @@ def _tokenizer(reader: gguf.GGUFReader, path: str) -> tokenizers.HfTokenizer:
   merges = [tuple(m.split(' ', 1)) for m in
             _field(reader, 'tokenizer.ggml.merges', [])]
   types = _required(reader, 'tokenizer.ggml.token_type', path)
-  bpe = hf_tokenizers.Tokenizer(hf_tokenizers.models.BPE(
-      {t: i for i, t in enumerate(tokens)}, merges))
+  try:
+    bpe = hf_tokenizers.Tokenizer(hf_tokenizers.models.BPE(
+        {t: i for i, t in enumerate(tokens)}, merges))
+  except Exception as e:  # pylint: disable=broad-except
+    # The tokenizers library raises plain Exception for a bad vocabulary.
+    raise UsageError(f'{path} holds a tokenizer that does not build: '
+                     f'{str(e)[:200]}') from e
   byte_level = hf_tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False,
                                                       use_regex=True)
   bpe.pre_tokenizer = hf_tokenizers.pre_tokenizers.Sequence(

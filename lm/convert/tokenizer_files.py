@@ -31,7 +31,12 @@ _CONVENTIONAL = {'bos_token': ('<|endoftext|>', '[CLS]', '<s>'),
 
 
 def find_tokenizer(directory: str) -> tokenizers.Tokenizer:
-  """The tokenizer stored in `directory`, or one error listing what to add."""
+  """The tokenizer stored in `directory`, or one error listing what to add
+  or saying what is damaged."""
+  return tokenizers.reading(directory, _find_tokenizer)
+
+
+def _find_tokenizer(directory: str) -> tokenizers.Tokenizer:
   path = lambda name: os.path.join(directory, name)
   if os.path.exists(path(layout.SENTENCEPIECE_TOKENIZER)) or (
       os.path.exists(path('tokenizer.json'))

@@ -16,11 +16,11 @@ import json
 import os
 from typing import Iterable, Protocol
 
-import jinja2.sandbox
 import numpy as np
 import sentencepiece as spm
 import tokenizers as hf_tokenizers
 
+from lm.data import chat_template as templates
 from lm.errors import UsageError
 from lm.io import layout
 
@@ -152,11 +152,8 @@ class HfTokenizer:
     """The prompt text for `messages`, ending where the assistant speaks."""
     if not self.chat_template:
       raise UsageError('this tokenizer has no chat template; drop --chat')
-    environment = jinja2.sandbox.ImmutableSandboxedEnvironment(
-        trim_blocks=True, lstrip_blocks=True)
-    template = environment.from_string(self.chat_template)
-    return template.render(
-        messages=messages, add_generation_prompt=True,
+    return templates.render(
+        self.chat_template, messages=messages, add_generation_prompt=True,
         bos_token=self.tokenizer.id_to_token(self.bos_id),
         eos_token=self.tokenizer.id_to_token(self.eos_id))
 
@@ -227,7 +224,26 @@ def is_byte_marker(path: str) -> bool:
 
 
 def load_tokenizer(directory: str) -> Tokenizer:
-  """The tokenizer stored in a workdir (or a dataset's tokenizer folder)."""
+  """The tokenizer stored in a workdir (or a dataset's tokenizer folder);
+  a damaged one is a UsageError naming the folder."""
+  return reading(directory, _load_tokenizer)
+
+
+def reading(directory: str, load):
+  """`load(directory)`, with what a malformed tokenizer file makes the
+  libraries raise turned into one UsageError."""
+  try:
+    return load(directory)
+  except UsageError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    # sentencepiece raises RuntimeError and OSError, tokenizers plain
+    # Exception, json ValueError; the config's values may be of any type.
+    raise UsageError(f'the tokenizer in {directory} is damaged or not one lm '
+                     f'reads ({type(e).__name__}: {str(e)[:200]})') from e
+
+
+def _load_tokenizer(directory: str) -> Tokenizer:
   spm_path = os.path.join(directory, layout.SENTENCEPIECE_TOKENIZER)
   if os.path.exists(spm_path):
     return SentencePieceTokenizer.load(spm_path)

@@ -68,9 +68,9 @@ def decode_tokens_per_s(restored: restore.Restored,
                         new_tokens: int) -> float:
   model = registry.build_model(restored.model_config)
   prompt = restored.tokenizer.encode(_PROMPT)
-  limit = restored.model_config.context_limit
-  if limit is not None:  # A short context takes fewer new tokens.
-    new_tokens = min(new_tokens, limit - len(prompt))
+  # A short context takes fewer new tokens.
+  new_tokens = min(new_tokens,
+                   restored.model_config.context_limit - len(prompt))
   kwargs = dict(sampling=sampling.SamplingConfig(max_new_tokens=new_tokens,
                                                  temperature=0.0),
                 rng=jax.random.key(0), eos_id=None,

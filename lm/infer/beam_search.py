@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lm.errors import UsageError
+from lm.kernels import matmul
 
 
 def translate(model: nn.Module, params: Any, sources: list[list[int]], *,
@@ -73,10 +74,11 @@ def _beam_search_jit(model, max_len, bos_id, eos_id, beam_size, length_penalty,
 
   def body(carry):
     i, tokens_BKN, scores_BK, last_R, finished_BK, lengths_BK, cache = carry
-    logits_R1V, updated = model.apply(
-        {'params': params, 'cache': cache}, encoded_RSD, last_R[:, None],
-        jnp.full((rows, 1), i), mask_RS, decode=True,
-        method='decode_logits', mutable=['cache'])
+    with matmul.decoding_loop():
+      logits_R1V, updated = model.apply(
+          {'params': params, 'cache': cache}, encoded_RSD, last_R[:, None],
+          jnp.full((rows, 1), i), mask_RS, decode=True,
+          method='decode_logits', mutable=['cache'])
     logprobs_BKV = jax.nn.log_softmax(logits_R1V[:, 0]).reshape(
         batch, beams, -1)
     vocab = logprobs_BKV.shape[-1]

@@ -23,9 +23,12 @@ def embed_texts(model_config: ModelConfig, params, tokenizer,
     raise UsageError('every text to embed needs some non-blank content')
   limit = model_config.context_limit
   encoded = []
-  for text in texts:
+  for number, text in enumerate(texts, 1):
     ids = tokenizers.encode_sequence(tokenizer, text)
-    encoded.append(ids[:limit] if limit else ids)
+    if len(ids) > limit:
+      raise UsageError(f'text {number} is {len(ids)} tokens long; the model '
+                       f'takes at most {limit} (model.max_len): shorten it')
+    encoded.append(ids)
   length = max(len(ids) for ids in encoded)
   model = registry.build_model(model_config)
   out = []

@@ -2,9 +2,9 @@
 
 Prompts of different lengths share a batch: they are right-padded, each row
 keeps its own position, and the cache is written at each row's positions.
-Prefill runs the whole padded prompt in one call; then a `lax.while_loop`
-feeds one token per row per step until every row has produced EOS or
-`max_new_tokens` tokens.
+Prefill runs the padded prompts in chunks of PREFILL_CHUNK tokens (one
+call for short prompts); then a `lax.while_loop` feeds one token per row
+per step until every row has produced EOS or `max_new_tokens` tokens.
 """
 
 import contextlib
@@ -19,7 +19,9 @@ import numpy as np
 from lm import sharding
 from lm.errors import UsageError
 from lm.infer.sampling import SamplingConfig
+from lm.infer.sampling import check_seed
 from lm.infer.sampling import sample_logits
+from lm.kernels import matmul
 from lm.model import params as model_params
 from lm.model import registry
 from lm.model.config import ModelConfig
@@ -40,6 +42,8 @@ def complete(model_config: ModelConfig, params: Any, tokenizer,
                      f'this is a {model_config.family} model')
   if any(not p for p in prompts):
     raise UsageError('a prompt is empty; give some text to continue')
+  sampling.validate(model_config.vocab_size)
+  check_seed(seed)
   model = registry.build_model(model_config)
   context = contextlib.nullcontext()
   if mesh is not None:
@@ -114,18 +118,56 @@ def cache_phases(prompt_len: int, max_new_tokens: int
   return [(prompt_len + last, last) for last in last_steps]
 
 
+# Prompts are prefilled this many tokens at a time: a chunk's scores
+# against the cache are [chunk, cache], so memory grows linearly with the
+# prompt, not with its square.
+PREFILL_CHUNK = 512
+
+
 def prefill(model: nn.Module, params: Any, tokens_BP, lengths_B,
-            cache_len: int):
+            cache_len: int, chunk: int = PREFILL_CHUNK):
   """Runs the right-padded prompts into a new cache of `cache_len`
-  positions; returns each prompt's last token's logits [B, V] (the only
-  ones projected onto the vocabulary) and the cache."""
-  cache = init_cache(model, tokens_BP.shape[0], cache_len)
-  positions_BP = jnp.broadcast_to(jnp.arange(tokens_BP.shape[1]),
-                                  tokens_BP.shape)
-  logits_B1V, updated = model.apply(
-      {'params': params, 'cache': cache}, tokens_BP, positions_BP,
-      decode=True, logits_at_B=lengths_B - 1, mutable=['cache'])
-  return logits_B1V[:, 0], updated['cache']
+  positions, `chunk` tokens at a time; returns each prompt's last token's
+  logits [B, V] (the only ones projected onto the vocabulary) and the
+  cache."""
+  batch, prompt_len = tokens_BP.shape
+  cache = init_cache(model, batch, cache_len)
+
+  def run(cache, start, tokens_BC):
+    """One chunk at `start`: the cache after it, the logits at each row's
+    last token (where that falls in the chunk) and whether it does."""
+    length = tokens_BC.shape[1]
+    positions_BC = start + jnp.broadcast_to(jnp.arange(length),
+                                            tokens_BC.shape)
+    last_B = lengths_B - 1 - start
+    logits_B1V, updated = model.apply(
+        {'params': params, 'cache': cache}, tokens_BC, positions_BC,
+        decode=True, logits_at_B=jnp.clip(last_B, 0, length - 1),
+        mutable=['cache'])
+    return updated['cache'], logits_B1V[:, 0], (last_B >= 0) & (
+        last_B < length)
+
+  # Whole chunks through one compiled scan, then the last 1..chunk tokens.
+  whole = (prompt_len - 1) // chunk
+  last_BV = None
+  if whole:
+    chunks_NBC = jnp.swapaxes(tokens_BP[:, :whole * chunk].reshape(
+        batch, whole, chunk), 0, 1)
+
+    def step(carry, inputs):
+      cache, last_BV = carry
+      index, tokens_BC = inputs
+      cache, logits_BV, here_B = run(cache, index * chunk, tokens_BC)
+      return (cache, jnp.where(here_B[:, None], logits_BV, last_BV)), None
+
+    zeros_BV = jnp.zeros((batch, model.config.vocab_size), jnp.float32)
+    (cache, last_BV), _ = jax.lax.scan(
+        step, (cache, zeros_BV), (jnp.arange(whole), chunks_NBC))
+  cache, logits_BV, here_B = run(cache, whole * chunk,
+                                 tokens_BP[:, whole * chunk:])
+  if last_BV is not None:
+    logits_BV = jnp.where(here_B[:, None], logits_BV, last_BV)
+  return logits_BV, cache
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
@@ -137,9 +179,10 @@ def generate_program(model, sampling, eos_id, params, tokens_BP, lengths_B,
   phases = cache_phases(prompt_len, max_new)
 
   def step(cache, tokens_BL, positions_BL):
-    logits_BLV, updated = model.apply(
-        {'params': params, 'cache': cache}, tokens_BL, positions_BL,
-        decode=True, mutable=['cache'])
+    with matmul.decoding_loop():
+      logits_BLV, updated = model.apply(
+          {'params': params, 'cache': cache}, tokens_BL, positions_BL,
+          decode=True, mutable=['cache'])
     return logits_BLV, updated['cache']
 
   last_BV, cache = prefill(model, params, tokens_BP, lengths_B,

@@ -1,6 +1,7 @@
 """Choosing the next token: greedy, temperature, top-k and top-p."""
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
@@ -18,16 +19,34 @@ class SamplingConfig:
   top_k: int = 0
   top_p: float = 1.0
 
-  def validate(self):
+  def validate(self, vocab_size: int | None = None):
+    """Raises UsageError for a setting out of range (`top_k` past the
+    vocabulary of `vocab_size` tokens too)."""
     if self.max_new_tokens <= 0:
       raise UsageError(f'max_new_tokens must be positive, got '
                        f'{self.max_new_tokens}')
-    if self.temperature < 0:
-      raise UsageError(f'temperature must be >= 0, got {self.temperature}')
+    if not (math.isfinite(self.temperature) and self.temperature >= 0):
+      raise UsageError(f'temperature must be a finite number >= 0, got '
+                       f'{self.temperature}')
     if self.top_k < 0:
       raise UsageError(f'top_k must be >= 0, got {self.top_k}')
+    if vocab_size is not None and self.top_k > vocab_size:
+      raise UsageError(f'top_k={self.top_k} exceeds the vocabulary of '
+                       f'{vocab_size} tokens; give at most {vocab_size} (0 '
+                       'disables it)')
     if not 0 < self.top_p <= 1:
       raise UsageError(f'top_p must be in (0, 1], got {self.top_p}')
+
+
+# jax.random keys take seeds that fit in 64 bits.
+SEEDS = (-2**63, 2**64 - 1)
+
+
+def check_seed(seed: int) -> int:
+  if not SEEDS[0] <= seed <= SEEDS[1]:
+    raise UsageError(f'the seed {seed} does not fit in 64 bits; give one in '
+                     f'[{SEEDS[0]}, {SEEDS[1]}]')
+  return seed
 
 
 def sample_logits(logits_BV, rng, sampling: SamplingConfig):

@@ -153,6 +153,7 @@ class Checkpointer:
         where += '+'
       os.makedirs(os.path.dirname(where), exist_ok=True)
       os.rename(self.step_dir(step), where)
+      integrity.forget(self.step_dir(step))
       log(f'Warning: the checkpoint at step {step} is damaged ({problem}); '
           f'moved it to {where} and using the one before it.')
       self._manager.reload()
@@ -162,10 +163,23 @@ class Checkpointer:
     """Rereads the steps on disk (after another process moved some)."""
     self._manager.reload()
 
+  def items(self, step: int) -> set[str]:
+    """The items saved at `step` ('params', 'state', 'data'); a step folder
+    lm did not write, or cannot read, raises UsageError."""
+    try:
+      items = set(self._manager.item_metadata(step))
+    except (OSError, ValueError) as e:
+      raise UsageError(f'the checkpoint at {self.step_dir(step)} cannot be '
+                       f'read ({_short_reason(e)})') from e
+    if 'params' not in items:
+      raise UsageError(
+          f'{self.step_dir(step)} is not a checkpoint lm wrote (it holds no '
+          'params); move it out of the checkpoints folder')
+    return items
+
   def has_train_state(self, step: int) -> bool:
     """False for params-only checkpoints, such as imported ones."""
-    # The Composite lists the items saved at that step (values may be None).
-    return 'state' in self._manager.item_metadata(step)
+    return 'state' in self.items(step)
 
   def restore(self, step: int, abstract_params: Any, abstract_state: Any
               ) -> tuple[Any, Any, dict | None]:
@@ -179,8 +193,31 @@ class Checkpointer:
     return (restored['params'], restored['state'],
             restored['data'] if has_data else None)
 
+  def check_shapes(self, step: int, abstract_params: Any) -> None:
+    """Raises UsageError naming the first parameter whose saved shape
+    differs from `abstract_params`' (orbax would read it anyway, padded or
+    cut), or that only one of them has."""
+    path = os.path.join(self.step_dir(step), 'params')
+    try:
+      saved = ocp.StandardCheckpointer().metadata(path).item_metadata.tree
+    except (OSError, ValueError, AttributeError) as e:
+      raise UsageError(f'the params at {path} cannot be read '
+                       f'({_short_reason(e)})') from e
+    saved = {_name(k): tuple(v.shape) for k, v in
+             jax.tree_util.tree_flatten_with_path(saved)[0]}
+    wanted = {_name(k): tuple(v.shape) for k, v in
+              jax.tree_util.tree_flatten_with_path(abstract_params)[0]}
+    for name in sorted(saved.keys() | wanted.keys()):
+      if saved.get(name) != wanted.get(name):
+        raise UsageError(
+            f'the checkpoint at step {step} does not fit the model its '
+            f'config.json describes: {name} is {saved.get(name, "absent")} '
+            f'in the checkpoint and {wanted.get(name, "absent")} in the '
+            'model (was config.json edited?)')
+
   def restore_params(self, abstract_params: Any, step: int | None = None):
     step = self.latest_step() if step is None else step
+    self.check_shapes(step, abstract_params)
     restored = self._manager.restore(step, args=ocp.args.Composite(
         params=ocp.args.StandardRestore(abstract_params)))
     return restored['params']
@@ -241,6 +278,12 @@ class _ReportSaveFailure:
         ) from error
 
 
+def _name(path) -> str:
+  """'embed/embedding' of a tree path."""
+  return '/'.join(str(getattr(key, 'key', getattr(key, 'idx', key)))
+                  for key in path)
+
+
 def _short_reason(error: Exception) -> str:
   """'[Errno 28] No space left on device' from an OSError or from
   tensorstore's long message; else the message's first line."""
@@ -270,6 +313,7 @@ def load_params(workdir: str, abstract_params: Any) -> tuple[Any, int]:
         f'the checkpoint at step {step} of {workdir} is damaged ({problem}); '
         f'training on the workdir again moves it to {layout.DAMAGED}/ and '
         'resumes from the step before it')
+  checkpointer.items(step)  # Refuses a folder lm did not write.
   params = checkpointer.restore_params(abstract_params, step)
   checkpointer.close()
   return params, step

@@ -8,6 +8,7 @@ import ml_collections
 
 from lm.errors import UsageError
 from lm.io import layout
+from lm.io import paths
 
 
 def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -22,6 +23,7 @@ def load_config(workdir: str, defaults: ml_collections.ConfigDict | None = None
   """The workdir's config; keys it lacks (added to lm after it was written)
   are taken from `defaults` (e.g. configs/base.py), which keep old runs'
   behaviour."""
+  paths.existing_directory(workdir)
   path = layout.config_path(workdir)
   if not os.path.exists(path):
     raise UsageError(f'{workdir} has no {layout.CONFIG}; is it a workdir '
@@ -32,7 +34,7 @@ def load_config(workdir: str, defaults: ml_collections.ConfigDict | None = None
   except (UnicodeDecodeError, json.JSONDecodeError) as e:
     raise UsageError(f'{path} is damaged (not JSON: {e}); restore it from '
                      'a copy, or train into a new workdir') from e
-  if not isinstance(saved, dict) or 'model' not in saved:
+  if not (isinstance(saved, dict) and isinstance(saved.get('model'), dict)):
     raise UsageError(f'{path} holds no model section; is it a workdir '
                      'written by experiments/train.py?')
   if defaults is None:

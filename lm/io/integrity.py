@@ -3,10 +3,12 @@
 orbax makes a step appear only once it is complete (a rename), so a crash
 never leaves a half-written step. It does not notice bytes that change
 afterwards: a truncated copy, a bad disk, a flipped bit. `seal` writes the
-SHA-256 of every file of a finished step into MANIFEST inside it; `problem`
-recomputes them. A step without MANIFEST (one written by an older lm, or
-one whose writer died between orbax's rename and the sealing) cannot be
-checked and is taken as orbax left it.
+SHA-256 of every file of a finished step into MANIFEST inside it, and adds
+the step to SEALED beside the steps; `problem` recomputes them. A sealed
+step whose MANIFEST is gone is damaged like one with a changed byte:
+deleting the file does not switch the check off. A step never sealed (one
+written by an older lm, or whose writer died between orbax's rename and
+the sealing) cannot be checked and is taken as orbax left it.
 """
 
 import hashlib
@@ -16,6 +18,7 @@ import os
 from lm.io import layout
 
 MANIFEST = layout.CHECKSUMS
+SEALED = layout.SEALED_STEPS
 _CHUNK = 1 << 20
 
 
@@ -44,11 +47,45 @@ def seal(step_dir: str) -> None:
                      _digest(os.path.join(step_dir, name))]
               for name in _files(step_dir)}
   path = os.path.join(step_dir, MANIFEST)
+  _write_json(path, manifest)  # Never a half-written manifest.
+  _record(step_dir, sealed=True)
+
+
+def forget(step_dir: str) -> None:
+  """Takes a step out of SEALED (it was moved aside; its step may be saved
+  and sealed again)."""
+  _record(step_dir, sealed=False)
+
+
+def _write_json(path: str, value) -> None:
   with open(path + '.tmp', 'w') as f:
-    json.dump(manifest, f, indent=0, sort_keys=True)
+    json.dump(value, f, indent=0, sort_keys=True)
     f.flush()
     os.fsync(f.fileno())
-  os.replace(path + '.tmp', path)  # Never a half-written manifest.
+  os.replace(path + '.tmp', path)
+
+
+def _sealed_steps(step_dir: str) -> list[str]:
+  """The step names SEALED lists beside `step_dir` ([] where it is missing
+  or unreadable: then no step can be known to have been sealed)."""
+  try:
+    with open(os.path.join(os.path.dirname(step_dir), SEALED)) as f:
+      steps = json.load(f)
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+    return []
+  return [str(s) for s in steps] if isinstance(steps, list) else []
+
+
+def _record(step_dir: str, sealed: bool) -> None:
+  """Adds the step to SEALED (or takes it out), with the steps that are
+  gone (deleted by orbax) left out."""
+  step_dir = os.path.normpath(step_dir)
+  root, name = os.path.dirname(step_dir), os.path.basename(step_dir)
+  steps = {step for step in _sealed_steps(step_dir)
+           if os.path.isdir(os.path.join(root, step))} - {name}
+  if sealed:
+    steps.add(name)
+  _write_json(os.path.join(root, SEALED), sorted(steps))
 
 
 def problem(step_dir: str) -> str | None:
@@ -56,6 +93,9 @@ def problem(step_dir: str) -> str | None:
   as sealed (or the step was never sealed)."""
   path = os.path.join(step_dir, MANIFEST)
   if not os.path.exists(path):
+    if os.path.basename(os.path.normpath(step_dir)) in _sealed_steps(
+        step_dir):
+      return f'it was sealed, and its {MANIFEST} is missing'
     return None
   try:
     with open(path) as f:
@@ -65,6 +105,9 @@ def problem(step_dir: str) -> str | None:
   if not isinstance(manifest, dict):
     return f'its {MANIFEST} is not a file list'
   for name, expected in sorted(manifest.items()):
+    if not (isinstance(expected, list) and len(expected) == 2
+            and isinstance(expected[0], int) and isinstance(expected[1], str)):
+      return f'its {MANIFEST} has a malformed entry for {name}'
     file = os.path.join(step_dir, name)
     if not os.path.isfile(file):
       return f'{name} is missing'

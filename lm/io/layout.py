@@ -3,6 +3,7 @@
   config.json              the run's whole config (CONFIG)
   checkpoints/<step>/      orbax steps: params, state, data (CHECKPOINTS)
     lm_checksums.json      each sealed step's SHA-256 manifest (CHECKSUMS)
+  checkpoints/lm_sealed_steps.json   the steps that were sealed (SEALED_STEPS)
   damaged_checkpoints/     steps whose checksums failed, moved aside (DAMAGED)
   tensorboard/             event files of scalars, samples, histograms
   eval/<dataset>_<split>.json   experiments/evaluate.py's results
@@ -18,6 +19,7 @@ import os
 CONFIG = 'config.json'
 CHECKPOINTS = 'checkpoints'
 CHECKSUMS = 'lm_checksums.json'
+SEALED_STEPS = 'lm_sealed_steps.json'
 DAMAGED = 'damaged_checkpoints'
 TENSORBOARD = 'tensorboard'
 EVAL = 'eval'

@@ -5,30 +5,41 @@ sibling folder and renamed into place in one step once complete, so a
 failure leaves nothing half-written, and nothing already there is touched.
 """
 
+import contextlib
 import os
 import shutil
 from typing import Any
 
 import ml_collections
 
-from lm.errors import UsageError
 from lm.io import config_file
+from lm.io import paths
 from lm.io.checkpoint import Checkpointer
 
 
-def check_new_directory(path: str) -> None:
-  """Refuses a `path` that holds anything: results never overwrite."""
-  if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
-    raise UsageError(f'{path} already exists and is not empty; choose a new '
-                     'directory (nothing was written)')
+def check_new_directory(path: str, what: str = 'output directory') -> None:
+  """Refuses a `path` a result cannot be created as (lm/io/paths.py):
+  results never overwrite, and never land in the current directory."""
+  paths.new_directory(path, what)
 
 
-def staging_path(final: str) -> str:
-  """A sibling folder a result is built in before its one rename."""
+@contextlib.contextmanager
+def building(output: str):
+  """Yields a sibling folder to build `output` in; when the block ends
+  without an error, the folder becomes `output` in one rename. `output`
+  is checked before and again just before the rename."""
+  final = paths.new_directory(output)
   staging = f'{final}.partial-{os.getpid()}'
   shutil.rmtree(staging, ignore_errors=True)
   os.makedirs(staging)
-  return staging
+  try:
+    yield staging
+    paths.new_directory(output)
+    if os.path.isdir(final):
+      os.rmdir(final)  # Empty (checked); replaced in one rename.
+    os.rename(staging, final)
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)
 
 
 def write_params_workdir(workdir: str, config: ml_collections.ConfigDict,
@@ -38,10 +49,7 @@ def write_params_workdir(workdir: str, config: ml_collections.ConfigDict,
   saves itself into a directory), a params-only
   checkpoint at `step` and any `extra_files` (name: contents). It appears
   whole (one rename) or not at all."""
-  check_new_directory(workdir)
-  final = os.path.abspath(workdir)
-  staging = staging_path(final)
-  try:
+  with building(workdir) as staging:
     for name, data in (extra_files or {}).items():
       with open(os.path.join(staging, name), 'wb') as f:
         f.write(data)
@@ -50,8 +58,3 @@ def write_params_workdir(workdir: str, config: ml_collections.ConfigDict,
     checkpointer = Checkpointer(staging, async_save=False)
     checkpointer.save(step, params, None, None)
     checkpointer.close()
-    if os.path.isdir(final):
-      os.rmdir(final)  # Empty (checked above); replaced in one rename.
-    os.rename(staging, final)
-  finally:
-    shutil.rmtree(staging, ignore_errors=True)

@@ -12,16 +12,33 @@ recompute inside the transposing copy, so that product stays "tn".
 `tied_logits`: logits against a [V, D] table (a tied output layer). A
 decoding step multiplies a few rows by the whole table, and XLA:CPU streams
 a [D, V] operand faster than the [V, D] table read transposed; the copy is
-loop-invariant, so XLA hoists it out of the decoding loop.
+loop-invariant, so XLA hoists it out of the decoding loop. The decoding
+loops (lm/infer/) trace their step inside `decoding_loop()`, which is how
+this layer knows; a prefill, which would pay for the copy once, does not.
 
 Elsewhere (GPU, TPU) the products are the plain ones. docs/performance.md
 has the measurements.
 """
 
+import contextlib
+
 import jax
 import jax.numpy as jnp
 
 from lm.kernels import platform
+
+_loops: list[bool] = []
+
+
+@contextlib.contextmanager
+def decoding_loop():
+  """Products traced inside are a decoding loop's step: one token per row,
+  against weights every step reuses."""
+  _loops.append(True)
+  try:
+    yield
+  finally:
+    _loops.pop()
 
 
 def dense(x, kernel, out_dtype=None):
@@ -60,11 +77,10 @@ _transposed_weight_gradient.defvjp(_forward, _backward)
 def tied_logits(x_BLD, table_VD):
   """x [B, L, D] against every row of table [V, D] -> float32 [B, L, V].
 
-  One token per row (a decoding step, or a prefill's last tokens) multiplies
-  by a [D, V] copy of the table on a CPU: in a decoding loop the copy is
-  made once, before the loop.
+  A decoding loop's step multiplies by a [D, V] copy of the table on a
+  CPU, made once, before the loop.
   """
-  if x_BLD.shape[1] == 1 and platform.current() == 'cpu':
+  if _loops and x_BLD.shape[1] == 1 and platform.current() == 'cpu':
     table_DV = jax.lax.optimization_barrier(table_VD.T)
     return jnp.einsum('bld,dv->blv', x_BLD, table_DV,
                       preferred_element_type=jnp.float32)

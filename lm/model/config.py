@@ -78,7 +78,7 @@ class ModelConfig:
   norm_position: str = 'pre'  # 'post': after the residual add (BERT)
   norm_eps: float = 1e-5  # the norm's epsilon
   position: str = 'learned'  # how tokens know their place
-  max_len: int = 256  # the longest sequence (learned positions' table)
+  max_len: int = 256  # the longest sequence, of any position kind
   rotary_theta: float = 10_000.0  # position='rotary': the base wavelength
   relative_buckets: int = 32  # position='relative' (T5)
   relative_max_distance: int = 128  # position='relative': the farthest bucket
@@ -187,9 +187,11 @@ class ModelConfig:
     return self.num_decoder_layers or self.num_layers
 
   @property
-  def context_limit(self) -> int | None:
-    """The longest sequence the model can take: learned tables end there."""
-    return self.max_len if self.position == 'learned' else None
+  def context_limit(self) -> int:
+    """The longest sequence the model takes: learned tables end there, and
+    every model is refused longer prompts than it was configured for (a
+    rotary model's memory grows with them)."""
+    return self.max_len
 
   @classmethod
   def from_config(cls, model_config: ml_collections.ConfigDict | dict

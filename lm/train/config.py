@@ -84,10 +84,10 @@ def _check_model_fits_objective(model_config: ModelConfig,
     raise UsageError('data.objective=masked needs model.mlm_head=True')
   longest = data_config.longest_sequence(config.data)
   limit = model_config.context_limit
-  if limit is not None and longest > limit:
+  if longest > limit:
     raise UsageError(
         f'data.seq_len/target_len ({longest} tokens) exceed model.max_len='
-        f'{limit}, the size of the learned position table; raise '
+        f'{limit}, the longest sequence the model takes; raise '
         'model.max_len or shorten the data')
 
 

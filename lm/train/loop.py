@@ -27,6 +27,7 @@ from lm.errors import UsageError
 from lm.io import checkpoint
 from lm.io import config_file
 from lm.io import layout
+from lm.io import paths
 from lm.io import preemption
 from lm.io.lock import WorkdirLock
 from lm.model.config import COMPUTE_KEYS
@@ -57,9 +58,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     raise UsageError(
         "model.dtype='float16' trains only with loss scaling, which lm does "
         "not do; use 'bfloat16' (float32's range at half the memory)")
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise UsageError(f'the workdir {workdir} is a file, not a directory; '
-                     'give a new or existing workdir')
+  if os.path.exists(workdir):
+    paths.existing_directory(workdir)
+  else:
+    paths.new_directory(workdir, 'workdir')
   trainer = trainer_lib.Trainer(config)
   primary = jax.process_index() == 0
   if not primary:  # One process speaks for all; every one checkpoints.

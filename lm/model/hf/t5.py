@@ -58,7 +58,9 @@ def _config(hf: dict, names: set[str]) -> dict:
   tied = hf.get('tie_word_embeddings', True)
   return dict(
       family='encoder_decoder', vocab_size=hf['vocab_size'],
-      d_model=hf['d_model'], num_layers=hf['num_layers'],
+      # T5 was trained on 512 tokens; its relative positions set no limit.
+      max_len=hf.get('n_positions', 512), d_model=hf['d_model'],
+      num_layers=hf['num_layers'],
       num_decoder_layers=hf.get('num_decoder_layers') or hf['num_layers'],
       num_heads=hf['num_heads'], head_dim=hf['d_kv'], d_ff=hf['d_ff'],
       activation=activation_from_hf(act), gated_mlp=gated, norm='rmsnorm',
@@ -86,6 +88,7 @@ def _hf_config(c: ModelConfig) -> dict:
       'architectures': ['T5ForConditionalGeneration'],
       'model_type': 't5',
       'vocab_size': c.vocab_size,
+      'n_positions': c.max_len,
       'd_model': c.d_model,
       'd_kv': c.head_width,
       'd_ff': c.d_ff,

@@ -1,0 +1,86 @@
+"""Chat templates (Jinja, as Hugging Face and GGUF files ship them) rendered
+under limits: a template is content from a file, so a malformed or hostile
+one gets one UsageError, not a traceback, an endless render or all memory.
+
+Templates run in Jinja's immutable sandbox (no attribute tricks, no
+mutation, ranges of at most 100,000), for at most SECONDS seconds, with
+at most CHARS characters of output and no string or list built larger by
+`*` or `**`. `raise_exception(message)`, which Hugging Face templates call
+to refuse a conversation, is a UsageError too.
+"""
+
+import sys
+import time
+
+import jinja2
+import jinja2.sandbox
+
+from lm.errors import UsageError
+
+SECONDS = 2.0
+CHARS = 1_000_000
+
+
+class _TooLong(Exception):
+  pass
+
+
+class _Environment(jinja2.sandbox.ImmutableSandboxedEnvironment):
+  intercepted_binops = frozenset({'*', '**'})
+
+  def call_binop(self, context, operator, left, right):
+    for value, count in ((left, right), (right, left)):
+      if (operator == '*' and isinstance(value, (str, list, tuple))
+          and isinstance(count, int) and len(value) * count > CHARS):
+        raise UsageError(f'the chat template builds a value of more than '
+                         f'{CHARS:,} items')
+    if (operator == '**' and isinstance(right, int) and right > 64
+        and isinstance(left, int) and abs(left) > 1):
+      raise UsageError('the chat template computes a number too large')
+    return super().call_binop(context, operator, left, right)
+
+
+def _raise_exception(message):
+  raise UsageError(f'the chat template refuses these messages: {message}')
+
+
+def render(source: str, **values) -> str:
+  """The template `source` rendered with `values`."""
+  environment = _Environment(trim_blocks=True, lstrip_blocks=True)
+  try:
+    template = environment.from_string(source)
+  except jinja2.TemplateError as e:
+    raise UsageError(f'the chat template does not parse: {e}') from e
+  deadline = time.monotonic() + SECONDS
+
+  def trace(frame, event, arg):
+    del event, arg
+    if frame.f_code.co_filename != '<template>':
+      return None  # Only the template's own lines are timed.
+    if time.monotonic() > deadline:
+      raise _TooLong
+    return trace
+
+  pieces, size = [], 0
+  previous = sys.gettrace()
+  sys.settrace(trace)
+  try:
+    for piece in template.generate(raise_exception=_raise_exception,
+                                   **values):
+      size += len(piece)
+      if size > CHARS:
+        raise UsageError(f'the chat template writes more than {CHARS:,} '
+                         'characters')
+      pieces.append(piece)
+  except _TooLong:
+    raise UsageError(f'the chat template ran longer than {SECONDS} s; it '
+                     'is not a chat template lm can use') from None
+  except (jinja2.TemplateError, TypeError, ValueError, ArithmeticError,
+          LookupError, AttributeError, RecursionError) as e:
+    if isinstance(e, UsageError):
+      raise
+    raise UsageError(f'the chat template failed: {type(e).__name__}: '
+                     f'{str(e)[:200]}') from e
+  finally:
+    sys.settrace(previous)
+  return ''.join(pieces)

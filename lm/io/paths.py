@@ -1,0 +1,82 @@
+"""Paths a user names, checked before any work.
+
+Each check raises UsageError naming the path and the problem. An empty path
+is refused everywhere: to the operating system it is the current directory,
+which no flag means.
+"""
+
+import os
+import stat
+
+from lm.errors import UsageError
+
+# The longest name of one file or folder on Linux and macOS file systems.
+NAME_MAX = 255
+
+
+def _named(path: str, what: str) -> str:
+  """`path` as given, refused if empty, with a NUL byte or a name too long."""
+  if not isinstance(path, str) or not path.strip():
+    raise UsageError(f'the {what} is an empty path; name a path (an empty '
+                     'one would mean the current directory)')
+  if '\0' in path:
+    raise UsageError(f'the {what} {path!r} holds a NUL byte')
+  for name in path.split(os.sep):
+    size = len(os.fsencode(name))
+    if size > NAME_MAX:
+      raise UsageError(f'the {what} has a name of {size} bytes '
+                       f'({name[:32]}...); names have at most {NAME_MAX}')
+  return path
+
+
+def new_directory(path: str, what: str = 'output directory') -> str:
+  """The absolute path of a directory a result may be created as: absent
+  or empty, not a symbolic link, under a writable folder."""
+  _named(path, what)
+  if os.path.islink(path):
+    raise UsageError(f'the {what} {path} is a symbolic link; name a real '
+                     'new directory (nothing was written)')
+  if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
+    raise UsageError(f'{path} already exists and is not empty; choose a new '
+                     'directory (nothing was written)')
+  final = os.path.abspath(path)
+  parent = os.path.dirname(final)
+  while not os.path.lexists(parent):
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent):
+    raise UsageError(f'the {what} {path} is under {parent}, which is a file')
+  if not os.access(parent, os.W_OK | os.X_OK):
+    raise UsageError(f'cannot create the {what} {path}: {parent} is not '
+                     'writable')
+  return final
+
+
+def existing_directory(path: str, what: str = 'workdir') -> str:
+  """`path`, a directory that exists and can be read."""
+  _named(path, what)
+  if not os.path.exists(path):
+    raise UsageError(f'the {what} {path} does not exist')
+  if not os.path.isdir(path):
+    raise UsageError(f'the {what} {path} is a file, not a directory')
+  if not os.access(path, os.R_OK | os.X_OK):
+    raise UsageError(f'the {what} {path} cannot be read (permissions)')
+  return path
+
+
+def source(path: str, what: str = 'source') -> str:
+  """`path`, a regular file or a directory that can be read: never a FIFO
+  or a device, whose reading could wait forever or never end."""
+  _named(path, what)
+  try:
+    mode = os.stat(path).st_mode
+  except FileNotFoundError:
+    raise UsageError(f'the {what} {path} does not exist') from None
+  except OSError as e:
+    raise UsageError(f'the {what} {path} cannot be read: {e.strerror}'
+                     ) from None
+  if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+    raise UsageError(f'the {what} {path} is not a regular file (a pipe, '
+                     'socket or device); give a file')
+  if not os.access(path, os.R_OK):
+    raise UsageError(f'the {what} {path} cannot be read (permissions)')
+  return path
