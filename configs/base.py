@@ -89,9 +89,11 @@ def get_base_config() -> ml_collections.ConfigDict:
 
   # How experiments/evaluate.py writes text for text-pair tasks: beam search
   # for encoder-decoder models (beam_size 1 is greedy), greedy for decoders;
-  # max_examples > 0 scores only the split's first examples.
+  # max_examples > 0 scores only the split's first examples by generation,
+  # max_batches > 0 only its first batches by loss (every task).
   config.evaluate = ml_collections.ConfigDict(dict(
-      beam_size=4, length_penalty=0.6, batch_size=64, max_examples=0))
+      beam_size=4, length_penalty=0.6, batch_size=64, max_examples=0,
+      max_batches=0))
 
   # experiments/benchmark.py: timed train steps after warm-up ones, and
   # generation of new_tokens after prompts of prompt_len, decode_batch rows

@@ -1,6 +1,7 @@
 r"""Evaluates a workdir's latest checkpoint on a split of its task.
 
   python -m experiments.evaluate --workdir=DIR [--split=test] [--beam_size=4]
+      [--max_batches=4]
 
 The task is the workdir's own (config.json): a classifier reports accuracy,
 macro and per-class precision/recall/F1 and the confusion matrix; a
@@ -14,6 +15,7 @@ from absl import flags
 
 from configs import base
 from experiments import cli
+from lm import progress
 from lm.evaluate import score as evaluation
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A workdir with a checkpoint.',
@@ -22,6 +24,10 @@ _SPLIT = flags.DEFINE_string('split', 'validation', "'validation' or 'test'.")
 _BEAM_SIZE = flags.DEFINE_integer(
     'beam_size', None, 'Beam size for encoder-decoder models (1: greedy); '
     'default: the config\'s evaluate.beam_size.', lower_bound=1)
+_MAX_BATCHES = flags.DEFINE_integer(
+    'max_batches', None, 'Score only the first N batches of the split (any '
+    'task); default: the config\'s evaluate.max_batches (0: all).',
+    lower_bound=0)
 _MAX_EXAMPLES = flags.DEFINE_integer(
     'max_examples', None, 'Score only the first N examples of the split by '
     'generation; default: the config\'s evaluate.max_examples (0: all).',
@@ -34,8 +40,9 @@ def main(argv):
   cli.setup_jax()
   result = evaluation.evaluate_workdir(
       _WORKDIR.value, _SPLIT.value,
-      {'beam_size': _BEAM_SIZE.value, 'max_examples': _MAX_EXAMPLES.value},
-      base.get_base_config())
+      {'beam_size': _BEAM_SIZE.value, 'max_examples': _MAX_EXAMPLES.value,
+       'max_batches': _MAX_BATCHES.value},
+      base.get_base_config(), line=progress.for_output())
   print(evaluation.markdown_table(result))
   print(f'Wrote {result["path"]}')
 

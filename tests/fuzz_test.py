@@ -137,9 +137,10 @@ def _cases(files, workdir, data_dir):
                    'bad_json_workdir')] + [
                [f'--workdir={workdir}', '--prompt=' + 'O Romeo ' * 100]],
       'experiments.evaluate': _typed_cases(
-          [f'--workdir={workdir}'], ['beam_size', 'max_examples'], [],
+          [f'--workdir={workdir}'], ['beam_size', 'max_examples',
+                                     'max_batches'], [],
           ['split=nope', 'split=', 'beam_size=0', 'beam_size=-1',
-           'max_examples=-1']) + [
+           'max_examples=-1', 'max_batches=-1']) + [
                [f'--workdir={files[name]}'] for name in (
                    'missing', 'empty', 'not_a_workdir', 'bad_json_workdir')],
       'experiments.export': [

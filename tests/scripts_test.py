@@ -3,12 +3,15 @@
 import json
 import os
 import platform
+import types
 
 import jax
 import numpy as np
 import pytest
 
+from configs import base
 from experiments import allocator
+from lm.evaluate import score
 from lm.perf import timing
 from tests.cli_helpers import overrides, run
 from tests.conftest import tiny_config
@@ -64,6 +67,12 @@ def test_evaluate_writes_json_and_prints_a_table(trained):
   with open(path) as f:
     saved = json.load(f)
   assert saved['step'] == 20 and 0 < saved['metrics']['bits_per_byte'] < 8
+  # --max_batches bounds the work of any task, and a live line counts it.
+  shown = []
+  line = types.SimpleNamespace(show=shown.append, close=lambda: None)
+  score.evaluate_workdir(workdir, 'validation', {'max_batches': 1},
+                         base.get_base_config(), line=line)
+  assert shown == ['scoring: batch 1']
 
 
 def test_ngram_baseline_prints_bits_per_byte_as_json(data_dir):

@@ -8,6 +8,7 @@ and chrF for translation, ROUGE for summarization, exact match and token F1
 for QA) against the references.
 """
 
+import itertools
 import json
 import os
 from typing import Any
@@ -38,14 +39,17 @@ NUM_SHOWN = 5  # examples of generated text kept in the results
 
 
 def generate_texts(trainer: Trainer, params: Any, sources: list[str],
-                   eval_config) -> list[str]:
-  """The model's output text for each source, in batches."""
+                   eval_config, line=None) -> list[str]:
+  """The model's output text for each source, in batches (counted on the
+  live `line`, lm/progress.py's, where there is one)."""
   data, model = trainer.data, trainer.model
   tokenizer = data.tokenizer
   target_len = data.target_len
   seq_len, size = trainer.config.data.seq_len, eval_config.batch_size
   outputs = []
   for start in range(0, len(sources), size):
+    if line:
+      line.show(f'writing text: {start:,} of {len(sources):,} examples')
     chunk = sources[start:start + size]
     batch = [data.encode_source(s) for s in chunk]
     # Every batch has the same shape, so decoding compiles once: the last
@@ -79,11 +83,12 @@ def score_generation(metric_names, predictions, references) -> dict:
 
 
 def evaluate_workdir(workdir: str, split: str, eval_overrides: dict,
-                     defaults: ml_collections.ConfigDict | None = None
-                     ) -> dict:
+                     defaults: ml_collections.ConfigDict | None = None,
+                     line=None) -> dict:
   """Scores the workdir's latest checkpoint on `split` of its own task.
 
   `defaults` (configs/base.py) fills config keys an older workdir lacks.
+  `line` (lm/progress.py's live line, or None) counts the batches.
   Writes <workdir>/eval/<dataset>_<split>.json and returns what it wrote.
   """
   config = config_file.load_config(workdir, defaults)
@@ -94,8 +99,11 @@ def evaluate_workdir(workdir: str, split: str, eval_overrides: dict,
   trainer = Trainer(config)
   params, step = checkpoint.load_params(
       workdir, model_params.abstract_params(trainer.model))
+  batches = trainer.eval_batches(split)
+  if eval_config.max_batches > 0:
+    batches = itertools.islice(batches, eval_config.max_batches)
   sums = steps.evaluate_sums(trainer.eval_step, params,
-                             trainer.eval_batches(split), trainer.token_bytes)
+                             _counted(batches, line), trainer.token_bytes)
   result = {'workdir': workdir, 'dataset': config.data.name, 'split': split,
             'step': step, 'metrics': batch_metrics.summarize(sums)}
   if 'confusion' in sums:
@@ -114,7 +122,8 @@ def evaluate_workdir(workdir: str, split: str, eval_overrides: dict,
     if not pairs:
       raise UsageError(f'the {split} split of {config.data.name} is empty')
     sources, references = zip(*pairs)
-    predictions = generate_texts(trainer, params, list(sources), eval_config)
+    predictions = generate_texts(trainer, params, list(sources), eval_config,
+                                 line)
     result['metrics'].update(score_generation(trainer.data.metrics,
                                               predictions, list(references)))
     result['generation'] = {
@@ -125,6 +134,8 @@ def evaluate_workdir(workdir: str, split: str, eval_overrides: dict,
     result['samples'] = [
         {'source': s, 'reference': r, 'prediction': p}
         for s, r, p in list(zip(sources, references, predictions))[:NUM_SHOWN]]
+  if line:
+    line.close()
   path = layout.eval_path(workdir, config.data.name, split)
   os.makedirs(os.path.dirname(path), exist_ok=True)
   with open(path + '.tmp', 'w') as f:
@@ -132,6 +143,14 @@ def evaluate_workdir(workdir: str, split: str, eval_overrides: dict,
   os.replace(path + '.tmp', path)
   result['path'] = path
   return result
+
+
+def _counted(batches, line):
+  """The batches, each counted on the live line as it is scored."""
+  for number, batch in enumerate(batches, 1):
+    if line:
+      line.show(f'scoring: batch {number:,}')
+    yield batch
 
 
 def markdown_table(result: dict) -> str:
