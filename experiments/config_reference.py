@@ -13,7 +13,6 @@ import ast
 import glob
 import os
 
-from absl import app
 from absl import flags
 
 from configs import base

@@ -15,7 +15,6 @@ import time
 
 from absl import flags
 from ml_collections import config_flags
-import numpy as np
 
 from experiments import cli
 from lm.data import datasets

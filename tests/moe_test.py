@@ -10,7 +10,6 @@ from lm.errors import UsageError
 from lm.model import moe
 from lm.model.config import ModelConfig
 from lm.train.trainer import Trainer
-from tests.conftest import tiny_config
 
 
 def _layer(**kwargs):
