@@ -21,6 +21,7 @@ from lm.errors import UsageError
 from lm.io import config_file
 from lm.io import layout
 from lm.io import outputs
+from lm.io import paths
 from lm.model import params as model_params
 from lm.model import registry
 from lm.model.config import ModelConfig
@@ -44,7 +45,7 @@ def _write(source: str, output: str, restored: restore.Restored,
 
 
 def _restore_float(source: str, output: str) -> restore.Restored:
-  outputs.check_new_directory(output)
+  paths.new_directory(output)
   restored = restore.workdir(source)
   if restored.model_config.quant != 'none':
     raise UsageError(f'{source} is already quantized '

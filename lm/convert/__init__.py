@@ -126,7 +126,7 @@ def import_checkpoint(source: str, workdir: str,
   The workdir's config.json is `base_config` (configs/base.py's defaults)
   with the imported model section and tokenizer.
   """
-  outputs.check_new_directory(workdir, 'new workdir')
+  paths.new_directory(workdir, 'new workdir')
   imported = read_checkpoint(source, tokenizer_dir)
   config = ml_collections.ConfigDict(base_config.to_dict())
   config.model = dataclasses.asdict(imported.model_config)
@@ -140,7 +140,7 @@ def import_checkpoint(source: str, workdir: str,
 
 def export_workdir(workdir: str, output: str) -> str:
   """Writes the workdir's latest params in Hugging Face layout; returns arch."""
-  outputs.check_new_directory(output)
+  paths.new_directory(output)
   restored = restore.workdir(workdir)
   arch_name = hf_layouts.architecture_of(restored.model_config)
   arch = registry.get(restored.model_config.family).hf_layouts[arch_name]

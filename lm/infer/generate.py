@@ -42,7 +42,6 @@ def complete(model_config: ModelConfig, params: Any, tokenizer,
                      f'this is a {model_config.family} model')
   if any(not p for p in prompts):
     raise UsageError('a prompt is empty; give some text to continue')
-  sampling.validate(model_config.vocab_size)
   check_seed(seed)
   model = registry.build_model(model_config)
   context = contextlib.nullcontext()
@@ -72,7 +71,7 @@ def generate(model: nn.Module, params: Any, prompts: list[list[int]], *,
   code op by op, as eager ("dynamic graph") frameworks do: the while loop
   becomes a Python loop and each operation is dispatched on its own.
   """
-  sampling.validate()
+  sampling.validate(model.config.vocab_size)
   if not prompts or any(len(p) == 0 for p in prompts):
     raise UsageError('every prompt needs at least one token; got an empty one')
   prompt_len = max(prompt_len or 0, max(len(p) for p in prompts))

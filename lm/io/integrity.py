@@ -69,7 +69,8 @@ def _sealed_steps(step_dir: str) -> list[str]:
   """The step names SEALED lists beside `step_dir` ([] where it is missing
   or unreadable: then no step can be known to have been sealed)."""
   try:
-    with open(os.path.join(os.path.dirname(step_dir), SEALED)) as f:
+    with open(os.path.join(os.path.dirname(os.path.normpath(step_dir)),
+                           SEALED)) as f:
       steps = json.load(f)
   except (OSError, UnicodeDecodeError, json.JSONDecodeError):
     return []

@@ -17,12 +17,6 @@ from lm.io import paths
 from lm.io.checkpoint import Checkpointer
 
 
-def check_new_directory(path: str, what: str = 'output directory') -> None:
-  """Refuses a `path` a result cannot be created as (lm/io/paths.py):
-  results never overwrite, and never land in the current directory."""
-  paths.new_directory(path, what)
-
-
 @contextlib.contextmanager
 def building(output: str):
   """Yields a sibling folder to build `output` in; when the block ends
