@@ -1,7 +1,7 @@
 r"""Evaluates a workdir's latest checkpoint on a split of its task.
 
   python -m experiments.evaluate --workdir=DIR [--split=test] [--beam_size=4]
-      [--max_batches=4]
+      [--max_batches=4 --eval_batch_size=4]
 
 The task is the workdir's own (config.json): a classifier reports accuracy,
 macro and per-class precision/recall/F1 and the confusion matrix; a
@@ -28,6 +28,9 @@ _MAX_BATCHES = flags.DEFINE_integer(
     'max_batches', None, 'Score only the first N batches of the split (any '
     'task); default: the config\'s evaluate.max_batches (0: all).',
     lower_bound=0)
+_EVAL_BATCH_SIZE = flags.DEFINE_integer(
+    'eval_batch_size', None, 'Rows per scored batch; default: the config\'s '
+    'data.eval_batch_size.', lower_bound=1)
 _MAX_EXAMPLES = flags.DEFINE_integer(
     'max_examples', None, 'Score only the first N examples of the split by '
     'generation; default: the config\'s evaluate.max_examples (0: all).',
@@ -42,7 +45,8 @@ def main(argv):
       _WORKDIR.value, _SPLIT.value,
       {'beam_size': _BEAM_SIZE.value, 'max_examples': _MAX_EXAMPLES.value,
        'max_batches': _MAX_BATCHES.value},
-      base.get_base_config(), line=progress.for_output())
+      base.get_base_config(), line=progress.for_output(),
+      eval_batch_size=_EVAL_BATCH_SIZE.value)
   print(evaluation.markdown_table(result))
   print(f'Wrote {result["path"]}')
 

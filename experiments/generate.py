@@ -5,7 +5,8 @@ r"""Continues a prompt with the latest checkpoint of a workdir.
   python -m experiments.generate --workdir=workdirs/smollm2 --chat \
       --prompt="What is the capital of France?"
 
---temperature=0 is greedy decoding. Decoding is jit-compiled: one prefill
+--temperature=0 is greedy decoding. Text is printed as it is sampled.
+Decoding is jit-compiled: one prefill
 call over the prompt, then a KV-cache loop of one token per step; --no_jit
 runs the same code op by op instead. --mesh=1,1,8 runs the model sharded
 over 8 devices with tensor parallelism (sizes of the data, fsdp, tensor,
@@ -75,11 +76,28 @@ def main(argv):
       cli.fail(f'--mesh={",".join(_MESH.value)} must be integers, e.g. '
                '--mesh=1,1,8')
     mesh = sharding.make_mesh(shape)
-  text = generate.complete(restored.model_config, restored.params,
-                           restored.tokenizer, [prompt], settings,
-                           _SEED.value, mesh=mesh, jit=not _NO_JIT.value)[0]
   print(f'[{workdir} at step {restored.step}]')
-  print(text.strip() if _CHAT.value else prompt + text)
+  if not _CHAT.value:
+    print(prompt, end='', flush=True)
+  generate.complete(restored.model_config, restored.params,
+                    restored.tokenizer, [prompt], settings, _SEED.value,
+                    mesh=mesh, jit=not _NO_JIT.value,
+                    stream=_Printer(strip=_CHAT.value))
+  print()
+
+
+class _Printer:
+  """Prints each piece of text as it comes; `strip` drops the whitespace a
+  chat reply starts with."""
+
+  def __init__(self, strip: bool):
+    self._strip = strip
+
+  def __call__(self, text: str):
+    if self._strip:
+      text = text.lstrip()
+      self._strip = not text
+    print(text, end='', flush=True)
 
 
 def _default_new_tokens(restored: restore.Restored, prompt: str) -> int:

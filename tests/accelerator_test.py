@@ -131,7 +131,8 @@ def test_prefill_and_decoding_lower_for_the_accelerators(on):
   settings = sampling.SamplingConfig(max_new_tokens=8, temperature=0.0)
   with platform.lowering_for(on):
     lowered = generate.generate_program.trace(
-        model, settings, -1, params, jax.ShapeDtypeStruct((2, 16), jnp.int32),
+        model, settings, -1, None, params,
+        jax.ShapeDtypeStruct((2, 16), jnp.int32),
         jax.ShapeDtypeStruct((2,), jnp.int32), jax.random.key(0)).lower(
             lowering_platforms=(JAX_NAMES[on],))
   assert 'while' in lowered.as_text()

@@ -1,5 +1,6 @@
 """Running the scripts as a user does, and checking how they fail."""
 
+import json
 import os
 import subprocess
 import sys
@@ -43,7 +44,22 @@ def overrides(config):
 def snapshot(directory):
   """Every file under a directory with its size and modification time
   (not its access time, which reading changes)."""
-  stats = {os.path.join(root, name): os.stat(os.path.join(root, name))
+  stats = {os.path.join(root, name): os.lstat(os.path.join(root, name))
            for root, _, names in os.walk(directory) for name in names}
   return {path: (stat.st_size, stat.st_mtime_ns)
           for path, stat in stats.items()}
+
+
+def run_cases(cases, memory_limit: int | None = None):
+  """tests/fuzz_runner.py on {script: [argv, ...]} (or [[script, argv],
+  ...]): its results. `memory_limit` caps the runner's address space in
+  bytes, so a case that would take more fails to allocate instead."""
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  if memory_limit:
+    env['LM_FUZZ_MEMORY'] = str(memory_limit)
+  result = subprocess.run(
+      [sys.executable, '-m', 'tests.fuzz_runner'], cwd=ROOT,
+      input=json.dumps(cases), capture_output=True, text=True, timeout=1500,
+      env=env)
+  assert result.returncode == 0, result.stderr[-5000:]
+  return json.loads(result.stdout)

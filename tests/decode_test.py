@@ -143,6 +143,42 @@ def test_generation_stops_at_eos():
   assert stopped == free[:free.index(free[2])]
 
 
+class _Letters:
+  """A tokenizer whose token t is one letter; token 7 is EOS."""
+  eos_id = 7
+
+  def decode(self, tokens):
+    return ''.join(chr(ord('a') + t % 26) for t in tokens)
+
+
+@pytest.mark.parametrize('jit', [True, False])
+def test_streamed_pieces_are_the_continuation_token_by_token(jit):
+  model, params = make()
+  settings = sampling.SamplingConfig(max_new_tokens=6, temperature=0.9)
+  pieces = []
+  stream = generate.TextStream(_Letters(), pieces.append)
+  new = generate.generate(model, params, [[4, 2], [3]],
+                          rng=jax.random.PRNGKey(1), sampling=settings,
+                          eos_id=7, jit=jit, on_tokens=stream)
+  assert ''.join(pieces) == _Letters().decode(new[0])
+  assert len(pieces) == len(new[0]) > 1
+
+
+def test_a_text_stream_keeps_step_order_and_waits_for_whole_characters():
+  class Bytes:
+    eos_id = 0
+
+    def decode(self, tokens):
+      return bytes(tokens).decode('utf-8', errors='replace')
+
+  pieces = []
+  stream = generate.TextStream(Bytes(), pieces.append)
+  for step, token in [(1, 0xa9), (0, 0xc3), (1, 0xa9), (2, ord('!')),
+                      (3, 0), (4, ord('x'))]:
+    stream(step, np.array([token]))
+  assert pieces == ['\u00e9', '!']
+
+
 def test_top_k_keeps_only_the_k_best_tokens():
   logits = jnp.log(jnp.array([[0.1, 0.2, 0.3, 0.4]]))
   settings = sampling.SamplingConfig(temperature=1.0, top_k=2)

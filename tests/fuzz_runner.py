@@ -19,8 +19,10 @@ import importlib
 import io
 import json
 import os
+import resource
 import signal
 import sys
+import time
 import traceback
 
 from absl import flags
@@ -60,6 +62,7 @@ def run_case(name: str, argv: list[str]) -> dict:
   module = _fresh(name)
   out, err = io.StringIO(), io.StringIO()
   code, crash = None, None
+  start = time.perf_counter()
   signal.alarm(int(os.environ.get('LM_FUZZ_SECONDS', '60')))
   try:
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -73,18 +76,32 @@ def run_case(name: str, argv: list[str]) -> dict:
   finally:
     signal.alarm(0)
   return {'argv': argv, 'code': code, 'stdout': out.getvalue(),
-          'stderr': err.getvalue(), 'crash': crash}
+          'stderr': err.getvalue(), 'crash': crash,
+          'seconds': time.perf_counter() - start}
 
 
 def main():
+  # LM_FUZZ_MEMORY caps this process's address space in bytes, before JAX
+  # starts threads: a case that would take more fails to allocate.
+  if os.environ.get('LM_FUZZ_MEMORY'):
+    limit = int(os.environ['LM_FUZZ_MEMORY'])
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
   cases = json.load(sys.stdin)
   signal.signal(signal.SIGALRM, _alarm)
   if isinstance(cases, list):
-    results = [run_case(name, argv) for name, argv in cases]
+    results = []
+    for name, argv in cases:
+      # Which case ran last, should one take the runner down.
+      print(name, argv, file=sys.__stderr__, flush=True)
+      results.append(run_case(name, argv))
   else:
     results = {name: [run_case(name, argv) for argv in argvs]
                for name, argvs in cases.items()}
   json.dump(results, sys.__stdout__)
+  sys.__stdout__.flush()
+  # Threads a case left running (a data pipeline's prefetchers) must not
+  # keep the runner from ending.
+  os._exit(0)
 
 
 if __name__ == '__main__':

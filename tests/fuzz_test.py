@@ -9,17 +9,15 @@ malformed file, a workdir of the wrong kind), and some add random junk
 flags on top.
 """
 
-import json
 import os
 import random
 import shutil
-import subprocess
-import sys
 
 import pytest
 
 from lm.io import layout
 from tests.cli_helpers import overrides
+from tests.cli_helpers import run_cases
 from tests.cli_helpers import snapshot
 from tests.conftest import ROOT
 from tests.conftest import tiny_config
@@ -283,16 +281,6 @@ def _files_but_the_lock(workdir):
           if os.path.basename(path) != '.lock'}
 
 
-def _run(cases):
-  """tests/fuzz_runner.py on {script: [argv, ...]}: its results."""
-  result = subprocess.run(
-      [sys.executable, '-m', 'tests.fuzz_runner'], cwd=ROOT,
-      input=json.dumps(cases), capture_output=True, text=True, timeout=1500,
-      env=dict(os.environ, PYTHONPATH=ROOT))
-  assert result.returncode == 0, result.stderr[-5000:]
-  return json.loads(result.stdout)
-
-
 @pytest.fixture
 def workdir(float_workdir, tmp_path):
   """A copy of a trained tiny decoder's workdir (GQA, byte tokenizer)."""
@@ -308,7 +296,7 @@ def test_malformed_invocations_get_one_line_errors(data_dir, workdir,
   # The cases run in the repository's root: the current directory, which
   # an empty path would name.
   root_before = sorted(os.listdir(ROOT))
-  results = _run(_cases(files, workdir, data_dir))
+  results = run_cases(_cases(files, workdir, data_dir))
   total = sum(len(runs) for runs in results.values())
   assert total >= 300, total
   bad = []
@@ -375,7 +363,7 @@ def test_errors_name_the_problem_and_the_fix(data_dir, workdir, tmp_path):
   grouped = {}
   for script, argv, _ in cases:
     grouped.setdefault(script, []).append(argv)
-  results = {script: iter(runs) for script, runs in _run(grouped).items()}
+  results = {script: iter(runs) for script, runs in run_cases(grouped).items()}
   for script, argv, words in cases:
     run = next(results[script])
     errors = [l for l in run['stderr'].splitlines() if l.startswith('error: ')]

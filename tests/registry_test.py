@@ -14,6 +14,7 @@ from lm import convert
 from lm import restore
 from lm.infer import generate
 from lm.infer import sampling
+from lm.io import config_file
 from lm.model import layers
 from lm.model import params as model_params
 from lm.model import registry
@@ -180,6 +181,8 @@ def test_a_family_registered_in_one_place_trains_decodes_and_converts(
   convert.import_checkpoint(hf_dir, imported_dir, base.get_base_config())
   trained, imported = restore.workdir(workdir), restore.workdir(imported_dir)
   assert imported.model_config == trained.model_config
+  assert config_file.load_config(imported_dir).data.eval_batch_size == (
+      convert.IMPORTED_EVAL_BATCH_SIZE)
   tokens = jnp.array([[5, 7, 11, 13]])
   model = registry.build_model(trained.model_config)
   np.testing.assert_allclose(

@@ -58,7 +58,7 @@ def test_generate_continues_a_prompt(trained):
   assert len(result.stdout.split('ROMEO:', 1)[1]) > 0
 
 
-def test_evaluate_writes_json_and_prints_a_table(trained):
+def test_evaluate_writes_json_and_prints_a_table(trained, monkeypatch):
   workdir, _ = trained
   result = run('experiments.evaluate', f'--workdir={workdir}')
   assert result.returncode == 0, result.stderr
@@ -67,12 +67,21 @@ def test_evaluate_writes_json_and_prints_a_table(trained):
   with open(path) as f:
     saved = json.load(f)
   assert saved['step'] == 20 and 0 < saved['metrics']['bits_per_byte'] < 8
-  # --max_batches bounds the work of any task, and a live line counts it.
-  shown = []
+  # --max_batches bounds the work of any task, a live line counts it, and
+  # --eval_batch_size sets the rows of each batch.
+  shown, rows = [], []
   line = types.SimpleNamespace(show=shown.append, close=lambda: None)
+  sums = score.steps.evaluate_sums
+
+  def counting_rows(eval_fn, params, batches, token_bytes_V):
+    batches = list(batches)
+    rows.extend(jax.tree.leaves(batch)[0].shape[0] for batch in batches)
+    return sums(eval_fn, params, batches, token_bytes_V)
+
+  monkeypatch.setattr(score.steps, 'evaluate_sums', counting_rows)
   score.evaluate_workdir(workdir, 'validation', {'max_batches': 1},
-                         base.get_base_config(), line=line)
-  assert shown == ['scoring: batch 1']
+                         base.get_base_config(), line=line, eval_batch_size=3)
+  assert shown == ['scoring: batch 1'] and rows == [3]
 
 
 def test_ngram_baseline_prints_bits_per_byte_as_json(data_dir):

@@ -33,6 +33,7 @@ from lm.convert import hf_layouts
 from lm.convert import tokenizer_files
 from lm.data import tokenizers
 from lm.errors import UsageError
+from lm.io import json_files
 from lm.io import outputs
 from lm.io import paths
 from lm.model import params as model_params
@@ -107,8 +108,25 @@ def read_checkpoint(source: str, tokenizer_dir: str | None = None
       raise
     raise UsageError(f"{source}'s config has a value of the wrong kind: "
                      f'{str(e)[:200]}') from e
-  params = rules.params_from_hf(arch.rules(model_config), tensors)
+  layers = model_config.num_layers + model_config.num_decoder_layers
+  if layers > len(tensors):
+    raise UsageError(f'{source} declares {layers} layers but holds only '
+                     f'{len(tensors)} tensors; its config does not match '
+                     'its weights')
+  try:
+    params = rules.params_from_hf(arch.rules(model_config), tensors)
+  except UsageError:
+    raise
+  except ValueError as e:  # a tensor that cannot take the config's shape
+    raise UsageError(f'{source}: the config does not match the weights '
+                     f'({str(e)[:200]})') from e
   _check_shapes(model_config, params)
+  for role in ('pad_id', 'bos_id', 'eos_id'):
+    token = getattr(tokenizer, role, None)
+    if token is not None and not 0 <= token < tokenizer.vocab_size:
+      raise UsageError(f'{source}: the tokenizer\'s {role} is {token}, '
+                       f'outside its {tokenizer.vocab_size} tokens; the '
+                       'tokenizer is damaged')
   if tokenizer.vocab_size > model_config.vocab_size:
     raise UsageError(
         f'the tokenizer has {tokenizer.vocab_size} tokens but the weights '
@@ -116,6 +134,9 @@ def read_checkpoint(source: str, tokenizer_dir: str | None = None
         "one these weights were trained with (pass the model's own with "
         '--tokenizer)')
   return Imported(model_config, params, tokenizer, kind)
+
+
+IMPORTED_EVAL_BATCH_SIZE = 4
 
 
 def import_checkpoint(source: str, workdir: str,
@@ -131,8 +152,11 @@ def import_checkpoint(source: str, workdir: str,
   config = ml_collections.ConfigDict(base_config.to_dict())
   config.model = dataclasses.asdict(imported.model_config)
   # The tokenizer travels with the workdir; data.tokenizer names it.
+  # Imported models are large for a CPU: a few rows per scored batch keep
+  # `evaluate --max_batches=N` to seconds.
   config.data.update(tokenizer=os.path.abspath(workdir),
-                     vocab_size=imported.tokenizer.vocab_size)
+                     vocab_size=imported.tokenizer.vocab_size,
+                     eval_batch_size=IMPORTED_EVAL_BATCH_SIZE)
   outputs.write_params_workdir(workdir, config, imported.params,
                                imported.tokenizer)
   return imported
@@ -162,15 +186,7 @@ def _read_hf_config(directory: str) -> dict:
   if not os.path.exists(path):
     raise UsageError(f'{directory} has no {_HF_CONFIG_FILE}; a safetensors '
                      'checkpoint needs the config.json saved with it')
-  try:
-    with open(path) as f:
-      config = json.load(f)
-  except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise UsageError(f'{path} is not valid JSON: {e}') from e
-  if not isinstance(config, dict):
-    raise UsageError(f'{path} holds a JSON {type(config).__name__}, not the '
-                     'object of a model config')
-  return config
+  return json_files.load_object(path, 'model config')
 
 
 def _read_safetensors(paths: list[str]) -> dict[str, np.ndarray]:

@@ -14,6 +14,8 @@ that permutation. Tensors come out under Hugging Face Llama names, and the
 Llama layout in hf_layouts.py takes them from there.
 """
 
+import math
+import mmap
 import os
 import struct
 
@@ -88,6 +90,30 @@ def _required(reader: gguf.GGUFReader, key: str, path: str):
   return value
 
 
+_V = gguf.GGUFValueType
+_INTEGERS = {_V.UINT8, _V.INT8, _V.UINT16, _V.INT16, _V.UINT32, _V.INT32,
+             _V.UINT64, _V.INT64}
+_NUMBERS = _INTEGERS | {_V.FLOAT32, _V.FLOAT64}
+
+
+def _typed(reader: gguf.GGUFReader, key: str, path: str, kinds, default):
+  """A number-valued key (`default` where absent; required where that is
+  None), refused where the file stores it as another type."""
+  field = reader.fields.get(key)
+  if field is None and default is not None:
+    return default
+  value = _required(reader, key, path)
+  if len(field.types) != 1 or field.types[0] not in kinds:
+    raise UsageError(f'{path} stores {key} as '
+                     f'{"/".join(_V(t).name for t in field.types)}, not a '
+                     'number of the kind it must be; the file is damaged')
+  return value
+
+
+def _integer(reader, key, path, default=None) -> int:
+  return int(_typed(reader, key, path, _INTEGERS, default))
+
+
 def _decimal(value) -> float:
   """A float32 field as the decimal it was written from (1e-05, not
   9.999999747378752e-06), so configs compare equal to the published ones."""
@@ -144,22 +170,110 @@ def read_llama(path: str):
 
 
 def _check_header(path: str) -> None:
-  """Refuses counts of tensors and keys that the file is too small to
-  hold, before a reader would loop over them."""
+  """Walks the header's key/values and tensor descriptions, refusing any
+  length or count that runs past the file, before the gguf reader (which
+  would allocate whatever a count says) sees it."""
   try:
     with open(path, 'rb') as f:
-      head = f.read(24)
-    size = os.path.getsize(path)
+      size = os.fstat(f.fileno()).st_size
+      if size < 24 or f.read(4) != MAGIC:
+        raise UsageError(f'{path} is not a GGUF file (too short, or no GGUF '
+                         'magic)')
+      with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        problem = _header_problem(data, size)
   except OSError as e:
     raise UsageError(f'{path} could not be read: {e}') from e
-  if len(head) < 24 or head[:4] != MAGIC:
-    raise UsageError(f'{path} is not a GGUF file (too short, or no GGUF '
-                     'magic)')
-  tensors, keys = struct.unpack('<QQ', head[8:24])
+  if problem:
+    raise UsageError(f'{path} is not a well-formed GGUF file: {problem}')
+
+
+# Bytes of each GGUF scalar value type; 8 is a string, 9 an array.
+_SCALAR_BYTES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8,
+                 11: 8, 12: 8}
+_STRING, _ARRAY = 8, 9
+# ggml's most dimensions per tensor.
+_MAX_DIMS = 4
+
+
+def _header_problem(data, size: int) -> str | None:
+  """What makes the header unreadable (a phrase), or None."""
+  version, tensors, keys = struct.unpack_from('<IQQ', data, 4)
+  if version not in (2, 3):
+    return f'version {version} (lm reads versions 2 and 3)'
   if tensors * _MIN_TENSOR_INFO + keys * _MIN_KEY_VALUE > size:
-    raise UsageError(f'{path} declares {tensors} tensors and {keys} '
-                     f'metadata keys, more than its {size} bytes can hold; '
-                     'the file is damaged or not a model')
+    return (f'it declares {tensors} tensors and {keys} metadata keys, more '
+            f'than its {size} bytes can hold')
+  pos = 24
+
+  def take(count: int) -> int:
+    nonlocal pos
+    if count > size - pos:
+      raise _Truncated(pos)
+    pos += count
+    return pos - count
+
+  def u32() -> int:
+    return struct.unpack_from('<I', data, take(4))[0]
+
+  def u64() -> int:
+    return struct.unpack_from('<Q', data, take(8))[0]
+
+  def string():
+    take(u64())
+
+  try:
+    for _ in range(keys):
+      string()
+      kind = u32()
+      if kind == _ARRAY:
+        kind, count = u32(), u64()
+        if kind == _STRING:
+          for _ in range(count):
+            string()
+        elif kind in _SCALAR_BYTES:
+          take(count * _SCALAR_BYTES[kind])
+        else:
+          return f'a metadata array of unknown type {kind}'
+      elif kind == _STRING:
+        string()
+      elif kind in _SCALAR_BYTES:
+        take(_SCALAR_BYTES[kind])
+      else:
+        return f'a metadata value of unknown type {kind} at byte {pos - 4}'
+    known = {int(t) for t in _T}
+    for _ in range(tensors):
+      string()
+      dims = u32()
+      if not 1 <= dims <= _MAX_DIMS:
+        return f'a tensor of {dims} dimensions (at most {_MAX_DIMS})'
+      shape = [u64() for _ in range(dims)]
+      if 0 in shape or math.prod(shape) > 8 * size:
+        return f'a tensor of shape {shape}, beyond what the file can hold'
+      kind = u32()
+      if kind not in known:
+        return f'a tensor of unknown type {kind}'
+      u64()
+  except _Truncated as e:
+    return f'a length or count at byte {e.args[0]} runs past its end'
+  return None
+
+
+class _Truncated(Exception):
+  pass
+
+
+def _check_tensor_extents(reader: gguf.GGUFReader, path: str) -> None:
+  """Each tensor's data lies inside the file, at an aligned offset (the
+  reader wraps offsets past 2**64 around instead of refusing them)."""
+  size = os.path.getsize(path)
+  for t in reader.tensors:
+    offset = int(t.field.parts[-1][0])
+    if (offset % reader.alignment or offset > size
+        or reader.data_offset + offset + int(t.n_bytes) > size):
+      raise UsageError(f'{path}: the data of the tensor {t.name} (offset '
+                       f'{offset}, {int(t.n_bytes)} bytes) does not lie '
+                       f'inside the file\'s {size} bytes; the file is '
+                       'damaged or cut short')
 
 
 def _read_llama(path: str):
@@ -168,8 +282,13 @@ def _read_llama(path: str):
   if arch != 'llama':
     raise UsageError(f'{path} holds a {arch!r} model; lm imports GGUF files '
                      "of the 'llama' architecture")
-  heads = int(_required(reader, 'llama.attention.head_count', path))
-  kv_heads = int(_field(reader, 'llama.attention.head_count_kv', heads))
+  heads = _integer(reader, 'llama.attention.head_count', path)
+  kv_heads = _integer(reader, 'llama.attention.head_count_kv', path, heads)
+  if heads <= 0 or kv_heads <= 0 or heads % kv_heads:
+    raise UsageError(f'{path} declares {heads} attention heads and '
+                     f'{kv_heads} key/value heads; they must be positive and '
+                     'the first a multiple of the second')
+  _check_tensor_extents(reader, path)
   tensors = {}
   unsupported = sorted({t.tensor_type.name for t in reader.tensors
                         if t.tensor_type.name not in SUPPORTED_TYPES})
@@ -194,18 +313,19 @@ def _read_llama(path: str):
   embed_rows = tensors['model.embed_tokens.weight'].shape[0]
   config = {
       'model_type': 'llama',
-      'vocab_size': int(_field(reader, 'llama.vocab_size', embed_rows)),
-      'hidden_size': int(_required(reader, 'llama.embedding_length', path)),
-      'num_hidden_layers': int(_required(reader, 'llama.block_count', path)),
+      'vocab_size': _integer(reader, 'llama.vocab_size', path, embed_rows),
+      'hidden_size': _integer(reader, 'llama.embedding_length', path),
+      'num_hidden_layers': _integer(reader, 'llama.block_count', path),
       'num_attention_heads': heads, 'num_key_value_heads': kv_heads,
-      'intermediate_size': int(_required(
-          reader, 'llama.feed_forward_length', path)),
-      'rms_norm_eps': _decimal(_required(
-          reader, 'llama.attention.layer_norm_rms_epsilon', path)),
-      'rope_theta': _decimal(_field(reader, 'llama.rope.freq_base',
-                                    10_000.0)),
-      'max_position_embeddings': int(_field(reader, 'llama.context_length',
-                                            2048)),
+      'intermediate_size': _integer(reader, 'llama.feed_forward_length',
+                                    path),
+      'rms_norm_eps': _decimal(_typed(
+          reader, 'llama.attention.layer_norm_rms_epsilon', path, _NUMBERS,
+          None)),
+      'rope_theta': _decimal(_typed(reader, 'llama.rope.freq_base', path,
+                                    _NUMBERS, 10_000.0)),
+      'max_position_embeddings': _integer(reader, 'llama.context_length',
+                                          path, 2048),
       'tie_word_embeddings': 'lm_head.weight' not in tensors,
       'hidden_act': 'silu'}
   if _field(reader, 'llama.rope.scaling.type', 'none') not in ('none',):
@@ -247,8 +367,9 @@ def _tokenizer(reader: gguf.GGUFReader, path: str) -> tokenizers.HfTokenizer:
   control = int(gguf.TokenType.CONTROL)
   bpe.add_special_tokens([hf_tokenizers.AddedToken(t, special=True)
                           for t, kind in zip(tokens, types) if kind == control])
-  eos = int(_required(reader, 'tokenizer.ggml.eos_token_id', path))
+  eos = _integer(reader, 'tokenizer.ggml.eos_token_id', path)
   return tokenizers.HfTokenizer(
-      bpe, pad_id=int(_field(reader, 'tokenizer.ggml.padding_token_id', eos)),
-      bos_id=int(_field(reader, 'tokenizer.ggml.bos_token_id', eos)),
+      bpe, pad_id=_integer(reader, 'tokenizer.ggml.padding_token_id', path,
+                           eos),
+      bos_id=_integer(reader, 'tokenizer.ggml.bos_token_id', path, eos),
       eos_id=eos, chat_template=_field(reader, 'tokenizer.chat_template'))

@@ -10,7 +10,7 @@ from lm.model.hf.rules import Architecture
 
 def get_architecture(model_type: str) -> Architecture:
   layouts = registry.hf_layouts()
-  if model_type not in layouts:
+  if not isinstance(model_type, str) or model_type not in layouts:
     raise UsageError(f'model_type {model_type!r} is not supported; lm '
                      f'imports {sorted(layouts)}')
   return layouts[model_type]

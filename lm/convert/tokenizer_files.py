@@ -10,13 +10,13 @@ where present, else from the conventions of the vocabulary (BERT's [CLS],
 [SEP], [PAD]; GPT-2's <|endoftext|>).
 """
 
-import json
 import os
 
 import tokenizers as hf_tokenizers
 
 from lm.data import tokenizers
 from lm.errors import UsageError
+from lm.io import json_files
 from lm.io import layout
 
 _GPT2_FILES = (('encoder.json', 'vocab.bpe'), ('vocab.json', 'merges.txt'))
@@ -81,8 +81,7 @@ def _config(directory: str) -> dict:
   for name in ('special_tokens_map.json', 'tokenizer_config.json'):
     path = os.path.join(directory, name)
     if os.path.exists(path):
-      with open(path) as f:
-        merged.update(json.load(f))
+      merged.update(json_files.load_object(path, 'tokenizer config'))
   return merged
 
 

@@ -22,7 +22,9 @@ import tokenizers as hf_tokenizers
 
 from lm.data import chat_template as templates
 from lm.errors import UsageError
+from lm.io import json_files
 from lm.io import layout
+from lm.io import paths
 
 # Shared special ids: 0 pad, 1 unk (SentencePiece only), 2 bos, 3 eos.
 PAD_ID, BOS_ID, EOS_ID = 0, 2, 3
@@ -190,8 +192,9 @@ class HfTokenizer:
   def load(cls, directory: str) -> 'HfTokenizer':
     tokenizer = hf_tokenizers.Tokenizer.from_file(
         os.path.join(directory, layout.JSON_TOKENIZER))
-    with open(os.path.join(directory, layout.HF_TOKENIZER_CONFIG)) as f:
-      config = json.load(f)
+    config = json_files.load_object(
+        os.path.join(directory, layout.HF_TOKENIZER_CONFIG),
+        'tokenizer config')
     ids = {}
     for name in ('pad', 'bos', 'eos'):
       ids[name] = tokenizer.token_to_id(config[f'{name}_token'] or '')
@@ -199,8 +202,14 @@ class HfTokenizer:
         raise UsageError(f'{directory}/{layout.HF_TOKENIZER_CONFIG} names '
                          f'{name}_token={config[f"{name}_token"]!r}, which '
                          f'{layout.JSON_TOKENIZER} does not have')
+    template = config.get('chat_template')
+    if template is not None and not isinstance(template, str):
+      raise UsageError(f'{directory}/{layout.HF_TOKENIZER_CONFIG} has a '
+                       f'chat_template that is a JSON '
+                       f'{type(template).__name__}, not the text of a '
+                       'template')
     return cls(tokenizer, pad_id=ids['pad'], bos_id=ids['bos'],
-               eos_id=ids['eos'], chat_template=config.get('chat_template'))
+               eos_id=ids['eos'], chat_template=template)
 
 
 def encode_sequence(tokenizer: Tokenizer, text: str) -> list[int]:
@@ -229,9 +238,19 @@ def load_tokenizer(directory: str) -> Tokenizer:
   return reading(directory, _load_tokenizer)
 
 
+# Every file a tokenizer is read from, in any format lm reads.
+_FILES = (layout.SENTENCEPIECE_TOKENIZER, layout.JSON_TOKENIZER,
+          layout.HF_TOKENIZER_CONFIG, 'special_tokens_map.json', 'vocab.txt',
+          'vocab.json', 'merges.txt', 'encoder.json', 'vocab.bpe')
+
+
 def reading(directory: str, load):
   """`load(directory)`, with what a malformed tokenizer file makes the
   libraries raise turned into one UsageError."""
+  for name in _FILES:
+    path = os.path.join(directory, name)
+    if os.path.lexists(path):
+      paths.regular_file(path, 'tokenizer file', json_files.MAX_BYTES)
   try:
     return load(directory)
   except UsageError:

@@ -84,21 +84,27 @@ def score_generation(metric_names, predictions, references) -> dict:
 
 def evaluate_workdir(workdir: str, split: str, eval_overrides: dict,
                      defaults: ml_collections.ConfigDict | None = None,
-                     line=None) -> dict:
+                     line=None, eval_batch_size: int | None = None
+                     ) -> dict:
   """Scores the workdir's latest checkpoint on `split` of its own task.
 
   `defaults` (configs/base.py) fills config keys an older workdir lacks.
   `line` (lm/progress.py's live line, or None) counts the batches.
+  `eval_batch_size` replaces the config's data.eval_batch_size.
   Writes <workdir>/eval/<dataset>_<split>.json and returns what it wrote.
   """
   config = config_file.load_config(workdir, defaults)
   eval_config = config.evaluate
   eval_config.update({k: v for k, v in eval_overrides.items()
                       if v is not None})
+  if eval_batch_size:
+    config.data.eval_batch_size = eval_batch_size
   config.distill.teacher = ''  # Scoring needs no teacher.
-  trainer = Trainer(config)
+  # The checkpoint is read (and checked) before the data is built.
+  trainer = Trainer(config, with_data=False)
   params, step = checkpoint.load_params(
       workdir, model_params.abstract_params(trainer.model))
+  trainer.load_data()
   batches = trainer.eval_batches(split)
   if eval_config.max_batches > 0:
     batches = itertools.islice(batches, eval_config.max_batches)

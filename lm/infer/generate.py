@@ -29,13 +29,15 @@ from lm.model.config import ModelConfig
 
 def complete(model_config: ModelConfig, params: Any, tokenizer,
              prompts: list[str], sampling: SamplingConfig, seed: int = 0,
-             mesh: jax.sharding.Mesh | None = None, jit: bool = True
-             ) -> list[str]:
+             mesh: jax.sharding.Mesh | None = None, jit: bool = True,
+             stream=None) -> list[str]:
   """Text in, text out: each prompt's continuation (without the prompt).
 
   With a `mesh` the parameters are laid out on it as in training (tensor
   parallelism splits heads and MLP units over its 'tensor' axis) and the
-  compiled decode runs on all its devices.
+  compiled decode runs on all its devices. `stream(text)`, if given, is
+  called with each new piece of the first prompt's continuation as it is
+  decoded.
   """
   if not registry.get(model_config.family).generates:
     raise UsageError(f'sampling continues text with decoder-only models; '
@@ -55,21 +57,25 @@ def complete(model_config: ModelConfig, params: Any, tokenizer,
         model, params, [tokenizer.encode(p) for p in prompts],
         sampling=sampling, rng=jax.random.PRNGKey(seed),
         eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
-        max_len=model_config.context_limit, jit=jit)
+        max_len=model_config.context_limit, jit=jit,
+        on_tokens=stream and TextStream(tokenizer, stream))
   return [tokenizer.decode(t) for t in new_tokens]
 
 
 def generate(model: nn.Module, params: Any, prompts: list[list[int]], *,
              sampling: SamplingConfig, rng: jax.Array, eos_id: int | None,
              pad_id: int = 0, max_len: int | None = None,
-             prompt_len: int | None = None, jit: bool = True
-             ) -> list[list[int]]:
+             prompt_len: int | None = None, jit: bool = True,
+             on_tokens=None) -> list[list[int]]:
   """Continues each prompt; returns the new tokens of each (EOS excluded).
 
   Prompts are padded to the longest, or to `prompt_len` (a fixed shape that
   batch after batch reuses one compiled program). `jit=False` runs the same
   code op by op, as eager ("dynamic graph") frameworks do: the while loop
   becomes a Python loop and each operation is dispatched on its own.
+  `on_tokens(i, tokens_B)`, if given, is called on the host with the i-th
+  new token of every row as soon as it is sampled (rows already done repeat
+  EOS).
   """
   sampling.validate(model.config.vocab_size)
   if not prompts or any(len(p) == 0 for p in prompts):
@@ -88,7 +94,8 @@ def generate(model: nn.Module, params: Any, prompts: list[list[int]], *,
   with contextlib.nullcontext() if jit else jax.disable_jit():
     new_BN, count_B = generate_program(model, sampling,
                                        -1 if eos_id is None else eos_id,
-                                       params, tokens_BP, lengths_B, rng)
+                                       on_tokens, params, tokens_BP,
+                                       lengths_B, rng)
   new_BN, count_B = np.asarray(new_BN), np.asarray(count_B)
   return [new_BN[row, :count_B[row]].tolist() for row in range(len(prompts))]
 
@@ -169,10 +176,19 @@ def prefill(model: nn.Module, params: Any, tokens_BP, lengths_B,
   return logits_BV, cache
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def generate_program(model, sampling, eos_id, params, tokens_BP, lengths_B,
-                     rng):
-  """The compiled program of `generate`: prefill, then the decoding loop."""
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def generate_program(model, sampling, eos_id, on_tokens, params, tokens_BP,
+                     lengths_B, rng):
+  """The compiled program of `generate`: prefill, then the decoding loop.
+
+  `on_tokens` (static; None for none) receives each step's tokens on the
+  host through a callback, which is all streaming costs.
+  """
+
+  def emit(i, token_B):
+    if on_tokens is not None:
+      jax.debug.callback(on_tokens, i, token_B)
+
   batch, prompt_len = tokens_BP.shape
   max_new = sampling.max_new_tokens
   phases = cache_phases(prompt_len, max_new)
@@ -188,6 +204,7 @@ def generate_program(model, sampling, eos_id, params, tokens_BP, lengths_B,
                            phases[0][0])
   rng, first_rng = jax.random.split(rng)
   token_B = sample_logits(last_BV, first_rng, sampling)
+  emit(0, token_B)
   out_BN = jnp.zeros((batch, max_new), jnp.int32).at[:, 0].set(token_B)
   done_B = token_B == eos_id
   # count_B: how many new tokens each row keeps (its EOS not included).
@@ -201,6 +218,7 @@ def generate_program(model, sampling, eos_id, params, tokens_BP, lengths_B,
     rng, step_rng = jax.random.split(rng)
     token_B = sample_logits(logits_B1V[:, 0], step_rng, sampling)
     token_B = jnp.where(done_B, eos_id if eos_id >= 0 else 0, token_B)
+    emit(i, token_B)
     out_BN = jax.lax.dynamic_update_slice(out_BN, token_B[:, None], (0, i))
     newly_done_B = token_B == eos_id
     count_B = count_B + jnp.where(done_B | newly_done_B, 0, 1)
@@ -231,3 +249,30 @@ def init_cache(model: nn.Module, batch: int, cache_len: int):
                          jnp.zeros((batch, cache_len), jnp.int32),
                          decode=True)['cache'])
   return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+
+class TextStream:
+  """Turns the first row's tokens, step by step, into new pieces of text.
+
+  Callbacks may arrive out of order or more than once (one per device under
+  a mesh), so tokens are kept by step and text is released only for the
+  steps known so far, in order. Text that ends inside a multi-byte
+  character (decoded as U+FFFD) waits for the next token.
+  """
+
+  def __init__(self, tokenizer, write):
+    self._tokenizer, self._write = tokenizer, write
+    self._by_step, self._tokens, self._shown, self._ended = {}, [], '', False
+
+  def __call__(self, step, tokens_B):
+    self._by_step.setdefault(int(step), int(np.asarray(tokens_B)[0]))
+    while not self._ended and len(self._tokens) in self._by_step:
+      token = self._by_step.pop(len(self._tokens))
+      if token == self._tokenizer.eos_id:
+        self._ended = True
+        break
+      self._tokens.append(token)
+      text = self._tokenizer.decode(self._tokens)
+      if text.startswith(self._shown) and not text.endswith('\ufffd'):
+        self._write(text[len(self._shown):])
+        self._shown = text

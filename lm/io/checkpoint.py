@@ -301,19 +301,23 @@ def load_params(workdir: str, abstract_params: Any) -> tuple[Any, int]:
     raise UsageError(f'{workdir} has no checkpoints; train into it first '
                      '(python -m experiments.train --workdir=...)')
   checkpointer = Checkpointer(workdir, read_only=True)
-  step = checkpointer.latest_step()
-  if step is None:
-    raise UsageError(f'{workdir} has no complete checkpoint; train into it '
-                     'first (python -m experiments.train --workdir=...)')
-  # Inference reads the latest step or nothing: quietly scoring an older
-  # one would mislabel results.
-  problem = integrity.problem(checkpointer.step_dir(step))
-  if problem is not None:
-    raise UsageError(
-        f'the checkpoint at step {step} of {workdir} is damaged ({problem}); '
-        f'training on the workdir again moves it to {layout.DAMAGED}/ and '
-        'resumes from the step before it')
-  checkpointer.items(step)  # Refuses a folder lm did not write.
-  params = checkpointer.restore_params(abstract_params, step)
-  checkpointer.close()
+  # Closed on every path: a refused workdir leaves no manager threads
+  # behind in a long-lived process (a server, a test runner).
+  try:
+    step = checkpointer.latest_step()
+    if step is None:
+      raise UsageError(f'{workdir} has no complete checkpoint; train into '
+                       'it first (python -m experiments.train --workdir=...)')
+    # Inference reads the latest step or nothing: quietly scoring an older
+    # one would mislabel results.
+    problem = integrity.problem(checkpointer.step_dir(step))
+    if problem is not None:
+      raise UsageError(
+          f'the checkpoint at step {step} of {workdir} is damaged '
+          f'({problem}); training on the workdir again moves it to '
+          f'{layout.DAMAGED}/ and resumes from the step before it')
+    checkpointer.items(step)  # Refuses a folder lm did not write.
+    params = checkpointer.restore_params(abstract_params, step)
+  finally:
+    checkpointer.close()
   return params, step

@@ -1,12 +1,12 @@
 """A workdir's config.json: the run's whole config, written atomically and
 read back with the defaults of keys added to lm since."""
 
-import json
 import os
 
 import ml_collections
 
 from lm.errors import UsageError
+from lm.io import json_files
 from lm.io import layout
 from lm.io import paths
 
@@ -16,6 +16,11 @@ def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   with open(path + '.tmp', 'w') as f:
     f.write(config.to_json_best_effort(indent=2))
   os.replace(path + '.tmp', path)
+
+
+# The config's sections (configs/base.py); its other keys are plain values.
+SECTIONS = ('model', 'data', 'optim', 'prune', 'distill', 'train', 'mesh',
+            'privacy', 'evaluate', 'bench', 'sample')
 
 
 def load_config(workdir: str, defaults: ml_collections.ConfigDict | None = None
@@ -28,15 +33,15 @@ def load_config(workdir: str, defaults: ml_collections.ConfigDict | None = None
   if not os.path.exists(path):
     raise UsageError(f'{workdir} has no {layout.CONFIG}; is it a workdir '
                      'written by experiments/train.py?')
-  try:
-    with open(path, encoding='utf-8') as f:
-      saved = json.load(f)
-  except (UnicodeDecodeError, json.JSONDecodeError) as e:
-    raise UsageError(f'{path} is damaged (not JSON: {e}); restore it from '
-                     'a copy, or train into a new workdir') from e
+  saved = json_files.load(path, "workdir's config")
   if not (isinstance(saved, dict) and isinstance(saved.get('model'), dict)):
     raise UsageError(f'{path} holds no model section; is it a workdir '
                      'written by experiments/train.py?')
+  for section, value in saved.items():
+    if section in SECTIONS and not isinstance(value, dict):
+      raise UsageError(f'{path} has a {section} section that is a JSON '
+                       f'{type(value).__name__}, not an object; the file is '
+                       'damaged')
   if defaults is None:
     return ml_collections.ConfigDict(saved)
   return ml_collections.ConfigDict(_fill_missing(defaults.to_dict(), saved))

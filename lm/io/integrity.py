@@ -15,6 +15,8 @@ import hashlib
 import json
 import os
 
+from lm.errors import UsageError
+from lm.io import json_files
 from lm.io import layout
 
 MANIFEST = layout.CHECKSUMS
@@ -65,16 +67,22 @@ def _write_json(path: str, value) -> None:
   os.replace(path + '.tmp', path)
 
 
-def _sealed_steps(step_dir: str) -> list[str]:
-  """The step names SEALED lists beside `step_dir` ([] where it is missing
-  or unreadable: then no step can be known to have been sealed)."""
-  try:
-    with open(os.path.join(os.path.dirname(os.path.normpath(step_dir)),
-                           SEALED)) as f:
-      steps = json.load(f)
-  except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+def _sealed_steps(step_dir: str) -> list[str] | None:
+  """The step names SEALED lists beside `step_dir`: [] where it is missing,
+  None where it is damaged (then no step can be known not to have been
+  sealed)."""
+  path = os.path.join(os.path.dirname(os.path.normpath(step_dir)), SEALED)
+  if not os.path.lexists(path):
     return []
-  return [str(s) for s in steps] if isinstance(steps, list) else []
+  try:
+    with open(path, 'rb') as f:
+      steps = json.loads(f.read(1 << 20))
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+    return None
+  if not (isinstance(steps, list) and all(isinstance(s, (str, int))
+                                          for s in steps)):
+    return None
+  return [str(s) for s in steps]
 
 
 def _record(step_dir: str, sealed: bool) -> None:
@@ -82,7 +90,11 @@ def _record(step_dir: str, sealed: bool) -> None:
   gone (deleted by orbax) left out."""
   step_dir = os.path.normpath(step_dir)
   root, name = os.path.dirname(step_dir), os.path.basename(step_dir)
-  steps = {step for step in _sealed_steps(step_dir)
+  listed = _sealed_steps(step_dir)
+  if listed is None:  # Damaged: the steps with manifests were sealed.
+    listed = [n for n in os.listdir(root)
+              if os.path.isfile(os.path.join(root, n, MANIFEST))]
+  steps = {step for step in listed
            if os.path.isdir(os.path.join(root, step))} - {name}
   if sealed:
     steps.add(name)
@@ -94,14 +106,16 @@ def problem(step_dir: str) -> str | None:
   as sealed (or the step was never sealed)."""
   path = os.path.join(step_dir, MANIFEST)
   if not os.path.exists(path):
-    if os.path.basename(os.path.normpath(step_dir)) in _sealed_steps(
-        step_dir):
+    sealed = _sealed_steps(step_dir)
+    if sealed is None:
+      return (f'its {MANIFEST} is missing, and {SEALED}, which says whether '
+              'it was sealed, is damaged')
+    if os.path.basename(os.path.normpath(step_dir)) in sealed:
       return f'it was sealed, and its {MANIFEST} is missing'
     return None
   try:
-    with open(path) as f:
-      manifest = json.load(f)
-  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    manifest = json_files.load(path, 'checksum file')
+  except UsageError as e:
     return f'its {MANIFEST} is unreadable ({e})'
   if not isinstance(manifest, dict):
     return f'its {MANIFEST} is not a file list'

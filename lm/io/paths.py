@@ -80,3 +80,16 @@ def source(path: str, what: str = 'source') -> str:
   if not os.access(path, os.R_OK):
     raise UsageError(f'the {what} {path} cannot be read (permissions)')
   return path
+
+
+def regular_file(path: str, what: str, max_bytes: int) -> str:
+  """`path`, a regular file (links followed) of at most `max_bytes`: not a
+  folder, pipe or device (/dev/zero never ends)."""
+  source(path, what)
+  if not os.path.isfile(path):
+    raise UsageError(f'the {what} {path} is a directory, not a file')
+  size = os.path.getsize(path)
+  if size > max_bytes:
+    raise UsageError(f'the {what} {path} has {size:,} bytes, more than the '
+                     f'{max_bytes:,} such a file can sensibly hold')
+  return path

@@ -7,6 +7,7 @@ registered in lm/model/registry.py.
 """
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
@@ -222,6 +223,16 @@ class ModelConfig:
                 'max_len', 'attention_block'):
       if getattr(self, key) <= 0:
         raise UsageError(f'model.{key} must be positive, got '
+                         f'{getattr(self, key)}')
+    # Token ids and positions are int32.
+    for key in ('vocab_size', 'd_model', 'num_layers', 'num_heads', 'd_ff',
+                'max_len', 'head_dim', 'num_kv_heads', 'num_decoder_layers'):
+      if getattr(self, key) >= 2**31:
+        raise UsageError(f'model.{key}={getattr(self, key)} is beyond what '
+                         'lm indexes (below 2**31); the config is damaged')
+    for key in ('norm_eps', 'rotary_theta'):
+      if not (math.isfinite(getattr(self, key)) and getattr(self, key) > 0):
+        raise UsageError(f'model.{key} must be a finite number above 0, got '
                          f'{getattr(self, key)}')
     if not self.head_dim and self.d_model % self.num_heads:
       raise UsageError(f'model.d_model={self.d_model} is not divisible by '

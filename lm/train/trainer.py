@@ -36,14 +36,15 @@ class Trainer:
   def __init__(self, config: ml_collections.ConfigDict,
                with_data: bool = True):
     """`with_data=False` builds the model and compiled steps alone, for
-    batches made elsewhere (experiments/benchmark.py's random tokens)."""
+    batches made elsewhere (experiments/benchmark.py's random tokens), or
+    for `load_data` later."""
     self.config = config
     self.model_config = run_config.validate(config)
     self.mesh = self._make_mesh(config)
     self.model = registry.build_model(self.model_config)
-    self.data = None
+    self.data = self.token_bytes = None
     if with_data:
-      self._load_data()
+      self.load_data()
     self.schedule = optim.make_schedule(config.optim, config.train.num_steps)
     self.optimizer = optim.make_optimizer(config, self.model_config,
                                           self.schedule)
@@ -77,12 +78,8 @@ class Trainer:
     self._eval_step = sharding.with_rules(jax.jit(
         functools.partial(steps.eval_step, model=self.model),
         out_shardings=sharding.replicated(self.mesh)), self.mesh)
-    # Ids past the tokenizer's ([MASK], sentinels) stand for no text.
-    self.token_bytes = None if self.data is None else jnp.zeros(
-        self.model_config.vocab_size, jnp.int32).at[
-            :len(self.data.token_bytes)].set(self.data.token_bytes)
 
-  def _load_data(self):
+  def load_data(self):
     """Sets self.data, after checking that the model fits it."""
     # The first process builds (and caches) datasets and tokenizers before
     # the others read them, so that no two write the same files.
@@ -95,6 +92,9 @@ class Trainer:
     if self.config.data.objective == 'classify':
       self._check_classes()
     self._check_vocab(_data().extra_ids(self.data))
+    # Ids past the tokenizer's ([MASK], sentinels) stand for no text.
+    self.token_bytes = jnp.zeros(self.model_config.vocab_size, jnp.int32).at[
+        :len(self.data.token_bytes)].set(self.data.token_bytes)
 
   def _make_data(self):
     """This process's share of the data (see lm/data/build.py)."""
