@@ -233,6 +233,20 @@ def _cases(files, workdir, data_dir):
                   ['--config=configs/bench/gpt_cpu.py', 'extra'],
                   ['--config=configs/bert.py'],
                   ['--config=configs/moe.py']],
+      'experiments.serve': [
+          [f'--workdir={files[name]}'] for name in (
+              'missing', 'empty', 'not_a_workdir', 'bad_json_workdir')] + [
+                  [f'--workdir={workdir}', f'--{flag}']
+                  for flag in ('slots=0', 'slots=abc', 'port=70000',
+                               'port=-1', 'context=8', 'context=x',
+                               'host=', 'bogus=1')] + [['--workdir=']],
+      'experiments.chat': [
+          [f'--workdir={workdir}'],  # A byte tokenizer: no chat template.
+          [f'--workdir={files["missing"]}'], ['--workdir='],
+          [f'--workdir={files["not_a_workdir"]}']] + [
+              [f'--workdir={workdir}', f'--{flag}']
+              for flag in ('max_new_tokens=0', 'temperature=-1',
+                           'context=4', 'seed=x', 'top_p=abc')],
       'experiments.config_reference': [
           [f'--out={files["dir"]}'], ['--out='], ['stray'],
           [f'--out={files["binary"]}/configs.md']],

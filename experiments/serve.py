@@ -1,0 +1,71 @@
+r"""Serves a decoder workdir over the OpenAI API, with continuous batching.
+
+  python -m experiments.serve --workdir=workdirs/smollm2 [--port=8000]
+      [--slots=8 --context=2048 --api_key=KEY --host=127.0.0.1]
+
+Then any OpenAI client talks to it, e.g.
+  from openai import OpenAI
+  client = OpenAI(base_url='http://127.0.0.1:8000/v1', api_key='KEY')
+  client.chat.completions.create(model='smollm2', messages=[...])
+
+Endpoints and fields: lm/infer/openai_api.py. Requests share one compiled
+decoding step over --slots rows of KV cache (lm/infer/engine.py); a new one
+joins between steps. SIGTERM (or Ctrl-C) stops accepting, lets running
+requests finish, and exits 0.
+"""
+
+import os
+import signal
+
+from absl import flags
+
+from experiments import cli
+from lm import restore
+from lm.infer import engine as engines
+from lm.infer import openai_api
+
+_WORKDIR = flags.DEFINE_string('workdir', None, 'A decoder workdir (trained '
+                               'or imported).', required=True)
+_HOST = flags.DEFINE_string('host', '127.0.0.1', 'Address to listen on; '
+                            '0.0.0.0 serves other machines too.')
+_PORT = flags.DEFINE_integer('port', 8000, 'Port to listen on.',
+                             lower_bound=0, upper_bound=65535)
+_SLOTS = flags.DEFINE_integer('slots', 8, 'Requests decoded together.',
+                              lower_bound=1, upper_bound=256)
+_CONTEXT = flags.DEFINE_integer(
+    'context', 2048, "Tokens per request (prompt + completion), at most the "
+    "model's own context; the KV cache holds slots x context.",
+    lower_bound=16)
+_API_KEY = flags.DEFINE_string('api_key', None, 'If set, requests must '
+                               'send "Authorization: Bearer KEY".')
+_NAME = flags.DEFINE_string('model_name', None, 'The model id clients '
+                            'name; default: the workdir folder\'s name.')
+
+
+def main(argv):
+  if len(argv) > 1:
+    cli.fail(f'unexpected arguments {argv[1:]}; flags look like --name=value')
+  if not _HOST.value.strip():
+    cli.fail('--host is empty; give an address such as 127.0.0.1')
+  import uvicorn  # pylint: disable=g-import-not-at-top
+  cli.setup_jax()
+  restored = restore.workdir(_WORKDIR.value)
+  engine = engines.Engine(restored.model_config, restored.params,
+                          restored.tokenizer, slots=_SLOTS.value,
+                          context=_CONTEXT.value)
+  name = _NAME.value or os.path.basename(os.path.normpath(_WORKDIR.value))
+  server = openai_api.Server(engine, name, _API_KEY.value)
+  print(f'Serving {name} (step {restored.step}, {engine.slots} slots of '
+        f'{engine.context} tokens) at http://{_HOST.value}:{_PORT.value}/v1',
+        flush=True)
+  # uvicorn handles SIGTERM/SIGINT (a graceful stop), then raises the
+  # signal again for the handler it found: this one lets main return, 0.
+  for stop in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(stop, lambda *_: None)
+  uvicorn.run(server.app, host=_HOST.value, port=_PORT.value,
+              log_level='warning', timeout_graceful_shutdown=60)
+  print('Stopped.', flush=True)
+
+
+if __name__ == '__main__':
+  cli.run(main)

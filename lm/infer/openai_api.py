@@ -1,0 +1,391 @@
+"""The OpenAI completions and chat API over an Engine, as an ASGI app.
+
+  GET  /health                 {"status": "ok", "live": N}
+  GET  /v1/models              the one model served
+  POST /v1/completions         prompt (text, texts, token ids), max_tokens,
+                               temperature, top_p, top_k, stop, seed,
+                               stream, logprobs, echo
+  POST /v1/chat/completions    messages through the model's chat template
+
+`echo` with `logprobs` and `max_tokens=0` scores the prompt (what
+log-likelihood evaluation, e.g. lm-eval's local-completions, asks for).
+Every answer carries token usage; every refusal is an OpenAI-shaped error
+({"error": {"message", "type", "param", "code"}}) with a 4xx status.
+"""
+
+import asyncio
+import contextlib
+import json
+import time
+import uuid
+
+from starlette.applications import Starlette
+from starlette.requests import ClientDisconnect
+from starlette.responses import JSONResponse
+from starlette.responses import StreamingResponse
+from starlette.routing import Route
+
+from lm.errors import UsageError
+from lm.infer import engine as engines
+
+# A request body larger than this is refused unread (413).
+MAX_BODY_BYTES = 1 << 20
+MAX_PROMPTS = 64
+MAX_STOPS = 4
+
+
+class ApiError(Exception):
+
+  def __init__(self, status: int, message: str, param: str | None = None,
+               code: str | None = None):
+    super().__init__(message)
+    self.status, self.param, self.code = status, param, code
+
+
+def _error(status, message, param=None, code=None):
+  kind = {401: 'authentication_error', 404: 'not_found_error',
+          413: 'request_too_large'}.get(status, 'invalid_request_error')
+  return JSONResponse({'error': {'message': message, 'type': kind,
+                                 'param': param, 'code': code}}, status)
+
+
+def _field(body, name, kinds, default, check=None, what=''):
+  """body[name] if of one of `kinds` (bool is not a number here)."""
+  value = body.get(name, default)
+  if value is None:
+    return default
+  if isinstance(value, bool) and bool not in kinds:
+    value = object()  # True is an int to Python, not to the API.
+  if not isinstance(value, kinds):
+    raise ApiError(400, f'{name} must be {what or kinds[0].__name__}',
+                   name)
+  if check is not None and not check(value):
+    raise ApiError(400, f'{name}={value!r} is out of range ({what})', name)
+  return value
+
+
+def _number(body, name, default, low, high):
+  return float(_field(body, name, (int, float), default,
+                      lambda v: low <= v <= high,
+                      f'a number in [{low}, {high}]'))
+
+
+class Server:
+  """Turns HTTP requests into engine requests."""
+
+  def __init__(self, engine: engines.Engine, model_name: str,
+               api_key: str | None = None):
+    self.engine, self.model_name, self.api_key = engine, model_name, api_key
+    self.app = Starlette(routes=[
+        Route('/health', self.health),
+        Route('/v1/models', self.models),
+        Route('/v1/completions', self.completions, methods=['POST']),
+        Route('/v1/chat/completions', self.chat, methods=['POST'])],
+        lifespan=self._lifespan)
+
+  @contextlib.asynccontextmanager
+  async def _lifespan(self, app):
+    del app
+    yield
+    # Shutting down: what waits is cancelled, what runs finishes.
+    await asyncio.to_thread(self.engine.stop)
+
+  # -- endpoints -------------------------------------------------------------
+
+  async def health(self, request):
+    del request
+    return JSONResponse({'status': 'ok', 'live': self.engine.busy()})
+
+  async def models(self, request):
+    return await self._guarded(request, None, self._models)
+
+  async def completions(self, request):
+    return await self._guarded(request, True, self._completions)
+
+  async def chat(self, request):
+    return await self._guarded(request, True, self._chat)
+
+  async def _guarded(self, request, has_body, handler):
+    try:
+      self._authorize(request)
+      body = await self._body(request) if has_body else None
+      return await handler(body)
+    except ApiError as e:
+      return _error(e.status, str(e), e.param, e.code)
+    except UsageError as e:
+      return _error(400, str(e))
+    except ClientDisconnect:
+      return _error(400, 'the client went away')
+
+  def _authorize(self, request):
+    if self.api_key and request.headers.get(
+        'authorization', '') != f'Bearer {self.api_key}':
+      raise ApiError(401, 'a valid API key is needed (Authorization: '
+                     'Bearer KEY)', code='invalid_api_key')
+
+  async def _body(self, request) -> dict:
+    size = int(request.headers.get('content-length') or 0)
+    if size > MAX_BODY_BYTES:
+      raise ApiError(413, f'the body has {size:,} bytes; at most '
+                     f'{MAX_BODY_BYTES:,}')
+    chunks, size = [], 0
+    async for chunk in request.stream():
+      size += len(chunk)
+      if size > MAX_BODY_BYTES:
+        raise ApiError(413, f'the body is over {MAX_BODY_BYTES:,} bytes')
+      chunks.append(chunk)
+    try:
+      body = json.loads(b''.join(chunks).decode('utf-8'))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+      raise ApiError(400, 'the body is not JSON (UTF-8)') from None
+    if not isinstance(body, dict):
+      raise ApiError(400, 'the body must be a JSON object')
+    model = body.get('model')
+    if model is not None and model != self.model_name:
+      raise ApiError(404, f'the model {str(model)[:100]!r} does not exist; '
+                     f'this server serves {self.model_name!r}', 'model',
+                     'model_not_found')
+    if body.get('n', 1) != 1:
+      raise ApiError(400, 'n must be 1', 'n')
+    return body
+
+  async def _models(self, body):
+    del body
+    return JSONResponse({'object': 'list', 'data': [{
+        'id': self.model_name, 'object': 'model', 'created': 0,
+        'owned_by': 'lm'}]})
+
+  # -- completions -----------------------------------------------------------
+
+  def _settings(self, body, prompt_tokens):
+    """Engine keyword arguments from the request's sampling fields."""
+    stop = _field(body, 'stop', (str, list), [], what='a string or a list')
+    stop = [stop] if isinstance(stop, str) else stop
+    if len(stop) > MAX_STOPS or not all(isinstance(s, str) and s
+                                        for s in stop):
+      raise ApiError(400, f'stop must be at most {MAX_STOPS} non-empty '
+                     'strings', 'stop')
+    room = self.engine.context - max(len(p) for p in prompt_tokens)
+    settings = {
+        'max_tokens': _field(body, 'max_tokens', (int,), min(256, room),
+                             lambda v: v >= 0, 'an integer >= 0'),
+        'temperature': _number(body, 'temperature', 1.0, 0.0, 2.0),
+        'top_p': _number(body, 'top_p', 1.0, 1e-9, 1.0),
+        'top_k': _field(body, 'top_k', (int,), 0, lambda v: v >= 0,
+                        'an integer >= 0'),
+        'seed': _field(body, 'seed', (int,), 0,
+                       lambda v: -2**63 <= v < 2**64, 'a 64-bit integer'),
+        'stop': tuple(stop)}
+    return settings
+
+  def _prompts(self, body) -> tuple[list[str], list[list[int]]]:
+    prompt = body.get('prompt')
+    if isinstance(prompt, str):
+      prompt = [prompt]
+    elif isinstance(prompt, list) and prompt and all(
+        isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+      prompt = [prompt]
+    if not (isinstance(prompt, list) and 0 < len(prompt) <= MAX_PROMPTS):
+      raise ApiError(400, 'prompt must be a string, a list of at most '
+                     f'{MAX_PROMPTS} strings, or token ids', 'prompt')
+    texts, tokens = [], []
+    vocab = self.engine.config.vocab_size
+    for item in prompt:
+      if isinstance(item, str):
+        ids = self.engine.tokenizer.encode(item)
+      elif isinstance(item, list) and all(
+          isinstance(t, int) and not isinstance(t, bool) and 0 <= t < vocab
+          for t in item):
+        ids, item = item, self.engine.tokenizer.decode(item)
+      else:
+        raise ApiError(400, f'a prompt must be text or token ids in [0, '
+                       f'{vocab})', 'prompt')
+      if not ids:
+        raise ApiError(400, 'a prompt is empty', 'prompt')
+      if len(ids) > self.engine.context:
+        raise ApiError(400, f'a prompt has {len(ids)} tokens, more than the '
+                       f'context of {self.engine.context}', 'prompt')
+      texts.append(item)
+      tokens.append(ids)
+    return texts, tokens
+
+  async def _completions(self, body):
+    texts, prompts = self._prompts(body)
+    settings = self._settings(body, prompts)
+    stream = _field(body, 'stream', (bool,), False)
+    echo = _field(body, 'echo', (bool,), False)
+    logprobs = _field(body, 'logprobs', (int,), None,
+                      lambda v: 0 <= v <= 5, 'an integer in [0, 5]')
+    if settings['max_tokens'] == 0:
+      if not echo or stream:
+        raise ApiError(400, 'max_tokens=0 needs echo=true (and no stream): '
+                       'it scores the prompt', 'max_tokens')
+      return JSONResponse(self._scored(texts, prompts, logprobs))
+    requests = []
+    try:
+      for p in prompts:
+        requests.append(self._request(p, settings))
+    except UsageError:
+      for r in requests:
+        self.engine.cancel(r)
+      raise
+    created, ident = int(time.time()), f'cmpl-{uuid.uuid4().hex[:24]}'
+    head = {'id': ident, 'object': 'text_completion', 'created': created,
+            'model': self.model_name}
+    if stream:
+      def chunk(index, text, reason):
+        return {**head, 'choices': [{'index': index, 'text': text,
+                                     'logprobs': None,
+                                     'finish_reason': reason}]}
+      prefix = texts if echo else None
+      return self._stream(requests, chunk, prefix)
+    results = await self._gather(requests)
+    choices = []
+    for index, ((text, reason, _), request) in enumerate(zip(results,
+                                                             requests)):
+      choice = {'index': index, 'text': (texts[index] if echo else '') + text,
+                'finish_reason': reason, 'logprobs': None}
+      if logprobs is not None:
+        choice['logprobs'] = self._generated_logprobs(request)
+      choices.append(choice)
+    return JSONResponse({**head, 'choices': choices,
+                         'usage': _total([u for _, _, u in results])})
+
+  def _generated_logprobs(self, request):
+    decode = self.engine.tokenizer.decode
+    return {'tokens': [decode([t]) for t in request.tokens],
+            'token_logprobs': request.token_logprobs,
+            'top_logprobs': None, 'text_offset': None}
+
+  def _scored(self, texts, prompts, logprobs):
+    decode = self.engine.tokenizer.decode
+    choices, usages = [], []
+    for index, (text, ids) in enumerate(zip(texts, prompts)):
+      chosen, best, best_logprob = engines.score_prompt(self.engine, ids)
+      top = [None] + [{decode([b]): lp} for b, lp in zip(best[:-1],
+                                                         best_logprob[:-1])]
+      pieces = [decode([t]) for t in ids]
+      offsets, at = [], 0
+      for piece in pieces:
+        offsets.append(at)
+        at += len(piece)
+      choices.append({'index': index, 'text': text, 'finish_reason': 'length',
+                      'logprobs': {'tokens': pieces, 'token_logprobs': chosen,
+                                   'top_logprobs': top if logprobs else None,
+                                   'text_offset': offsets}})
+      usages.append({'prompt_tokens': len(ids), 'completion_tokens': 0,
+                     'total_tokens': len(ids)})
+    return {'id': f'cmpl-{uuid.uuid4().hex[:24]}', 'object':
+            'text_completion', 'created': int(time.time()),
+            'model': self.model_name, 'choices': choices,
+            'usage': _total(usages)}
+
+  # -- chat ------------------------------------------------------------------
+
+  async def _chat(self, body):
+    messages = body.get('messages')
+    if not (isinstance(messages, list) and messages and all(
+        isinstance(m, dict) and isinstance(m.get('role'), str)
+        and isinstance(m.get('content'), str) for m in messages)):
+      raise ApiError(400, 'messages must be a non-empty list of {"role", '
+                     '"content"} objects with text content', 'messages')
+    if not hasattr(self.engine.tokenizer, 'apply_chat_template'):
+      raise ApiError(400, 'this model has no chat template; use '
+                     '/v1/completions')
+    text = self.engine.tokenizer.apply_chat_template(
+        [{'role': m['role'], 'content': m['content']} for m in messages])
+    prompt = self.engine.tokenizer.encode(text)
+    if len(prompt) >= self.engine.context:
+      raise ApiError(400, f'the conversation has {len(prompt)} tokens, more '
+                     f'than the context of {self.engine.context}', 'messages')
+    settings = self._settings(body, [prompt])
+    if settings['max_tokens'] < 1:
+      raise ApiError(400, 'max_tokens must be >= 1', 'max_tokens')
+    request = self._request(prompt, settings)
+    head = {'id': f'chatcmpl-{uuid.uuid4().hex[:24]}',
+            'object': 'chat.completion', 'created': int(time.time()),
+            'model': self.model_name}
+    if _field(body, 'stream', (bool,), False):
+      def chunk(index, text, reason):
+        delta = {'content': text} if text else {}
+        return {**head, 'object': 'chat.completion.chunk', 'choices': [
+            {'index': index, 'delta': delta, 'finish_reason': reason}]}
+      return self._stream([request], chunk, [None], role=True)
+    (text, reason, usage), = await self._gather([request])
+    return JSONResponse({**head, 'choices': [{
+        'index': 0, 'message': {'role': 'assistant', 'content': text},
+        'finish_reason': reason}], 'usage': usage})
+
+  # -- talking to the engine -------------------------------------------------
+
+  def _request(self, prompt, settings):
+    loop = asyncio.get_running_loop()
+    queue = asyncio.Queue()
+
+    def emit(*event):
+      loop.call_soon_threadsafe(queue.put_nowait, event)
+
+    request = engines.Request(prompt=prompt, emit=emit, **settings)
+    request.queue = queue
+    self.engine.submit(request)
+    return request
+
+  async def _gather(self, requests):
+    """(text, finish reason, usage) of each request, once all are done."""
+    try:
+      return [await self._collect(r) for r in requests]
+    finally:
+      for r in requests:
+        self.engine.cancel(r)  # No-op for a request that has ended.
+
+  @staticmethod
+  async def _collect(request):
+    pieces = []
+    while True:
+      event = await request.queue.get()
+      if event[0] == 'text':
+        pieces.append(event[1])
+      elif event[0] == 'error':
+        raise ApiError(500, event[1])
+      else:
+        return ''.join(pieces), event[1], event[2]
+
+  def _stream(self, requests, chunk, prefixes, role=False):
+    """Server-sent events: each request's text as it comes, then [DONE].
+    A client that goes away cancels its requests, freeing their slots."""
+
+    async def events():
+      try:
+        for index, request in enumerate(requests):
+          if role:
+            first = chunk(index, '', None)
+            first['choices'][0]['delta'] = {'role': 'assistant'}
+            yield _sse(first)
+          if prefixes and prefixes[index]:
+            yield _sse(chunk(index, prefixes[index], None))
+          while True:
+            event = await request.queue.get()
+            if event[0] == 'text':
+              yield _sse(chunk(index, event[1], None))
+            else:
+              reason = 'error' if event[0] == 'error' else event[1]
+              last = chunk(index, '', reason)
+              if event[0] == 'done':
+                last['usage'] = event[2]
+              yield _sse(last)
+              break
+        yield 'data: [DONE]\n\n'
+      finally:
+        for request in requests:
+          self.engine.cancel(request)
+
+    return StreamingResponse(events(), media_type='text/event-stream')
+
+
+def _sse(value) -> str:
+  return f'data: {json.dumps(value)}\n\n'
+
+
+def _total(usages):
+  return {key: sum(u[key] for u in usages)
+          for key in ('prompt_tokens', 'completion_tokens', 'total_tokens')}
