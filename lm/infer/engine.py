@@ -152,9 +152,13 @@ class Engine:
           return
         admitted = []
         for slot in range(self.slots):
-          if self._live[slot] is None and self._waiting:
-            self._live[slot] = self._waiting.pop(0)
-            admitted.append(slot)
+          while self._live[slot] is None and self._waiting:
+            request = self._waiting.pop(0)
+            if request.cancelled:  # Its client left while it waited.
+              request.emit('done', 'cancelled', _usage(request))
+            else:
+              self._live[slot] = request
+              admitted.append(slot)
       try:
         for slot in admitted:
           self._prefill(slot, self._live[slot])

@@ -220,7 +220,9 @@ class Server:
       if not echo or stream:
         raise ApiError(400, 'max_tokens=0 needs echo=true (and no stream): '
                        'it scores the prompt', 'max_tokens')
-      return JSONResponse(self._scored(texts, prompts, logprobs))
+      # A forward pass: off the event loop, so other clients are served.
+      return JSONResponse(await asyncio.to_thread(self._scored, texts,
+                                                  prompts, logprobs))
     requests = []
     try:
       for p in prompts:
