@@ -32,6 +32,7 @@ from lm.errors import UsageError
 from lm.infer import generate
 from lm.infer.sampling import SamplingConfig
 from lm.infer.sampling import check_seed
+from lm.infer.sampling import sample_rows
 from lm.kernels import matmul
 from lm.model import registry
 from lm.model.config import ModelConfig
@@ -272,37 +273,6 @@ def _usage(request: Request) -> dict:
   return {'prompt_tokens': len(request.prompt),
           'completion_tokens': len(request.tokens),
           'total_tokens': len(request.prompt) + len(request.tokens)}
-
-
-def sample_rows(logits_SV, temperature_S, top_k_S, top_p_S, keys_S):
-  """One token per row, each row under its own settings (temperature 0:
-  greedy; top_k 0 and top_p 1 disable those filters), and its
-  log-probability under the unfiltered distribution."""
-  logits_SV = logits_SV.astype(jnp.float32)
-  logprobs_SV = jax.nn.log_softmax(logits_SV, axis=-1)
-  greedy_S = jnp.argmax(logits_SV, axis=-1).astype(jnp.int32)
-
-  def sampled(_):
-    scaled_SV = logits_SV / jnp.maximum(temperature_S, 1e-6)[:, None]
-    sorted_SV = -jnp.sort(-scaled_SV, axis=-1)
-    vocab = logits_SV.shape[-1]
-    kth_S = jnp.take_along_axis(
-        sorted_SV, jnp.clip(jnp.where(top_k_S > 0, top_k_S, vocab) - 1, 0,
-                            vocab - 1)[:, None], axis=-1)[:, 0]
-    probs_SV = jax.nn.softmax(sorted_SV, axis=-1)
-    mass_before_SV = jnp.cumsum(probs_SV, axis=-1) - probs_SV
-    keep_SV = mass_before_SV < top_p_S[:, None]
-    nucleus_S = jnp.min(jnp.where(keep_SV, sorted_SV, jnp.inf), axis=-1)
-    floor_S = jnp.maximum(kth_S, nucleus_S)
-    filtered_SV = jnp.where(scaled_SV < floor_S[:, None], -jnp.inf,
-                            scaled_SV)
-    drawn_S = jax.vmap(jax.random.categorical)(keys_S, filtered_SV)
-    return jnp.where(temperature_S > 0, drawn_S.astype(jnp.int32), greedy_S)
-
-  token_S = jax.lax.cond(jnp.any(temperature_S > 0), sampled,
-                         lambda _: greedy_S, None)
-  return token_S, jnp.take_along_axis(logprobs_SV, token_S[:, None],
-                                      axis=-1)[:, 0]
 
 
 def _keys(seeds_S, steps_S):

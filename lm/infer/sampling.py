@@ -67,3 +67,35 @@ def sample_logits(logits_BV, rng, sampling: SamplingConfig):
                            keepdims=True)
     logits_BV = jnp.where(logits_BV < threshold_B1, -jnp.inf, logits_BV)
   return jax.random.categorical(rng, logits_BV).astype(jnp.int32)
+
+
+def sample_rows(logits_SV, temperature_S, top_k_S, top_p_S, keys_S):
+  """One token per row, each row under its own settings (the batching
+  engine's requests differ; sample_logits serves one setting for all) (temperature 0:
+  greedy; top_k 0 and top_p 1 disable those filters), and its
+  log-probability under the unfiltered distribution."""
+  logits_SV = logits_SV.astype(jnp.float32)
+  logprobs_SV = jax.nn.log_softmax(logits_SV, axis=-1)
+  greedy_S = jnp.argmax(logits_SV, axis=-1).astype(jnp.int32)
+
+  def sampled(_):
+    scaled_SV = logits_SV / jnp.maximum(temperature_S, 1e-6)[:, None]
+    sorted_SV = -jnp.sort(-scaled_SV, axis=-1)
+    vocab = logits_SV.shape[-1]
+    kth_S = jnp.take_along_axis(
+        sorted_SV, jnp.clip(jnp.where(top_k_S > 0, top_k_S, vocab) - 1, 0,
+                            vocab - 1)[:, None], axis=-1)[:, 0]
+    probs_SV = jax.nn.softmax(sorted_SV, axis=-1)
+    mass_before_SV = jnp.cumsum(probs_SV, axis=-1) - probs_SV
+    keep_SV = mass_before_SV < top_p_S[:, None]
+    nucleus_S = jnp.min(jnp.where(keep_SV, sorted_SV, jnp.inf), axis=-1)
+    floor_S = jnp.maximum(kth_S, nucleus_S)
+    filtered_SV = jnp.where(scaled_SV < floor_S[:, None], -jnp.inf,
+                            scaled_SV)
+    drawn_S = jax.vmap(jax.random.categorical)(keys_S, filtered_SV)
+    return jnp.where(temperature_S > 0, drawn_S.astype(jnp.int32), greedy_S)
+
+  token_S = jax.lax.cond(jnp.any(temperature_S > 0), sampled,
+                         lambda _: greedy_S, None)
+  return token_S, jnp.take_along_axis(logprobs_SV, token_S[:, None],
+                                      axis=-1)[:, 0]
