@@ -70,10 +70,10 @@ def sample_logits(logits_BV, rng, sampling: SamplingConfig):
 
 
 def sample_rows(logits_SV, temperature_S, top_k_S, top_p_S, keys_S):
-  """One token per row, each row under its own settings (the batching
-  engine's requests differ; sample_logits serves one setting for all) (temperature 0:
+  """One token per row, each under its own settings (temperature 0:
   greedy; top_k 0 and top_p 1 disable those filters), and its
-  log-probability under the unfiltered distribution."""
+  log-probability under the unfiltered distribution. The batching
+  engine's requests differ; sample_logits serves one setting for all."""
   logits_SV = logits_SV.astype(jnp.float32)
   logprobs_SV = jax.nn.log_softmax(logits_SV, axis=-1)
   greedy_S = jnp.argmax(logits_SV, axis=-1).astype(jnp.int32)
