@@ -38,6 +38,10 @@ _CONTEXT = flags.DEFINE_integer(
     lower_bound=16)
 _API_KEY = flags.DEFINE_string('api_key', None, 'If set, requests must '
                                'send "Authorization: Bearer KEY".')
+_WARM_UP = flags.DEFINE_integer(
+    'warm_up', 0, 'Before serving, compile what requests of up to this many '
+    'tokens need (0: compile on first use); with the compilation cache, '
+    'later starts reuse it.', lower_bound=0)
 _NAME = flags.DEFINE_string('model_name', None, 'The model id clients '
                             'name; default: the workdir folder\'s name.')
 
@@ -53,6 +57,10 @@ def main(argv):
   engine = engines.Engine(restored.model_config, restored.params,
                           restored.tokenizer, slots=_SLOTS.value,
                           context=_CONTEXT.value)
+  if _WARM_UP.value:
+    print(f'Compiled {engine.warm_up(_WARM_UP.value)} programs for requests '
+          f'of up to {min(_WARM_UP.value, engine.context)} tokens.',
+          flush=True)
   name = _NAME.value or os.path.basename(os.path.normpath(_WORKDIR.value))
   server = openai_api.Server(engine, name, _API_KEY.value)
   print(f'Serving {name} (step {restored.step}, {engine.slots} slots of '

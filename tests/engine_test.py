@@ -123,3 +123,45 @@ def test_rows_sample_under_their_own_settings():
 def test_prompt_lengths_share_a_few_buckets():
   assert [engines.bucket(n, 100) for n in (1, 16, 17, 33, 99)] == [
       16, 16, 32, 64, 100]
+
+
+def _traffic(engine, lengths, first):
+  """Requests of the given prompt lengths, first one at a time, then all
+  at once (admitted together: the lock is held while they are submitted),
+  each run to its end."""
+  rng = np.random.default_rng(first)
+  prompt = lambda n: [int(t) for t in rng.integers(1, 25, n)]
+  for n in lengths:
+    _wait(_ask(engine, prompt(n), min(30, 40 - n), temperature=0.0)[1])
+  with engine._lock:  # pylint: disable=protected-access
+    asked = [_ask(engine, prompt(n), min(12, 40 - n), temperature=1.0)
+             for n in lengths]
+  for _, events in asked:
+    _wait(events)
+
+
+def test_new_prompt_lengths_compile_nothing_after_warm_up(tiny):
+  """Prompts pad to a few buckets and decoding to a few batch widths and
+  cache views: once each has been seen, other lengths reuse them."""
+  _, _, engine = tiny
+  programs = (engines._prefill_into_slot, engines._decode_steps)  # pylint: disable=protected-access
+  _traffic(engine, (3, 20, 36), first=0)
+  warm = [p._cache_size() for p in programs]  # pylint: disable=protected-access
+  _traffic(engine, (9, 30, 33), first=1)
+  _traffic(engine, (1, 17, 38), first=2)
+  assert [p._cache_size() for p in programs] == warm  # pylint: disable=protected-access
+
+
+def test_warm_up_compiles_what_traffic_then_needs(tiny):
+  model, params, _ = tiny
+  # A context and slot count no other test uses: nothing is compiled yet.
+  engine = engines.Engine(model.config, params, _Letters(), slots=5,
+                          context=48)
+  try:
+    programs = (engines._prefill_into_slot, engines._decode_steps)  # pylint: disable=protected-access
+    assert engine.warm_up(48) == 3 * (2 + 4)  # 3 buckets; widths 1, 2, 4, 5
+    warm = [p._cache_size() for p in programs]  # pylint: disable=protected-access
+    _traffic(engine, (2, 25, 39), first=3)
+    assert [p._cache_size() for p in programs] == warm  # pylint: disable=protected-access
+  finally:
+    engine.stop()

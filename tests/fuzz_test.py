@@ -12,6 +12,7 @@ flags on top.
 import os
 import random
 import shutil
+import sys
 
 import pytest
 
@@ -239,6 +240,7 @@ def _cases(files, workdir, data_dir):
                   [f'--workdir={workdir}', f'--{flag}']
                   for flag in ('slots=0', 'slots=abc', 'port=70000',
                                'port=-1', 'context=8', 'context=x',
+                               'warm_up=-1', 'warm_up=x',
                                'host=', 'bogus=1')] + [['--workdir=']],
       'experiments.chat': [
           [f'--workdir={workdir}'],  # A byte tokenizer: no chat template.
@@ -247,6 +249,22 @@ def _cases(files, workdir, data_dir):
               [f'--workdir={workdir}', f'--{flag}']
               for flag in ('max_new_tokens=0', 'temperature=-1',
                            'context=4', 'seed=x', 'top_p=abc')],
+      'experiments.lm_eval_tasks': [
+          [], ['stray'], [f'--output={files["existing_output"]}'],
+          [f'--output={files["dir"]}/tasks',
+           f'--wordnet_dir={files["missing"]}'],
+          [f'--output={files["binary"]}/tasks']],
+      'experiments.serve_benchmark': [
+          [], ['--lm=fp32'], ['--lm==x'], [f'--lm=a={files["missing"]}'],
+          [f'--lm=a={files["binary"]}'], ['stray'],
+          [f'--lm=a={workdir}', '--clients=0'],
+          [f'--lm=a={workdir}', '--clients=a,b'],
+          [f'--lm=a={workdir}', '--clients='],
+          [f'--lm=a={workdir}', f'--plot={files["dir"]}/p.txt'],
+          [f'--lm=a={workdir}', '--max_tokens=0'],
+          [f'--llama_cpp_python={sys.executable}',
+           f'--gguf={files["missing"]}'],
+          [f'--llama_cpp_python={sys.executable}', f'--gguf={files["fifo"]}']],
       'experiments.config_reference': [
           [f'--out={files["dir"]}'], ['--out='], ['stray'],
           [f'--out={files["binary"]}/configs.md']],
@@ -268,6 +286,8 @@ def _cases(files, workdir, data_dir):
       [f'--workdir={workdir}', '--method=int8', f'--output={path}']
       for path in bad_outputs[1:]] + [
           ['--workdir=', '--method=int8', f'--output={files["dir"]}/q']]
+  cases['experiments.lm_eval_tasks'] += [[f'--output={path}']
+                                         for path in bad_outputs]
   cases['experiments.convert'] += [
       [f'--source={files["binary"]}', f'--workdir={path}']
       for path in bad_outputs] + [

@@ -7,6 +7,7 @@ template (tests/file_cases.py), imported by lm.
 """
 
 import concurrent.futures
+import glob
 import http.client
 import json
 import os
@@ -27,6 +28,7 @@ from configs import base
 from lm import convert
 from lm import restore
 from lm.convert import packaged
+from lm.evaluate import http_load
 from lm.infer import generate
 from lm.infer import sampling
 from lm.model import registry
@@ -68,7 +70,7 @@ def served(tmp_path_factory):
       assert process.poll() is None, process.stderr.read()
       assert time.time() < deadline, 'the server did not start'
       time.sleep(0.5)
-  yield {'url': url, 'workdir': workdir, 'process': process,
+  yield {'url': url, 'workdir': workdir, 'process': process, 'gguf': gguf,
          'client': openai.OpenAI(base_url=url + '/v1', api_key=KEY,
                                  max_retries=0, timeout=120)}
   if process.poll() is None:
@@ -89,8 +91,8 @@ def _post(url, body, key=KEY, raw=None):
 
 
 def _announce_a_huge_body(url, size):
-  """(status, JSON answer) to a POST whose headers announce `size` bytes;
-  the server must answer before any of them is sent."""
+  """(status, body, content type) of a POST whose headers announce `size`
+  bytes: the server must answer before any of them is sent."""
   host, port = url.split('//')[1].split('/')[0].split(':')
   connection = http.client.HTTPConnection(host, int(port), timeout=60)
   connection.putrequest('POST', '/v1/completions')
@@ -101,7 +103,7 @@ def _announce_a_huge_body(url, size):
   connection.endheaders()
   answer = connection.getresponse()
   try:
-    return answer.status, json.loads(answer.read())
+    return answer.status, answer.read(), answer.getheader('content-type')
   finally:
     connection.close()
 
@@ -171,41 +173,111 @@ def test_chat_goes_through_the_chat_template(served):
   assert streamed == plain
 
 
+# Each value is refused for its field (the context is 128 tokens).
+_BAD_VALUES = {
+    'prompt': [None, '', 7, [], [[]], [1.5], [-1], [10**9], ['a'] * 65,
+               {'a': 1}, 'x ' * 400, True, [True], [[1, 'a']], ['a', 5],
+               [[1], 'a', None], [2**70], [[-5]]],
+    'max_tokens': [-1, 'many', 10**12, True, 1.5, [], {}, -10**30, 200],
+    'temperature': [-1, 'hot', 1e309, 3, [], True, -1e-9],
+    'top_p': [0, 2, -0.5, 'x', [], 1e309],
+    'top_k': [-3, 10**9, 1.5, 'x', [1]],
+    'seed': [2**70, 'x', 1.5, -2**64, [1]],
+    'stop': [5, [''], ['a'] * 5, [5], {'a': 1}, [None], ['ok', 7]],
+    'stream': ['yes', 1, [], {}],
+    'echo': [1, 'true', []],
+    'logprobs': [9, -1, 'x', 1.5, True],
+    'n': [2, 0, 'x', -1],
+    'model': ['gpt-4', 7, [], '', 'mini ']}
+
+
+def _hostile_completions():
+  """Single bad fields, then random pairs of them: one refusal each."""
+  single = [{name: value} for name, values in _BAD_VALUES.items()
+            for value in values]
+  rng = np.random.default_rng(0)
+  pairs = []
+  while len(pairs) < 100:
+    one, two = rng.choice(len(single), 2, replace=False)
+    if set(single[one]) != set(single[two]):
+      pairs.append({**single[one], **single[two]})
+  return single + pairs
+
+
+def _raw(url, method, path, data=None, key=KEY, headers=()):
+  """(status, body bytes, content type) of any request."""
+  host, port = url.split('//')[1].split(':')
+  connection = http.client.HTTPConnection(host, int(port), timeout=60)
+  try:
+    connection.request(method, path, body=data, headers={
+        'Content-Type': 'application/json', **dict(headers),
+        **({'Authorization': f'Bearer {key}'} if key else {})})
+    answer = connection.getresponse()
+    return answer.status, answer.read(), answer.getheader('content-type')
+  finally:
+    connection.close()
+
+
 def test_hostile_requests_get_json_errors_and_the_server_goes_on(served):
-  url = served['url'] + '/v1/completions'
+  url = served['url']
   good = {'model': 'mini', 'prompt': 'Hello', 'max_tokens': 4,
           'temperature': 0}
-  bad_fields = [
-      {'prompt': None}, {'prompt': ''}, {'prompt': 7}, {'prompt': []},
-      {'prompt': [[]]}, {'prompt': [1.5]}, {'prompt': [-1]},
-      {'prompt': [10**9]}, {'prompt': ['a'] * 65}, {'prompt': {'a': 1}},
-      {'prompt': 'x ' * 400}, {'max_tokens': -1}, {'max_tokens': 'many'},
-      {'max_tokens': 10**12}, {'max_tokens': True}, {'max_tokens': 1.5},
-      {'max_tokens': 0}, {'temperature': -1}, {'temperature': 'hot'},
-      {'temperature': 1e309}, {'top_p': 0}, {'top_p': 2}, {'top_k': -3},
-      {'top_k': 10**9}, {'seed': 2**70}, {'seed': 'x'}, {'stop': 5},
-      {'stop': ['']}, {'stop': ['a'] * 5}, {'stream': 'yes'},
-      {'echo': 1}, {'logprobs': 9}, {'n': 2}, {'model': 'gpt-4'},
-      {'model': 7}]
-  answers = [_post(url, {**good, **change}) for change in bad_fields]
-  answers += [
-      _post(url, None, raw=b'{"prompt": '), _post(url, None, raw=b'[1, 2]'),
-      _post(url, None, raw=b'\xff\xfe'), _post(url, None, raw=b'[' * 100000),
-      _announce_a_huge_body(url, 10 << 20),
-      _post(url, good, key=None), _post(url, good, key='wrong'),
-      _post(served['url'] + '/v1/chat/completions', {'messages': 'hi'}),
-      _post(served['url'] + '/v1/chat/completions',
-            {'messages': [{'role': 'user', 'content': 5}]}),
-      _post(served['url'] + '/v1/chat/completions',
-            {'messages': [{'role': 'user', 'content': 'x ' * 400}]})]
-  for (status, body), case in zip(answers, bad_fields + ['raw'] * 10):
-    assert 400 <= status < 500, (case, status, body)
-    assert set(body['error']) >= {'message', 'type'}, (case, body)
-  assert answers[len(bad_fields) + 4][0] == 413
-  assert answers[len(bad_fields) + 5][0] == 401
-  assert answers[bad_fields.index({'model': 'gpt-4'})][0] == 404
-  status, body = _post(url, good)
-  assert status == 200 and body['usage']['completion_tokens'] >= 1
+  cases = [('POST', '/v1/completions', json.dumps({**good, **change}))
+           for change in _hostile_completions()]
+  cases += [('POST', '/v1/completions', raw) for raw in (
+      b'{"prompt": ', b'[1, 2]', b'\xff\xfe', b'[' * 100000, b'', b'null',
+      b'"text"', b'123', b'\x00', b'{"prompt": "a\xff"}', b'{"prompt": NaN}',
+      b'{"prompt": "\\ud800"}', b'{"prompt": "a", "prompt": [-1]}',
+      b'{' * 50000 + b'}' * 50000)]
+  chat = '/v1/chat/completions'
+  cases += [('POST', chat, json.dumps(body)) for body in (
+      {'messages': 'hi'}, {'messages': []}, {'messages': [{'role': 'user'}]},
+      {'messages': [{'role': 'user', 'content': 5}]},
+      {'messages': [{'role': 7, 'content': 'hi'}]},
+      {'messages': [{'role': 'user', 'content': 'x ' * 400}]},
+      {'messages': [['user', 'hi']]}, {'messages': None},
+      {'messages': [{'role': 'user', 'content': 'hi'}], 'max_tokens': 0},
+      {'messages': [{'role': 'user', 'content': 'hi'}], 'stream': 'no'},
+      {'messages': [{'role': 'user', 'content': 'hi'}], 'model': 'other'},
+      {'messages': [{'role': 'user', 'content': 'hi'}], 'temperature': 9})]
+  cases += [('POST', '/tokenize', json.dumps(body)) for body in (
+      {}, {'prompt': 5}, {'prompt': ['a']}, {'prompt': 'a',
+                                             'add_special_tokens': 'yes'})]
+  cases += [('POST', '/detokenize', json.dumps(body)) for body in (
+      {}, {'tokens': 'abc'}, {'tokens': [-1]}, {'tokens': [10**9]},
+      {'tokens': [1.5]}, {'tokens': [True]})]
+  cases += [('GET', path, None) for path in (
+      '/v1/nothing', '/v2/models', '/v1/completions', '/../etc/passwd',
+      '/v1/models/../../x', '/%00')]
+  cases += [('DELETE', '/v1/models', None), ('PUT', '/v1/completions', '{}')]
+  answers = [_raw(url, method, path, data if data is None or isinstance(
+      data, bytes) else data.encode()) for method, path, data in cases]
+  body = json.dumps(good).encode()
+  for key, headers in ((None, ()), ('wrong', ()), ('', ()),
+                       (KEY[:-1], ()), (None, (('Authorization',
+                                                 f'Basic {KEY}'),))):
+    answers.append(_raw(url, 'POST', '/v1/completions', body, key, headers))
+    cases.append(('POST', 'auth', key))
+  answers.append(_announce_a_huge_body(url + '/v1/completions', 10 << 20))
+  cases.append(('POST', 'huge', None))
+  assert len(answers) >= 200
+  for (status, data, kind), case in zip(answers, cases):
+    assert 400 <= status < 500, (case, status, data[:300])
+    assert kind == 'application/json', (case, kind)
+    assert set(json.loads(data)['error']) >= {'message', 'type'}, case
+  statuses = [a[0] for a in answers]
+  assert statuses[-1] == 413 and statuses[-6:-1] == [401] * 5
+  assert 404 in statuses and 405 in statuses
+  # A 2 MiB body sent in chunks, with no length announced, is cut off.
+  host, port = url.split('//')[1].split(':')
+  connection = http.client.HTTPConnection(host, int(port), timeout=60)
+  connection.request('POST', '/v1/completions', body=iter([b' ' * 65536] * 32),
+                     headers={'Authorization': f'Bearer {KEY}'},
+                     encode_chunked=True)
+  assert connection.getresponse().status == 413
+  connection.close()
+  status, answer = _post(url + '/v1/completions', good)
+  assert status == 200 and answer['usage']['completion_tokens'] >= 1
 
 
 def test_many_clients_at_once_all_complete_and_a_leaver_frees_its_slot(
@@ -216,8 +288,8 @@ def test_many_clients_at_once_all_complete_and_a_leaver_frees_its_slot(
     return client.completions.create(model='mini', prompt=f'Number {i}:', max_tokens=6,
                                      temperature=0.5, seed=i)
 
-  with concurrent.futures.ThreadPoolExecutor(16) as pool:
-    answers = list(pool.map(ask, range(32)))
+  with concurrent.futures.ThreadPoolExecutor(64) as pool:
+    answers = list(pool.map(ask, range(64)))
   assert all(a.usage.completion_tokens >= 1 for a in answers)
   # A client reads one chunk of a long stream and hangs up.
   stream = client.completions.create(model='mini', prompt='Once', max_tokens=100,
@@ -231,6 +303,64 @@ def test_many_clients_at_once_all_complete_and_a_leaver_frees_its_slot(
         break
     assert time.time() < deadline, 'the slot was not freed'
     time.sleep(0.2)
+
+
+def test_the_load_client_counts_what_the_server_sends(served):
+  """lm/evaluate/http_load.py, the benchmark's client, on this server."""
+  result = http_load.run(served['url'] + '/v1', 'mini', clients=3,
+                         requests_per_client=2, max_tokens=5, api_key=KEY)
+  assert result['requests'] == 6 and 6 <= result['tokens'] <= 30
+  assert result['tokens_per_second'] > 0
+  assert 0 < result['ttft_median_s'] <= result['ttft_p95_s'] <= result[
+      'seconds']
+
+
+def _lm_eval(model, model_args, output, env, *extra):
+  """Starts `python -m lm_eval` on the tasks shipped in evals/lm_eval."""
+  return subprocess.Popen(
+      [sys.executable, '-m', 'lm_eval', *extra, '--model', model,
+       '--model_args', model_args, '--include_path', 'evals/lm_eval', '--tasks', 'lm_tasks',
+       '--limit', '5', '--log_samples', '--output_path', output], cwd=ROOT,
+      env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _lm_eval_samples(output):
+  """{(task, doc): (the choices' log-likelihoods, acc)} of one run."""
+  samples = {}
+  for path in glob.glob(os.path.join(output, '*', 'samples_*.jsonl')):
+    task = os.path.basename(path).split('_20')[0]
+    with open(path, encoding='utf-8') as f:
+      for line in f:
+        row = json.loads(line)
+        samples[task, row['doc_id']] = (
+            [float(r[0][0]) for r in row['resps']], row['acc'])
+  return samples
+
+
+def test_lm_eval_scores_the_served_model_as_transformers_scores_the_gguf(
+    served, tmp_path):
+  """lm-eval's local-completions model through the server, and its hf
+  model reading the same GGUF with transformers, on the shipped tasks."""
+  env = dict(os.environ, HF_DATASETS_OFFLINE='1', HF_HUB_OFFLINE='1',
+             OPENAI_API_KEY=KEY, PYTHONPATH=ROOT)
+  runs = {
+      'served': _lm_eval('local-completions', f'base_url={served["url"]}'
+                         f'/v1/completions,model=mini,auth_token={KEY}',
+                         str(tmp_path / 'served'), env),
+      'hf': _lm_eval('hf', f'pretrained={os.path.dirname(served["gguf"])},'
+                     'gguf_file=mini.gguf,dtype=float32',
+                     str(tmp_path / 'hf'), env, '--device', 'cpu')}
+  for name, process in runs.items():
+    log = process.communicate(timeout=600)[0]
+    assert process.returncode == 0, (name, log[-3000:])
+  served_samples, hf_samples = (_lm_eval_samples(str(tmp_path / name))
+                                for name in runs)
+  assert sorted(served_samples) == sorted(hf_samples)
+  assert len(served_samples) == 10  # 5 questions of each task.
+  for key, (logliks, acc) in served_samples.items():
+    np.testing.assert_allclose(logliks, hf_samples[key][0], atol=1e-3,
+                               err_msg=str(key))
+    assert acc == hf_samples[key][1], key
 
 
 def test_the_chat_keeps_history_and_drops_the_oldest_turns(served):

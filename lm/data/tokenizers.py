@@ -38,6 +38,7 @@ class Tokenizer(Protocol):
 
   def encode(self, text: str) -> list[int]: ...
   def decode(self, ids: Iterable[int]) -> str: ...
+  def token_name(self, token_id: int) -> str | None: ...
   def token_bytes(self) -> np.ndarray: ...
   def save(self, directory: str) -> None: ...
 
@@ -56,6 +57,10 @@ class ByteTokenizer:
     data = bytes(i - self.offset for i in ids
                  if self.offset <= i < self.vocab_size)
     return data.decode('utf-8', errors='replace')
+
+  def token_name(self, token_id: int) -> str | None:
+    del token_id
+    return None  # The special ids have no text form.
 
   def token_bytes(self) -> np.ndarray:
     counts = np.ones(self.vocab_size, np.int32)
@@ -87,6 +92,9 @@ class SentencePieceTokenizer:
 
   def decode(self, ids: Iterable[int]) -> str:
     return self._sp.decode([int(i) for i in ids])
+
+  def token_name(self, token_id: int) -> str | None:
+    return self._sp.id_to_piece(token_id)
 
   def token_bytes(self) -> np.ndarray:
     counts = np.zeros(self.vocab_size, np.int32)
@@ -150,14 +158,17 @@ class HfTokenizer:
   def decode(self, ids: Iterable[int]) -> str:
     return self.tokenizer.decode([int(i) for i in ids])
 
+  def token_name(self, token_id: int) -> str | None:
+    return self.tokenizer.id_to_token(token_id)
+
   def apply_chat_template(self, messages: list[dict[str, str]]) -> str:
     """The prompt text for `messages`, ending where the assistant speaks."""
     if not self.chat_template:
       raise UsageError('this tokenizer has no chat template; drop --chat')
     return templates.render(
         self.chat_template, messages=messages, add_generation_prompt=True,
-        bos_token=self.tokenizer.id_to_token(self.bos_id),
-        eos_token=self.tokenizer.id_to_token(self.eos_id))
+        bos_token=self.token_name(self.bos_id),
+        eos_token=self.token_name(self.eos_id))
 
   def token_bytes(self) -> np.ndarray:
     """UTF-8 bytes per token: byte-level pieces mapped back, '##' dropped."""
@@ -180,7 +191,7 @@ class HfTokenizer:
   def save(self, directory: str) -> None:
     _atomic_write(os.path.join(directory, layout.JSON_TOKENIZER),
                   self.tokenizer.to_str().encode())
-    token = self.tokenizer.id_to_token
+    token = self.token_name
     settings = {'pad_token': token(self.pad_id),
                 'bos_token': token(self.bos_id),
                 'eos_token': token(self.eos_id),

@@ -64,6 +64,7 @@ class Request:
   text: str = ''
   shown: int = 0
   cancelled: bool = False
+  ended_by_eos: bool = False  # EOS is not among `tokens`; this says it came.
 
 
 class Engine:
@@ -140,6 +141,57 @@ class Engine:
       self._lock.notify()
     if wait:
       self._thread.join()
+
+  def warm_up(self, length: int) -> int:
+    """Compiles, before any request, every program that requests of up to
+    `length` tokens (prompt + completion) can need: each prompt bucket and
+    each batch width with each cache view. Call it before submitting; it
+    returns how many programs it ran."""
+    length = min(length, self.context)
+    with self._lock:
+      if any(self._live) or self._waiting:
+        raise UsageError('warm_up runs before any request is submitted')
+      lengths = sorted({bucket(n, self.context)
+                        for n in range(1, length + 1)})
+      off = self._settings([None])
+      for width in lengths:
+        self._cache, _, _ = _prefill_into_slot(
+            self._model, self.context, self._params, self._cache,
+            np.zeros((1, width), np.int32), np.int32(1), np.int32(0), *off,
+            np.uint32(0))
+      widths = sorted({min(self.slots, 1 << (n - 1).bit_length())
+                       for n in range(1, self.slots + 1)})
+      for width in widths:
+        rows = np.arange(width, dtype=np.int32)
+        empty = self._settings([None] * width)
+        for view in lengths:
+          zeros = np.zeros(width, np.int32)
+          self._cache, _, _ = _decode_steps(
+              self._model, view, self.steps_per_call, self._params,
+              self._cache, rows, zeros, zeros, *empty,
+              np.zeros(width, np.uint32))
+      for width in lengths:
+        _score(self._model, self._params, np.zeros((1, width), np.int32))
+    return len(lengths) * (2 + len(widths))
+
+  def score(self, tokens: list[int]
+            ) -> tuple[list[float | None], list[int], list[float]]:
+    """The log-probability of each token given those before it (None for
+    the first, which has no context), with the most likely token at each
+    position and its log-probability: what `echo` with `logprobs` returns.
+    A forward pass of its own, beside the decoding batch."""
+    if not tokens:
+      raise UsageError('the prompt is empty')
+    if len(tokens) > self.context:
+      raise UsageError(f'the prompt has {len(tokens)} tokens, more than the '
+                       f'context of {self.context}')
+    n = len(tokens)
+    padded = np.zeros((1, bucket(n, self.context)), np.int32)
+    padded[0, :n] = tokens
+    chosen, best, best_logprob = (np.asarray(x) for x in _score(
+        self._model, self._params, padded))
+    return ([None] + [float(x) for x in chosen[:n - 1]],
+            [int(x) for x in best[:n]], [float(x) for x in best_logprob[:n]])
 
   # -- the loop --------------------------------------------------------------
 
@@ -231,6 +283,7 @@ class Engine:
       reason = 'cancelled'
     elif token == self.tokenizer.eos_id:
       reason = 'stop'
+      request.ended_by_eos = True
     else:
       request.tokens.append(token)
       request.token_logprobs.append(logprob)
@@ -339,24 +392,3 @@ def _score(model, params, tokens_1P):
                                axis=-1)[..., 0]
   best = jnp.argmax(logprobs_1PV, axis=-1)
   return chosen[0], best[0], jnp.max(logprobs_1PV, axis=-1)[0]
-
-
-def score_prompt(engine: Engine, prompt: list[int]
-                 ) -> tuple[list[float | None], list[int], list[float]]:
-  """The prompt's token log-probabilities (None for the first, which has
-  no context), with the most likely token at each position and its
-  log-probability: what `echo` with `logprobs` returns."""
-  if not prompt:
-    raise UsageError('the prompt is empty')
-  if len(prompt) > engine.context:
-    raise UsageError(f'the prompt has {len(prompt)} tokens, more than the '
-                     f'context of {engine.context}')
-  width = bucket(len(prompt), engine.context)
-  tokens = np.zeros((1, width), np.int32)
-  tokens[0, :len(prompt)] = prompt
-  chosen, best, best_logprob = (np.asarray(x) for x in _score(
-      engine._model, engine._params, tokens))  # pylint: disable=protected-access
-  n = len(prompt)
-  return ([None] + [float(x) for x in chosen[:n - 1]],
-          [int(x) for x in best[:n]], [float(x) for x in best_logprob[:n]])
-

@@ -6,20 +6,28 @@
                                temperature, top_p, top_k, stop, seed,
                                stream, logprobs, echo
   POST /v1/chat/completions    messages through the model's chat template
+  GET  /tokenizer_info         special tokens and chat template
+  POST /tokenize, /detokenize  text <-> token ids
 
-`echo` with `logprobs` and `max_tokens=0` scores the prompt (what
-log-likelihood evaluation, e.g. lm-eval's local-completions, asks for).
+`echo` with `logprobs` returns the log-probability of every prompt token
+(and of the generated ones, scored with them): what log-likelihood
+evaluation asks for. lm-eval's local-completions sends `max_tokens=1`;
+`max_tokens=0` scores the prompt alone. The three tokenizer endpoints have
+vLLM's shapes, so lm-eval tokenizes with the served model's own tokenizer.
 Every answer carries token usage; every refusal is an OpenAI-shaped error
 ({"error": {"message", "type", "param", "code"}}) with a 4xx status.
 """
 
 import asyncio
 import contextlib
+import hmac
+import itertools
 import json
 import time
 import uuid
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse
 from starlette.responses import StreamingResponse
@@ -44,7 +52,8 @@ class ApiError(Exception):
 
 def _error(status, message, param=None, code=None):
   kind = {401: 'authentication_error', 404: 'not_found_error',
-          413: 'request_too_large'}.get(status, 'invalid_request_error')
+          405: 'method_not_allowed', 413: 'request_too_large',
+          500: 'server_error'}.get(status, 'invalid_request_error')
   return JSONResponse({'error': {'message': message, 'type': kind,
                                  'param': param, 'code': code}}, status)
 
@@ -80,7 +89,11 @@ class Server:
         Route('/health', self.health),
         Route('/v1/models', self.models),
         Route('/v1/completions', self.completions, methods=['POST']),
-        Route('/v1/chat/completions', self.chat, methods=['POST'])],
+        Route('/v1/chat/completions', self.chat, methods=['POST']),
+        Route('/tokenizer_info', self.tokenizer_info),
+        Route('/tokenize', self.tokenize, methods=['POST']),
+        Route('/detokenize', self.detokenize, methods=['POST'])],
+        exception_handlers={HTTPException: self._http_error},
         lifespan=self._lifespan)
 
   @contextlib.asynccontextmanager
@@ -89,6 +102,11 @@ class Server:
     yield
     # Shutting down: what waits is cancelled, what runs finishes.
     await asyncio.to_thread(self.engine.stop)
+
+  async def _http_error(self, request, exc):
+    """Unknown paths and wrong methods get the API's error shape too."""
+    return _error(exc.status_code, f'{request.method} {request.url.path}: '
+                  f'{exc.detail}')
 
   # -- endpoints -------------------------------------------------------------
 
@@ -105,6 +123,15 @@ class Server:
   async def chat(self, request):
     return await self._guarded(request, True, self._chat)
 
+  async def tokenizer_info(self, request):
+    return await self._guarded(request, None, self._tokenizer_info)
+
+  async def tokenize(self, request):
+    return await self._guarded(request, True, self._tokenize)
+
+  async def detokenize(self, request):
+    return await self._guarded(request, True, self._detokenize)
+
   async def _guarded(self, request, has_body, handler):
     try:
       self._authorize(request)
@@ -116,10 +143,15 @@ class Server:
       return _error(400, str(e))
     except ClientDisconnect:
       return _error(400, 'the client went away')
+    except Exception as e:  # pylint: disable=broad-except
+      # A bug, not the request's fault: said in the API's shape, not as a
+      # bare 500 page, and the server goes on.
+      return _error(500, f'{type(e).__name__}: {str(e)[:300]}')
 
   def _authorize(self, request):
-    if self.api_key and request.headers.get(
-        'authorization', '') != f'Bearer {self.api_key}':
+    if self.api_key and not hmac.compare_digest(
+        request.headers.get('authorization', '').encode(),
+        f'Bearer {self.api_key}'.encode()):
       raise ApiError(401, 'a valid API key is needed (Authorization: '
                      'Bearer KEY)', code='invalid_api_key')
 
@@ -140,6 +172,11 @@ class Server:
       raise ApiError(400, 'the body is not JSON (UTF-8)') from None
     if not isinstance(body, dict):
       raise ApiError(400, 'the body must be a JSON object')
+    try:  # JSON escapes can spell lone surrogates, which are not text.
+      json.dumps(body, ensure_ascii=False).encode('utf-8')
+    except UnicodeEncodeError:
+      raise ApiError(400, 'the body holds a lone surrogate escape (such as '
+                     '\\ud800), which is not text') from None
     model = body.get('model')
     if model is not None and model != self.model_name:
       raise ApiError(404, f'the model {str(model)[:100]!r} does not exist; '
@@ -154,6 +191,40 @@ class Server:
     return JSONResponse({'object': 'list', 'data': [{
         'id': self.model_name, 'object': 'model', 'created': 0,
         'owned_by': 'lm'}]})
+
+  # -- tokenizer -------------------------------------------------------------
+
+  async def _tokenizer_info(self, body):
+    del body
+    tokenizer = self.engine.tokenizer
+    name = tokenizer.token_name
+    return JSONResponse({
+        'tokenizer_class': type(tokenizer).__name__,
+        'bos_token': name(tokenizer.bos_id),
+        'eos_token': name(tokenizer.eos_id),
+        'pad_token': name(tokenizer.pad_id),
+        'chat_template': getattr(tokenizer, 'chat_template', None),
+        'model_max_length': self.engine.context})
+
+  async def _tokenize(self, body):
+    text = _field(body, 'prompt', (str,), None, what='text')
+    if text is None:
+      raise ApiError(400, 'prompt (text) is required', 'prompt')
+    # Completions encode prompts without added special tokens; so does this.
+    _field(body, 'add_special_tokens', (bool,), False)
+    ids = self.engine.tokenizer.encode(text)
+    return JSONResponse({'tokens': ids, 'count': len(ids),
+                         'max_model_len': self.engine.context})
+
+  async def _detokenize(self, body):
+    vocab = self.engine.config.vocab_size
+    ids = body.get('tokens')
+    if not (isinstance(ids, list) and all(
+        isinstance(t, int) and not isinstance(t, bool) and 0 <= t < vocab
+        for t in ids)):
+      raise ApiError(400, f'tokens must be a list of ids in [0, {vocab})',
+                     'tokens')
+    return JSONResponse({'prompt': self.engine.tokenizer.decode(ids)})
 
   # -- completions -----------------------------------------------------------
 
@@ -216,21 +287,18 @@ class Server:
     echo = _field(body, 'echo', (bool,), False)
     logprobs = _field(body, 'logprobs', (int,), None,
                       lambda v: 0 <= v <= 5, 'an integer in [0, 5]')
-    if settings['max_tokens'] == 0:
-      if not echo or stream:
-        raise ApiError(400, 'max_tokens=0 needs echo=true (and no stream): '
-                       'it scores the prompt', 'max_tokens')
-      # A forward pass: off the event loop, so other clients are served.
-      return JSONResponse(await asyncio.to_thread(self._scored, texts,
-                                                  prompts, logprobs))
+    if settings['max_tokens'] == 0 and (not echo or stream):
+      raise ApiError(400, 'max_tokens=0 needs echo=true (and no stream): '
+                     'it scores the prompt', 'max_tokens')
     requests = []
-    try:
-      for p in prompts:
-        requests.append(self._request(p, settings))
-    except UsageError:
-      for r in requests:
-        self.engine.cancel(r)
-      raise
+    if settings['max_tokens']:
+      try:
+        for p in prompts:
+          requests.append(self._request(p, settings))
+      except UsageError:
+        for r in requests:
+          self.engine.cancel(r)
+        raise
     created, ident = int(time.time()), f'cmpl-{uuid.uuid4().hex[:24]}'
     head = {'id': ident, 'object': 'text_completion', 'created': created,
             'model': self.model_name}
@@ -241,46 +309,44 @@ class Server:
                                      'finish_reason': reason}]}
       prefix = texts if echo else None
       return self._stream(requests, chunk, prefix)
-    results = await self._gather(requests)
+    if requests:
+      results = await self._gather(requests)
+    else:  # Scoring alone.
+      results = [('', 'length', {'prompt_tokens': len(p),
+                                 'completion_tokens': 0,
+                                 'total_tokens': len(p)}) for p in prompts]
     choices = []
-    for index, ((text, reason, _), request) in enumerate(zip(results,
-                                                             requests)):
+    for index, (text, reason, _) in enumerate(results):
       choice = {'index': index, 'text': (texts[index] if echo else '') + text,
                 'finish_reason': reason, 'logprobs': None}
       if logprobs is not None:
-        choice['logprobs'] = self._generated_logprobs(request)
+        tokens = prompts[index]
+        if requests:  # The generated tokens, EOS too (as vLLM): lm-eval
+          # drops the last token of prompt + completion.
+          request = requests[index]
+          tokens = tokens + request.tokens + (
+              [self.engine.tokenizer.eos_id] if request.ended_by_eos else [])
+        start = 0 if echo else len(prompts[index])
+        # A forward pass: off the event loop, so other clients are served.
+        choice['logprobs'] = await asyncio.to_thread(
+            self._logprobs, tokens, start, logprobs > 0)
       choices.append(choice)
     return JSONResponse({**head, 'choices': choices,
                          'usage': _total([u for _, _, u in results])})
 
-  def _generated_logprobs(self, request):
+  def _logprobs(self, tokens, start, top):
+    """OpenAI `logprobs` of tokens[start:]: each token's log-probability
+    given all before it, and the most likely token there, from one pass
+    over the whole sequence (what log-likelihood evaluation reads)."""
+    chosen, best, best_logprob = self.engine.score(tokens)
     decode = self.engine.tokenizer.decode
-    return {'tokens': [decode([t]) for t in request.tokens],
-            'token_logprobs': request.token_logprobs,
-            'top_logprobs': None, 'text_offset': None}
-
-  def _scored(self, texts, prompts, logprobs):
-    decode = self.engine.tokenizer.decode
-    choices, usages = [], []
-    for index, (text, ids) in enumerate(zip(texts, prompts)):
-      chosen, best, best_logprob = engines.score_prompt(self.engine, ids)
-      top = [None] + [{decode([b]): lp} for b, lp in zip(best[:-1],
-                                                         best_logprob[:-1])]
-      pieces = [decode([t]) for t in ids]
-      offsets, at = [], 0
-      for piece in pieces:
-        offsets.append(at)
-        at += len(piece)
-      choices.append({'index': index, 'text': text, 'finish_reason': 'length',
-                      'logprobs': {'tokens': pieces, 'token_logprobs': chosen,
-                                   'top_logprobs': top if logprobs else None,
-                                   'text_offset': offsets}})
-      usages.append({'prompt_tokens': len(ids), 'completion_tokens': 0,
-                     'total_tokens': len(ids)})
-    return {'id': f'cmpl-{uuid.uuid4().hex[:24]}', 'object':
-            'text_completion', 'created': int(time.time()),
-            'model': self.model_name, 'choices': choices,
-            'usage': _total(usages)}
+    pieces = [decode([t]) for t in tokens[start:]]
+    tops = [None if i == 0 else {decode([best[i - 1]]): best_logprob[i - 1]}
+            for i in range(start, len(tokens))]
+    offsets = list(itertools.accumulate((len(p) for p in pieces[:-1]),
+                                        initial=0))
+    return {'tokens': pieces, 'token_logprobs': chosen[start:],
+            'top_logprobs': tops if top else None, 'text_offset': offsets}
 
   # -- chat ------------------------------------------------------------------
 
