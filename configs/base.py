@@ -40,8 +40,15 @@ def get_base_config() -> ml_collections.ConfigDict:
           synonym=0.0, delete=0.0, swap=0.0, token_mask=0.0))))
 
   config.optim = ml_collections.ConfigDict(dict(
-      name='adamw', learning_rate=3e-3, warmup_steps=100, min_lr_ratio=0.1,
+      # adamw, adam, sgd, adafactor or lion (lm/train/optim.py).
+      name='adamw',
+      # Linear warmup to the peak rate, cosine decay to min_lr_ratio of it;
+      # the moments' decay rates (adam, adamw, lion), weight decay (matrices
+      # only) and global gradient-norm clipping.
+      learning_rate=3e-3, warmup_steps=100, min_lr_ratio=0.1,
       b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, clip_norm=1.0,
+      # sgd only: heavy-ball momentum (0: plain SGD), Nesterov's form.
+      momentum=0.9, nesterov=False,
       # By parameter name (lm/train/optim.py): regexes of frozen parameters,
       # (regex, factor) learning-rate scales, layer-wise decay (1: off).
       freeze=(), lr_scale=(), layer_decay=1.0))

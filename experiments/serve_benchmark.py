@@ -8,7 +8,8 @@ r"""lm's OpenAI server against llama.cpp's, driven by the same client script.
 
 Starts each server in turn on a free localhost port: `experiments.serve`
 on every --lm workdir, and `llama_cpp.server` (from a Python that has
-`llama-cpp-python[server]`) on --gguf with --threads threads. Compilation
+`llama-cpp-python[server]`) on --gguf with --threads threads (requests
+queued, not interrupted). Compilation
 (lm's --warm_up) and a first request come before any timing. Then at each
 number of --clients (threads of the `openai` client, each sending
 --requests_per_client greedy, streamed requests of --max_tokens new tokens,
@@ -110,7 +111,10 @@ def _servers():
     servers.append(('llama_cpp', lambda port: [
         _LLAMA.value, '-m', 'llama_cpp.server', '--model', gguf,
         '--host', '127.0.0.1', '--port', str(port), '--n_ctx', str(context),
-        '--n_threads', str(_THREADS.value), '--verbose', 'False']))
+        '--n_threads', str(_THREADS.value), '--verbose', 'False',
+        # By default a new request cuts the streaming one short; queue
+        # them instead, so every request gets its tokens.
+        '--interrupt_requests', 'False']))
   if not servers:
     cli.fail('nothing to measure: give --lm and/or --llama_cpp_python')
   return servers

@@ -56,19 +56,27 @@ def lstm_model(**overrides):
   return model, model_params.init_params(model, jax.random.PRNGKey(0))
 
 
-@pytest.mark.parametrize('pooling', ['mean', 'last', 'first'])
-def test_lstm_ignores_right_padding(pooling):
-  model, params = lstm_model(pooling=pooling)
+@pytest.mark.parametrize('pooling, bidirectional', [
+    ('mean', True), ('last', True), ('first', True), ('last', False)])
+def test_lstm_ignores_right_padding(pooling, bidirectional):
+  model, params = lstm_model(pooling=pooling, bidirectional=bidirectional)
   tokens = jnp.array([[5, 6, 7, 8]])
   short = model.apply({'params': params}, tokens, jnp.ones((1, 4), bool))
   padded = model.apply({'params': params},
                        jnp.array([[5, 6, 7, 8, 0, 0, 0]]),
                        jnp.arange(7)[None] < 4)
   np.testing.assert_allclose(padded, short, atol=1e-6)
-  # ...but the tokens themselves matter, in both directions.
+  # ...but the tokens themselves matter (the first one to the last state).
   changed = model.apply({'params': params}, jnp.array([[9, 6, 7, 8]]),
                         jnp.ones((1, 4), bool))
   assert not np.allclose(changed, short)
+
+
+def test_a_forward_lstm_has_no_backward_layers():
+  _, params = lstm_model(bidirectional=False, pooling='last')
+  assert sorted(params) == ['classifier', 'embed', 'forward_0', 'forward_1']
+  _, params = lstm_model()  # Two layers, two directions: four cells.
+  assert len([k for k in params if k.startswith('OptimizedLSTMCell')]) == 4
 
 
 def test_lstm_must_be_a_classifier():

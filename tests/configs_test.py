@@ -120,7 +120,8 @@ def test_override_of_wrong_type_is_rejected():
     'configs/transformer.py:big', 'configs/bert.py:large', 'configs/t5.py:base',
     'configs/default.py:long', 'configs/translation.py',
     'configs/summarization.py', 'configs/qa.py', 'configs/qa.py:scratch',
-    'configs/sentiment.py:lstm', 'configs/topics.py', 'configs/moe.py',
+    'configs/sentiment.py:lstm', 'configs/sentiment.py:lstm_seed',
+    'configs/topics.py', 'configs/moe.py',
     'configs/bench/gpt_cpu.py', 'configs/bench/llama_gpu.py'])
 def test_every_config_builds_a_valid_model(path):
   config = parse([f'--config={path}'])

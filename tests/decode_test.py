@@ -1,5 +1,7 @@
 """Decoding: the KV cache reproduces the full forward pass; sampling filters."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -263,8 +265,10 @@ def test_cached_beam_of_one_equals_full_forward_greedy(position):
   for source, tokens in zip(sources, got):
     expected = []
     for _ in range(8):
-      token = int(jnp.argmax(full_forward_logprobs(forward, params, source,
-                                                   expected)))
+      logprobs = full_forward_logprobs(forward, params, source, expected)
+      if not expected:  # No EOS before the first token.
+        logprobs = logprobs.at[2].set(-jnp.inf)
+      token = int(jnp.argmax(logprobs))
       if token == 2:
         break
       expected.append(token)
@@ -297,5 +301,21 @@ def test_wide_beam_finds_the_most_likely_output():
       best_score, best = score, prefix
   got = beam_search.translate(model, params, [source], max_new_tokens=steps,
                          bos_id=1, eos_id=eos, beam_size=vocab ** 2,
-                         length_penalty=0.0)
+                         length_penalty=0.0, min_new_tokens=0)
   assert got == [best]
+
+
+@pytest.mark.parametrize('beam_size', [1, 4])
+def test_no_search_returns_an_empty_text_unless_allowed(beam_size):
+  """EOS is made the most likely first token; it still comes after one."""
+  model, params = seq2seq_model('relative')
+  source = [3, 4, 5, 6]
+  eos = int(jnp.argmax(full_forward_logprobs(jax.jit(model.apply), params,
+                                             source, [])))
+  search = functools.partial(beam_search.translate, model, params, [source],
+                             max_new_tokens=6, bos_id=1, eos_id=eos,
+                             beam_size=beam_size)
+  assert search(min_new_tokens=0) == [[]]
+  assert len(search()[0]) >= 1 and len(search(min_new_tokens=3)[0]) >= 3
+  with pytest.raises(UsageError, match='min_new_tokens'):
+    search(min_new_tokens=7)

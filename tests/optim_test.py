@@ -82,3 +82,55 @@ def test_bad_settings_are_one_clear_error(tiny, setting, message):
   tiny.optim.update(setting)
   with pytest.raises(UsageError, match=message):
     Trainer(tiny)
+
+
+@pytest.mark.parametrize('name, rate', [
+    ('adamw', 3e-3), ('adam', 3e-3), ('sgd', 0.3), ('adafactor', 0.3),
+    ('lion', 1e-3)])
+def test_every_optimizer_lowers_the_loss(tiny, name, rate):
+  """Eight steps on one batch: each update rule fits it better."""
+  tiny.optim.update(name=name, learning_rate=rate, warmup_steps=0,
+                    nesterov=name == 'sgd')
+  trainer = Trainer(tiny)
+  state = trainer.init_state()
+  batch = next(iter(trainer.data.train.to_iter_dataset()))
+  losses = []
+  for _ in range(8):
+    state, metrics = trainer.train_step(state, batch)
+    losses.append(float(metrics['loss']))
+  assert losses[-1] < 0.95 * losses[0], (name, losses)
+
+
+def test_an_unknown_optimizer_names_the_known_ones(tiny):
+  tiny.optim.name = 'adagrad'
+  with pytest.raises(UsageError, match='adamw, adam, sgd, adafactor, lion'):
+    Trainer(tiny)
+  tiny.optim.update(name='sgd', momentum=1.0)
+  with pytest.raises(UsageError, match='momentum'):
+    Trainer(tiny)
+
+
+def _compiled_products(trainer):
+  """Matrix products in the optimized train step (after XLA drops what
+  nothing uses)."""
+  state = trainer.abstract_state()
+  batch = next(iter(trainer.data.train.to_iter_dataset()))
+  batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype,
+                                   sharding=trainer.batch_sharding)
+           for k, v in batch.items()}
+  text = trainer.compile_train_step(state, batch).as_text()
+  return sum(line.count(' dot(') for line in text.splitlines())
+
+
+def test_frozen_parameters_form_no_gradient(tiny):
+  """Freezing the lower block leaves its weight gradients uncomputed: the
+  compiled step has fewer products (each frozen kernel's dW), and its
+  parameters get no update."""
+  full = _compiled_products(Trainer(tiny))
+  tiny.optim.freeze = (r'block_0/.*', 'embed/embedding')
+  frozen_trainer = Trainer(tiny)
+  frozen = _compiled_products(frozen_trainer)
+  kernels = sum(1 for name in _by_name(frozen_trainer.abstract_state().params)
+                if name.startswith('block_0/') and name.endswith('kernel'))
+  # No dW for block 0's kernels; no dx into block 0 from below it either.
+  assert frozen <= full - kernels, (frozen, full, kernels)

@@ -8,6 +8,7 @@ seen as a user sees it. The same code drives lm's server and any other
 
 import concurrent.futures
 import dataclasses
+import logging
 import statistics
 import threading
 import time
@@ -67,6 +68,7 @@ def run(base_url: str, model: str, clients: int, requests_per_client: int,
   """Runs `clients` threads of `requests_per_client` greedy requests each;
   aggregate tokens/s and time-to-first-token statistics."""
   import openai  # pylint: disable=g-import-not-at-top
+  logging.getLogger('httpx').setLevel(logging.WARNING)  # A line a request.
   client = openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0,
                          timeout=3600)
   start = threading.Barrier(clients)
@@ -83,6 +85,8 @@ def run(base_url: str, model: str, clients: int, requests_per_client: int,
   ttft = [t.first_token - t.started for t in timings
           if t.first_token is not None]
   return {'clients': clients, 'requests': len(timings), 'tokens': tokens,
+          # A request cut short shows here (greedy text may end at EOS).
+          'fewest_tokens': min(t.tokens for t in timings),
           'seconds': round(wall, 2),
           'tokens_per_second': round(tokens / wall, 2),
           'ttft_median_s': round(statistics.median(ttft), 3) if ttft

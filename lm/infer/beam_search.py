@@ -2,7 +2,10 @@
 
 Beam search keeps `beam_size` hypotheses per source (1 is greedy) and
 returns the one with the best log-probability divided by GNMT's length
-penalty ((5 + length) / 6) ** length_penalty; EOS is not returned.
+penalty ((5 + length) / 6) ** length_penalty; EOS is not returned. EOS is
+not allowed before `min_new_tokens` tokens (1 by default): an EOS at the
+first step often outscores every real hypothesis, which left summaries
+empty.
 """
 
 import functools
@@ -20,17 +23,21 @@ from lm.kernels import matmul
 def translate(model: nn.Module, params: Any, sources: list[list[int]], *,
               max_new_tokens: int, bos_id: int, eos_id: int, pad_id: int = 0,
               beam_size: int = 1, length_penalty: float = 0.6,
+              min_new_tokens: int = 1,
               source_len: int | None = None) -> list[list[int]]:
   """Writes a target for each source with an encoder-decoder model.
 
   Beam search keeps `beam_size` hypotheses per source (1 is greedy) and
   returns the one with the best log-probability divided by GNMT's length
-  penalty ((5 + length) / 6) ** length_penalty; EOS is not returned.
-  Sources are padded to the longest, or to `source_len` (a fixed shape).
+  penalty ((5 + length) / 6) ** length_penalty; EOS is not returned, nor
+  allowed before `min_new_tokens` tokens. Sources are padded to the longest, or to `source_len` (a fixed shape).
   """
   if beam_size < 1 or max_new_tokens < 1:
     raise UsageError(f'beam_size and max_new_tokens must be >= 1, got '
                      f'{beam_size} and {max_new_tokens}')
+  if not 0 <= min_new_tokens <= max_new_tokens:
+    raise UsageError(f'min_new_tokens must be in [0, max_new_tokens='
+                     f'{max_new_tokens}], got {min_new_tokens}')
   if not sources or any(len(s) == 0 for s in sources):
     raise UsageError('every source needs at least one token; got an empty one')
   source_len = max(source_len or 0, max(len(s) for s in sources))
@@ -41,14 +48,14 @@ def translate(model: nn.Module, params: Any, sources: list[list[int]], *,
     mask_BS[row, :len(source)] = True
   tokens_BN, count_B = _beam_search_jit(
       model, max_new_tokens, bos_id, eos_id, beam_size, float(length_penalty),
-      params, tokens_BS, mask_BS)
+      min_new_tokens, params, tokens_BS, mask_BS)
   tokens_BN, count_B = np.asarray(tokens_BN), np.asarray(count_B)
   return [tokens_BN[row, :count_B[row]].tolist() for row in range(len(sources))]
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5))
 def _beam_search_jit(model, max_len, bos_id, eos_id, beam_size, length_penalty,
-                     params, encoder_tokens_BS, encoder_mask_BS):
+                     min_len, params, encoder_tokens_BS, encoder_mask_BS):
   batch, beams = encoder_tokens_BS.shape[0], beam_size
   rows = batch * beams
   encoded_BSD = model.apply({'params': params}, encoder_tokens_BS,
@@ -82,6 +89,8 @@ def _beam_search_jit(model, max_len, bos_id, eos_id, beam_size, length_penalty,
     logprobs_BKV = jax.nn.log_softmax(logits_R1V[:, 0]).reshape(
         batch, beams, -1)
     vocab = logprobs_BKV.shape[-1]
+    logprobs_BKV = logprobs_BKV.at[..., eos_id].set(
+        jnp.where(i < min_len, -jnp.inf, logprobs_BKV[..., eos_id]))
     # A finished hypothesis can only repeat EOS, at no cost: it keeps its
     # score and competes with the live ones as it is.
     eos_only_V = jnp.full(vocab, -jnp.inf).at[eos_id].set(0.0)

@@ -60,7 +60,8 @@ class ModelConfig:
   family: a registered family (lm/model/registry.py): 'decoder' (GPT-2,
   Llama), 'encoder' (BERT), 'encoder_decoder' (the original Transformer,
   T5) or 'lstm', the baseline text classifier of lm/model/lstm.py
-  (vocab_size, d_model, num_layers, num_classes, pooling, dropout_rate).
+  (vocab_size, d_model, num_layers, num_classes, pooling, bidirectional,
+  dropout_rate).
   Keys that only some families use say so.
   """
 
@@ -95,6 +96,7 @@ class ModelConfig:
   # (the only one a causal decoder lets see the whole text).
   num_classes: int = 0
   pooling: str = 'first'
+  bidirectional: bool = True  # lstm: a backward LSTM beside the forward one
   # The output layer, biases, regularization and initialization.
   tie_embeddings: bool = True  # the output layer is the embedding table
   rescale_tied_head: bool = False  # d_model**-0.5 before a tied head (T5)

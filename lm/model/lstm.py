@@ -1,11 +1,13 @@
 """An LSTM text classifier (Hochreiter & Schmidhuber, 1997), the baseline the
 Transformer classifiers are measured against.
 
-Token embeddings (width d_model) feed `num_layers` bidirectional LSTM
-layers (d_model units each way) built from Flax's `nn.RNN`; each direction
-stops at the sequence's last real token (`seq_lengths`), so right padding
-changes nothing. The outputs are pooled (model.pooling: mean over real
-tokens, or first/last) into the same classifier head the Transformers use.
+Token embeddings (width d_model) feed `num_layers` LSTM layers (d_model
+units each way) built from Flax's `nn.RNN`, bidirectional unless
+model.bidirectional is False; each direction stops at the sequence's last
+real token (`seq_lengths`), so right padding changes nothing. The outputs
+are pooled (model.pooling: mean over real tokens, or first/last) into the
+same classifier head the Transformers use. Forward only with
+pooling='last' is the textbook classifier: the last hidden state.
 Select it with model.family='lstm' and model.num_classes > 0; it trains and
 evaluates through the same Trainer and experiments/evaluate.py.
 """
@@ -40,10 +42,15 @@ class LstmClassifier(nn.Module):
                          config.init_std, name='embed')(tokens_BL)
     x_BLD = nn.Dropout(config.dropout_rate)(x_BLD, deterministic=deterministic)
     for i in range(config.num_layers):
-      x_BLD = nn.Bidirectional(
-          nn.RNN(nn.OptimizedLSTMCell(config.d_model), name=f'forward_{i}'),
-          nn.RNN(nn.OptimizedLSTMCell(config.d_model), name=f'backward_{i}'),
-          name=f'lstm_{i}')(x_BLD, seq_lengths=lengths_B)
+      if config.bidirectional:
+        x_BLD = nn.Bidirectional(
+            nn.RNN(nn.OptimizedLSTMCell(config.d_model), name=f'forward_{i}'),
+            nn.RNN(nn.OptimizedLSTMCell(config.d_model),
+                   name=f'backward_{i}'),
+            name=f'lstm_{i}')(x_BLD, seq_lengths=lengths_B)
+      else:
+        cell = nn.OptimizedLSTMCell(config.d_model, name=f'forward_{i}')
+        x_BLD = nn.RNN(cell)(x_BLD, seq_lengths=lengths_B)
       x_BLD = nn.Dropout(config.dropout_rate)(x_BLD,
                                               deterministic=deterministic)
     return blocks.classification_logits(config, x_BLD, padding_mask_BL,

@@ -1,7 +1,18 @@
 """The optimizer of a run, built whole: the optax chain from `config.optim`
-(AdamW, warmup + cosine, clipping), with DP-SGD's per-example aggregation
-(`config.privacy`), frozen parameters (LoRA freezes all but its adapters)
-and pruning masks (`config.prune`) in the same chain.
+(the update rule, warmup + cosine, clipping), with DP-SGD's per-example
+aggregation (`config.privacy`), frozen parameters (LoRA freezes all but its
+adapters) and pruning masks (`config.prune`) in the same chain.
+
+`optim.name` picks the update rule, each optax's own:
+  adamw      Adam with decoupled weight decay (the default)
+  adam       Adam; weight_decay, if any, is an L2 term added to the gradient
+             (PyTorch's Adam)
+  sgd        SGD with `momentum` (0: none) and `nesterov`; weight_decay as
+             L2, as in PyTorch's SGD
+  adafactor  factored second moments (T5); the learning rate is relative to
+             each parameter's scale; decoupled weight_decay
+  lion       the sign of an interpolated momentum (b1, b2); decoupled
+             weight_decay; wants a learning rate 3-10x below AdamW's
 
 Weight decay applies to matrices only (kernels and embeddings), never to
 norm scales or biases, as in GPT-2 and nanoGPT. Parameters are picked by
@@ -36,9 +47,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
   """The optim section (and its schedule over train.num_steps): raises
   UsageError naming the key that is wrong and the fix."""
   settings = config.optim
-  if settings.name != 'adamw':
-    raise UsageError(f"optim.name={settings.name!r} is not supported; use "
-                     "'adamw'")
+  if settings.name not in OPTIMIZERS:
+    raise UsageError(f'optim.name={settings.name!r} is not an optimizer lm '
+                     f'knows; use one of {", ".join(OPTIMIZERS)}')
+  if not 0 <= settings.momentum < 1:
+    raise UsageError(f'optim.momentum must be in [0, 1), got '
+                     f'{settings.momentum}')
   rate = settings.learning_rate
   if not (isinstance(rate, (int, float)) and 0 < rate < math.inf):
     raise UsageError(f'optim.learning_rate must be a positive finite number, '
@@ -83,22 +97,14 @@ def make_optimizer(config: ml_collections.ConfigDict,
   chain = []
   if settings.clip_norm:
     chain.append(optax.clip_by_global_norm(settings.clip_norm))
-  chain.append(optax.adamw(schedule, b1=settings.b1, b2=settings.b2,
-                           eps=settings.eps,
-                           weight_decay=settings.weight_decay,
-                           mask=decay_mask))
+  chain.append(update_rule(settings, schedule))
   if settings.lr_scale or settings.layer_decay != 1:
     chain.append(scale_by_name(lambda name: _lr_factor(
         name, settings.lr_scale, settings.layer_decay,
         model_config.num_layers)))
   optimizer = optax.chain(*chain)
-  freeze = tuple(settings.freeze)
-  if model_config.lora_rank and not freeze:
-    # LoRA trains its adapters alone (all else is frozen, not even in the
-    # optimizer state) unless optim.freeze says otherwise.
-    freeze = (lora.NOT_ADAPTERS,)
-  if freeze:
-    frozen = [_compile(pattern, 'optim.freeze') for pattern in freeze]
+  frozen = _frozen_patterns(config, model_config)
+  if frozen:
     optimizer = optax.multi_transform(
         {'train': optimizer, 'frozen': optax.set_to_zero()},
         lambda params: _freeze_labels(params, frozen))
@@ -110,6 +116,53 @@ def make_optimizer(config: ml_collections.ConfigDict,
     optimizer = prune.masked(optimizer, prune_config,
                              prune.input_axes(model_config))
   return optimizer
+
+
+OPTIMIZERS = ('adamw', 'adam', 'sgd', 'adafactor', 'lion')
+
+
+def update_rule(settings, schedule) -> optax.GradientTransformation:
+  """The optax optimizer `settings.name` names, with its settings."""
+  name, decay = settings.name, settings.weight_decay
+  if name == 'adamw':
+    return optax.adamw(schedule, b1=settings.b1, b2=settings.b2,
+                       eps=settings.eps, weight_decay=decay, mask=decay_mask)
+  if name == 'lion':
+    return optax.lion(schedule, b1=settings.b1, b2=settings.b2,
+                      weight_decay=decay, mask=decay_mask)
+  if name == 'adafactor':
+    return optax.adafactor(schedule, weight_decay_rate=decay or None,
+                           weight_decay_mask=decay_mask)
+  if name == 'adam':
+    rule = optax.adam(schedule, b1=settings.b1, b2=settings.b2,
+                      eps=settings.eps)
+  else:
+    rule = optax.sgd(schedule, momentum=settings.momentum or None,
+                     nesterov=settings.nesterov)
+  if not decay:
+    return rule
+  # Coupled: the L2 term joins the gradient before the rule sees it.
+  return optax.chain(optax.add_decayed_weights(decay, decay_mask), rule)
+
+
+def _frozen_patterns(config, model_config) -> list[re.Pattern]:
+  freeze = tuple(config.optim.freeze)
+  if model_config.lora_rank and not freeze:
+    # LoRA trains its adapters alone (all else is frozen, not even in the
+    # optimizer state) unless optim.freeze says otherwise.
+    freeze = (lora.NOT_ADAPTERS,)
+  return [_compile(pattern, 'optim.freeze') for pattern in freeze]
+
+
+def trainable_leaves(config, model_config, params) -> tuple[bool, ...] | None:
+  """For each leaf of `params` (in tree order), whether it trains; None
+  when all do. The train step differentiates the trainable ones alone, so
+  no frozen weight's gradient is ever computed."""
+  frozen = _frozen_patterns(config, model_config)
+  if not frozen:
+    return None
+  return tuple(label == 'train' for label in jax.tree.leaves(
+      _freeze_labels(params, frozen)))
 
 
 def scale_by_name(factor_of) -> optax.GradientTransformation:

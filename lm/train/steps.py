@@ -61,7 +61,8 @@ def _metric_sums(outputs, batch, token_bytes_V=None):
 def train_step(state: TrainState, batch, teacher_params=None, *, model,
                optimizer, schedule, per_example: bool = False,
                accum_steps: int = 1,
-               distill: distillation.Distill | None = None):
+               distill: distillation.Distill | None = None,
+               trainable: tuple[bool, ...] | None = None):
   """One optimizer update on a batch (see lm/data: pipeline, classification).
 
   The loss is the mean over the batch's weighted targets, plus the router
@@ -72,6 +73,9 @@ def train_step(state: TrainState, batch, teacher_params=None, *, model,
   gets one gradient per example (a leading batch axis), as DP-SGD's
   aggregation (lm/privacy.py) needs. With `distill` the teacher (its params
   `teacher_params`) gives soft targets (lm/compress/distill.py).
+  `trainable` (a flag per parameter leaf, lm/train/optim.py) differentiates
+  only the flagged parameters: frozen ones get zeros, and their weight
+  gradients are never computed.
   """
   dropout_rng = jax.random.fold_in(state.rng, state.step)
 
@@ -93,6 +97,8 @@ def train_step(state: TrainState, batch, teacher_params=None, *, model,
     return loss, totals
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  if trainable is not None and not per_example:
+    grad_fn = _differentiating_only(loss_fn, trainable)
   num_targets = jnp.maximum(jnp.sum(batch['weights']), 1.0)
   if per_example:
     def example_grad(example, index):
@@ -150,6 +156,28 @@ def train_step(state: TrainState, batch, teacher_params=None, *, model,
                                        * totals['expert_load'].size)
   return state.replace(step=state.step + 1, params=params,
                        opt_state=opt_state), step_metrics
+
+
+def _differentiating_only(loss_fn, trainable):
+  """value_and_grad of loss_fn over the trainable leaves only; the frozen
+  ones enter the loss as constants and get zero gradients."""
+
+  def partial_grad_fn(params, *args):
+    leaves, tree = jax.tree.flatten(params)
+    train = [x for x, t in zip(leaves, trainable) if t]
+
+    def loss_of_trainable(train, *args):
+      given = iter(train)
+      whole = [next(given) if t else x for x, t in zip(leaves, trainable)]
+      return loss_fn(tree.unflatten(whole), *args)
+
+    value, grads = jax.value_and_grad(loss_of_trainable, has_aux=True)(
+        train, *args)
+    given = iter(grads)
+    return value, tree.unflatten([next(given) if t else jnp.zeros_like(x)
+                                  for x, t in zip(leaves, trainable)])
+
+  return partial_grad_fn
 
 
 def _micro_batches(batch, count: int):

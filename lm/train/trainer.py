@@ -68,7 +68,10 @@ class Trainer:
                           optimizer=self.optimizer, schedule=self.schedule,
                           per_example=config.privacy.dp_sgd,
                           accum_steps=config.train.grad_accum_steps,
-                          distill=distill),
+                          distill=distill,
+                          trainable=optim.trainable_leaves(
+                              config, self.model_config,
+                              nn.unbox(self._boxed_state.params))),
         in_shardings=(self.state_shardings, self.batch_sharding) +
         teacher_shardings,
         out_shardings=(self.state_shardings,
