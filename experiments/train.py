@@ -20,6 +20,8 @@ reads its rows of every batch, all write the checkpoint together, and the
 first one logs.
 """
 
+import time
+
 from absl import flags
 import jax
 from ml_collections import config_flags
@@ -76,6 +78,7 @@ def main(argv):
           f'({jax.device_count()} devices); memory: {allocator.describe()}',
           flush=True)
     print(config, flush=True)
+  started = time.perf_counter()
   try:
     final = loop.train_and_evaluate(
         config, workdir, log=lambda line: print(line, flush=True),
@@ -92,6 +95,8 @@ def main(argv):
     print('(samples: run experiments/generate.py on one process)')
   print('final: ' + ' '.join(f'val_{k}={v:.4f}' for k, v in final.items()),
         flush=True)
+  print(f'took {progress.format_seconds(time.perf_counter() - started)} '
+        '(data, compilation, training, evaluation and samples)', flush=True)
   if _EVALUATE.value:
     result = evaluation.evaluate_workdir(workdir, _EVALUATE.value, {},
                                          base.get_base_config())
