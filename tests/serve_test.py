@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -57,7 +58,7 @@ def served(tmp_path_factory):
   port = _free_port()
   process = subprocess.Popen(
       [sys.executable, '-m', 'experiments.serve', f'--workdir={workdir}',
-       f'--port={port}', '--slots=4', f'--context={CONTEXT}',
+       f'--port={port}', '--slots=16', f'--context={CONTEXT}',
        f'--api_key={KEY}'], cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   url = f'http://127.0.0.1:{port}'
@@ -154,6 +155,33 @@ def test_echo_scores_the_prompt_with_the_model_log_probabilities(served):
   assert len(logprobs.top_logprobs) == len(tokens)
 
 
+def test_greedy_text_among_fifteen_others_is_what_generate_writes(served):
+  """16 prompts of different lengths at once: each answer equals
+  `generate` on that prompt alone."""
+  prompts = [f'Item {i}: ' + 'and so on ' * (i % 5) for i in range(16)]
+  restored = restore.workdir(served['workdir'])
+  alone = [generate.complete(
+      restored.model_config, restored.params, restored.tokenizer, [p],
+      sampling.SamplingConfig(max_new_tokens=10, temperature=0.0))[0]
+           for p in prompts[:3]]
+  client = served['client']
+  barrier = threading.Barrier(16)
+
+  def ask(prompt):
+    barrier.wait()
+    return client.completions.create(model='mini', prompt=prompt,
+                                     max_tokens=10, temperature=0).choices[
+                                         0].text
+
+  with concurrent.futures.ThreadPoolExecutor(16) as pool:
+    together = list(pool.map(ask, prompts))
+  batch = generate.complete(
+      restored.model_config, restored.params, restored.tokenizer, prompts,
+      sampling.SamplingConfig(max_new_tokens=10, temperature=0.0))
+  assert together[:3] == alone
+  assert together == batch
+
+
 def test_chat_goes_through_the_chat_template(served):
   client = served['client']
   answer = client.chat.completions.create(
@@ -171,6 +199,15 @@ def test_chat_goes_through_the_chat_template(served):
       model='mini', messages=[{'role': 'user', 'content': 'Hi!'}],
       max_tokens=8, temperature=0).choices[0].message.content
   assert streamed == plain
+  # Multi-turn: the earlier exchange is part of the prompt.
+  turns = [{'role': 'user', 'content': 'Hi!'},
+           {'role': 'assistant', 'content': plain},
+           {'role': 'user', 'content': 'Say it again.'}]
+  second = client.chat.completions.create(model='mini', messages=turns,
+                                          max_tokens=8, temperature=0)
+  restored = restore.workdir(served['workdir'])
+  assert second.usage.prompt_tokens == len(restored.tokenizer.encode(
+      restored.tokenizer.apply_chat_template(turns)))
 
 
 # Each value is refused for its field (the context is 128 tokens).

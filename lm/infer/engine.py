@@ -284,12 +284,16 @@ class Engine:
     elif token == self.tokenizer.eos_id:
       reason = 'stop'
       request.ended_by_eos = True
+      # All of it, a character the last tokens left unfinished too (as
+      # generate decodes it).
+      request.text = self.tokenizer.decode(request.tokens)
     else:
       request.tokens.append(token)
       request.token_logprobs.append(logprob)
       reason = self._show_text(request)
       if reason is None and len(request.tokens) >= request.max_tokens:
         reason = 'length'
+        request.text = self.tokenizer.decode(request.tokens)
     if reason is not None:
       if reason != 'cancelled':
         self._flush(request)
