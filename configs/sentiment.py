@@ -20,10 +20,10 @@ Presets:
 Results on a 2-core CPU (200 steps of 32 tweets, test split, macro-F1 /
 accuracy): minilm 0.7445 / 0.7637 (15 min); minilm_scratch 0.6923 / 0.7136
 (13 min); small 0.6682 / 0.6942; lstm 0.6691 / 0.6990; lstm_seed 0.6018 /
-0.6349. Options any preset
-takes: --config.data.augment.* (small with synonym/delete/swap 0.1: 0.6712
-/ 0.6993) and --config.privacy.dp_sgd=True (small, noise 1.0, clip 1.0:
-0.2049 / 0.4248 at epsilon 0.568, delta 3.35e-5).
+0.6349. Options any preset takes: --config.data.augment.* (small with
+synonym/delete/swap 0.1: 0.6712 / 0.6993) and --config.privacy.dp_sgd=True
+(small, noise 1.0, clip 1.0: 0.2049 / 0.4248 at epsilon 0.568, delta
+3.35e-5).
 """
 
 from configs import base
