@@ -93,10 +93,11 @@ def main(argv):
     return
   if jax.process_count() > 1 and config.data.objective == 'causal':
     print('(samples: run experiments/generate.py on one process)')
-  print('final: ' + ' '.join(f'val_{k}={v:.4f}' for k, v in final.items()),
-        flush=True)
   print(f'took {progress.format_seconds(time.perf_counter() - started)} '
         '(data, compilation, training, evaluation and samples)', flush=True)
+  # The last line: what scripts and people read for the result.
+  print('final: ' + ' '.join(f'val_{k}={v:.4f}' for k, v in final.items()),
+        flush=True)
   if _EVALUATE.value:
     result = evaluation.evaluate_workdir(workdir, _EVALUATE.value, {},
                                          base.get_base_config())
