@@ -161,10 +161,13 @@ class Engine:
             np.uint32(0))
       widths = sorted({min(self.slots, 1 << (n - 1).bit_length())
                        for n in range(1, self.slots + 1)})
+      # A call's view covers the positions its steps write, past `length`.
+      views = sorted({bucket(n, self.context) for n in range(
+          1, min(length + self.steps_per_call, self.context) + 1)})
       for width in widths:
         rows = np.arange(width, dtype=np.int32)
         empty = self._settings([None] * width)
-        for view in lengths:
+        for view in views:
           zeros = np.zeros(width, np.int32)
           self._cache, _, _ = _decode_steps(
               self._model, view, self.steps_per_call, self._params,
@@ -172,7 +175,7 @@ class Engine:
               np.zeros(width, np.uint32))
       for width in lengths:
         _score(self._model, self._params, np.zeros((1, width), np.int32))
-    return len(lengths) * (2 + len(widths))
+    return len(lengths) * 2 + len(views) * len(widths)
 
   def score(self, tokens: list[int]
             ) -> tuple[list[float | None], list[int], list[float]]:
