@@ -34,49 +34,16 @@ from starlette.responses import StreamingResponse
 from starlette.routing import Route
 
 from lm.errors import UsageError
+from lm.infer.api_fields import ApiError
+from lm.infer.api_fields import error_response
+from lm.infer.api_fields import field
+from lm.infer.api_fields import number
 from lm.infer import engine as engines
 
 # A request body larger than this is refused unread (413).
 MAX_BODY_BYTES = 1 << 20
 MAX_PROMPTS = 64
 MAX_STOPS = 4
-
-
-class ApiError(Exception):
-
-  def __init__(self, status: int, message: str, param: str | None = None,
-               code: str | None = None):
-    super().__init__(message)
-    self.status, self.param, self.code = status, param, code
-
-
-def _error(status, message, param=None, code=None):
-  kind = {401: 'authentication_error', 404: 'not_found_error',
-          405: 'method_not_allowed', 413: 'request_too_large',
-          500: 'server_error'}.get(status, 'invalid_request_error')
-  return JSONResponse({'error': {'message': message, 'type': kind,
-                                 'param': param, 'code': code}}, status)
-
-
-def _field(body, name, kinds, default, check=None, what=''):
-  """body[name] if of one of `kinds` (bool is not a number here)."""
-  value = body.get(name, default)
-  if value is None:
-    return default
-  if isinstance(value, bool) and bool not in kinds:
-    value = object()  # True is an int to Python, not to the API.
-  if not isinstance(value, kinds):
-    raise ApiError(400, f'{name} must be {what or kinds[0].__name__}',
-                   name)
-  if check is not None and not check(value):
-    raise ApiError(400, f'{name}={value!r} is out of range ({what})', name)
-  return value
-
-
-def _number(body, name, default, low, high):
-  return float(_field(body, name, (int, float), default,
-                      lambda v: low <= v <= high,
-                      f'a number in [{low}, {high}]'))
 
 
 class Server:
@@ -105,8 +72,9 @@ class Server:
 
   async def _http_error(self, request, exc):
     """Unknown paths and wrong methods get the API's error shape too."""
-    return _error(exc.status_code, f'{request.method} {request.url.path}: '
-                  f'{exc.detail}')
+    return error_response(
+        exc.status_code, f'{request.method} {request.url.path}: '
+        f'{exc.detail}')
 
   # -- endpoints -------------------------------------------------------------
 
@@ -138,15 +106,15 @@ class Server:
       body = await self._body(request) if has_body else None
       return await handler(body)
     except ApiError as e:
-      return _error(e.status, str(e), e.param, e.code)
+      return error_response(e.status, str(e), e.param, e.code)
     except UsageError as e:
-      return _error(400, str(e))
+      return error_response(400, str(e))
     except ClientDisconnect:
-      return _error(400, 'the client went away')
+      return error_response(400, 'the client went away')
     except Exception as e:  # pylint: disable=broad-except
       # A bug, not the request's fault: said in the API's shape, not as a
       # bare 500 page, and the server goes on.
-      return _error(500, f'{type(e).__name__}: {str(e)[:300]}')
+      return error_response(500, f'{type(e).__name__}: {str(e)[:300]}')
 
   def _authorize(self, request):
     if self.api_key and not hmac.compare_digest(
@@ -207,11 +175,11 @@ class Server:
         'model_max_length': self.engine.context})
 
   async def _tokenize(self, body):
-    text = _field(body, 'prompt', (str,), None, what='text')
+    text = field(body, 'prompt', (str,), None, what='text')
     if text is None:
       raise ApiError(400, 'prompt (text) is required', 'prompt')
     # Completions encode prompts without added special tokens; so does this.
-    _field(body, 'add_special_tokens', (bool,), False)
+    field(body, 'add_special_tokens', (bool,), False)
     ids = self.engine.tokenizer.encode(text)
     return JSONResponse({'tokens': ids, 'count': len(ids),
                          'max_model_len': self.engine.context})
@@ -230,7 +198,7 @@ class Server:
 
   def _settings(self, body, prompt_tokens):
     """Engine keyword arguments from the request's sampling fields."""
-    stop = _field(body, 'stop', (str, list), [], what='a string or a list')
+    stop = field(body, 'stop', (str, list), [], what='a string or a list')
     stop = [stop] if isinstance(stop, str) else stop
     if len(stop) > MAX_STOPS or not all(isinstance(s, str) and s
                                         for s in stop):
@@ -238,13 +206,13 @@ class Server:
                      'strings', 'stop')
     room = self.engine.context - max(len(p) for p in prompt_tokens)
     settings = {
-        'max_tokens': _field(body, 'max_tokens', (int,), min(256, room),
+        'max_tokens': field(body, 'max_tokens', (int,), min(256, room),
                              lambda v: v >= 0, 'an integer >= 0'),
-        'temperature': _number(body, 'temperature', 1.0, 0.0, 2.0),
-        'top_p': _number(body, 'top_p', 1.0, 1e-9, 1.0),
-        'top_k': _field(body, 'top_k', (int,), 0, lambda v: v >= 0,
+        'temperature': number(body, 'temperature', 1.0, 0.0, 2.0),
+        'top_p': number(body, 'top_p', 1.0, 1e-9, 1.0),
+        'top_k': field(body, 'top_k', (int,), 0, lambda v: v >= 0,
                         'an integer >= 0'),
-        'seed': _field(body, 'seed', (int,), 0,
+        'seed': field(body, 'seed', (int,), 0,
                        lambda v: -2**63 <= v < 2**64, 'a 64-bit integer'),
         'stop': tuple(stop)}
     return settings
@@ -283,9 +251,9 @@ class Server:
   async def _completions(self, body):
     texts, prompts = self._prompts(body)
     settings = self._settings(body, prompts)
-    stream = _field(body, 'stream', (bool,), False)
-    echo = _field(body, 'echo', (bool,), False)
-    logprobs = _field(body, 'logprobs', (int,), None,
+    stream = field(body, 'stream', (bool,), False)
+    echo = field(body, 'echo', (bool,), False)
+    logprobs = field(body, 'logprobs', (int,), None,
                       lambda v: 0 <= v <= 5, 'an integer in [0, 5]')
     if settings['max_tokens'] == 0 and (not echo or stream):
       raise ApiError(400, 'max_tokens=0 needs echo=true (and no stream): '
@@ -373,7 +341,7 @@ class Server:
     head = {'id': f'chatcmpl-{uuid.uuid4().hex[:24]}',
             'object': 'chat.completion', 'created': int(time.time()),
             'model': self.model_name}
-    if _field(body, 'stream', (bool,), False):
+    if field(body, 'stream', (bool,), False):
       def chunk(index, text, reason):
         delta = {'content': text} if text else {}
         return {**head, 'object': 'chat.completion.chunk', 'choices': [
