@@ -91,8 +91,11 @@ def get_base_config() -> ml_collections.ConfigDict:
 
   # DP-SGD (lm/train/privacy.py): per-example clipping to l2_clip, Gaussian
   # noise of noise_multiplier * l2_clip; delta 0 means 1 / train examples.
+  # Per-example gradients are formed `microbatch` examples at a time (0:
+  # the whole batch), which bounds their memory.
   config.privacy = ml_collections.ConfigDict(dict(
-      dp_sgd=False, l2_clip=1.0, noise_multiplier=1.0, delta=0.0))
+      dp_sgd=False, l2_clip=1.0, noise_multiplier=1.0, delta=0.0,
+      microbatch=8))
 
   # How experiments/evaluate.py writes text for text-pair tasks: beam search
   # for encoder-decoder models (beam_size 1 is greedy), greedy for decoders;

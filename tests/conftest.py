@@ -39,11 +39,17 @@ def tiny_config(data_dir: str):
   """configs/default.py shrunk to a model and batch that train in seconds."""
   from configs import default  # pylint: disable=g-import-not-at-top
   config = default.get_config()
+  # GPT-2's blocks, which the export and conversion tests expect.
   config.model.update(vocab_size=260, d_model=32, num_layers=2, num_heads=4,
-                      num_kv_heads=2, d_ff=64, max_len=64)
+                      num_kv_heads=2, d_ff=64, max_len=64, activation='gelu',
+                      gated_mlp=False, norm='layernorm', position='learned',
+                      use_bias=True)
   config.data.update(data_dir=data_dir, tokenizer='byte', seq_len=32,
                      batch_size=8, eval_batch_size=64)
-  config.optim.update(learning_rate=1e-2, warmup_steps=2)
+  # AdamW with base.py's settings, whatever the main job's optimizer: the
+  # tests of steps, checkpoints and optimizer state are written for it.
+  config.optim.update(name='adamw', momentum=0.9, min_lr_ratio=0.1,
+                      learning_rate=1e-2, warmup_steps=2)
   config.train.update(num_steps=20, log_every=10, eval_every=20,
                       checkpoint_every=10, keep_checkpoints=5, eval_steps=8)
   # Samples at evaluations compile decoding; the tests that check them

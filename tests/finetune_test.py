@@ -1,6 +1,9 @@
 """Classification fine-tuning, from scratch and from another workdir."""
 
 import chex
+from dp_accounting import dp_event
+from dp_accounting.pld import pld_privacy_accountant
+from dp_accounting.rdp import rdp_privacy_accountant
 import flax.traverse_util
 import jax
 import numpy as np
@@ -9,7 +12,9 @@ import pytest
 from lm import restore
 from lm.errors import UsageError
 from lm.evaluate import score
+from lm.model import params as model_params
 from lm.train import loop
+from lm.train import steps
 from lm.train.trainer import Trainer
 
 ENCODER = dict(family='encoder', norm_position='post', embed_norm=True,
@@ -97,28 +102,82 @@ def test_padding_does_not_change_the_class_logits(tiny):
     np.testing.assert_allclose(short, padded, atol=1e-5, err_msg=str(model_kw))
 
 
-def test_dp_sgd_without_noise_or_clipping_is_plain_sgd(tiny):
-  """Per-example gradients, averaged, equal the batch gradient (one label
-  per example); noise then makes the step differ."""
-  # One layer: per-example gradients take the longest of any step to compile.
-  config = classifier_config(tiny, **ENCODER, num_layers=1)
-  # A first step with a learning rate (no warmup), and an Adam epsilon large
-  # enough that rounding in near-zero gradients does not flip updates.
-  config.optim.update(warmup_steps=0, eps=1e-3)
-  steps = {}
-  for name, dp_sgd, noise in [('plain', False, 0.0), ('dp0', True, 0.0),
-                              ('dp1', True, 1.0)]:
-    config.privacy.update(dp_sgd=dp_sgd, noise_multiplier=noise,
-                          l2_clip=1e6)
+def _dp_config(tiny, **privacy):
+  """A one-layer classifier (per-example gradients take the longest of any
+  step to compile) under SGD at rate 1 from the first step, with no other
+  clipping or decay: a step moves the parameters by minus the gradient the
+  optimizer got. The word embeddings are frozen."""
+  config = classifier_config(tiny, **ENCODER, num_layers=1, dropout_rate=0.0)
+  config.optim.update(name='sgd', momentum=0.0, learning_rate=1.0,
+                      warmup_steps=0, weight_decay=0.0, clip_norm=0.0,
+                      freeze=('embed/embedding',))
+  config.privacy.update(dp_sgd=True, **privacy)
+  return config
+
+
+def test_dp_sgd_step_is_the_mean_of_clipped_per_example_gradients(tiny):
+  """Without noise, the step is minus the mean over the batch of each
+  example's gradient (of the trainable parameters) clipped to l2_clip:
+  checked against a loop over the examples, for per-example gradients of
+  the whole batch at once and of two examples at a time. Noise then
+  changes the step; the frozen embeddings never move."""
+  config = _dp_config(tiny, l2_clip=0.05, noise_multiplier=0.0)
+  trainer = Trainer(config)
+  batch = next(iter(trainer.data.train.to_iter_dataset()))
+  start = jax.device_get(trainer.init_state())
+  frozen = lambda name: name == 'embed/embedding'
+
+  def example_loss(params, example):
+    sums = steps.batch_sums(trainer.model, params, example)
+    return sums['nll'] / np.maximum(np.sum(example['weights']), 1.0)
+
+  expected = jax.tree.map(np.zeros_like, start.params)
+  for i in range(len(batch['weights'])):
+    example = jax.tree.map(lambda x: x[i:i + 1], batch)
+    grads = jax.grad(example_loss)(start.params, example)
+    grads = jax.tree_util.tree_map_with_path(
+        lambda path, g: 0 * g if frozen(model_params.param_name(path)) else g,
+        grads)
+    norm = np.sqrt(sum(np.sum(np.square(g)) for g in jax.tree.leaves(grads)))
+    assert norm > config.privacy.l2_clip  # so clipping is exercised
+    scale = config.privacy.l2_clip / norm / len(batch['weights'])
+    expected = jax.tree.map(lambda e, g: e - scale * g, expected, grads)
+
+  moves = {}
+  for name, microbatch, noise in [('whole', 0, 0.0), ('chunks', 2, 0.0),
+                                  ('noisy', 2, 1.0)]:
+    config.privacy.update(microbatch=microbatch, noise_multiplier=noise)
     trainer = Trainer(config)
-    batch = next(iter(trainer.data.train.to_iter_dataset()))
-    state, step_metrics = trainer.train_step(trainer.init_state(), batch)
-    steps[name] = (jax.device_get(state.params), step_metrics)
-  chex.assert_trees_all_close(steps['dp0'][0], steps['plain'][0], atol=1e-6)
-  np.testing.assert_allclose(steps['dp0'][1]['loss'],
-                             steps['plain'][1]['loss'], rtol=1e-6)
+    state, _ = trainer.train_step(trainer.init_state(), batch)
+    moves[name] = jax.tree.map(np.subtract, jax.device_get(state.params),
+                               start.params)
+  chex.assert_trees_all_close(moves['whole'], expected, atol=2e-6)
+  chex.assert_trees_all_close(moves['chunks'], expected, atol=2e-6)
   with pytest.raises(AssertionError):
-    chex.assert_trees_all_close(steps['dp1'][0], steps['plain'][0], atol=1e-6)
+    chex.assert_trees_all_close(moves['noisy'], expected, atol=2e-6)
+  for path, move in jax.tree_util.tree_flatten_with_path(moves['noisy'])[0]:
+    if frozen(model_params.param_name(path)):
+      assert not np.any(move)
+
+
+def test_dp_sgd_per_example_memory_grows_with_the_microbatch(tiny):
+  """The compiled step's scratch memory holds `microbatch` per-example
+  gradients, not the batch's."""
+  scratch = {}
+  for microbatch in (16, 2):
+    trainer = Trainer(_dp_config(tiny, microbatch=microbatch))
+    batch = next(iter(trainer.data.train.to_iter_dataset()))
+    compiled = trainer.compile_train_step(trainer.init_state(), batch)
+    scratch[microbatch] = compiled.memory_analysis().temp_size_in_bytes
+  params = sum(x.size * 4 for x in jax.tree.leaves(trainer.init_state().params))
+  # Fourteen fewer per-example copies of (mostly) the parameters.
+  assert scratch[16] - scratch[2] > 7 * params, (scratch, params)
+
+
+def test_bad_microbatch_is_refused(tiny):
+  with pytest.raises(UsageError, match='privacy.microbatch=3 must divide '
+                     'data.batch_size=16'):
+    Trainer(_dp_config(tiny, microbatch=3))
 
 
 def test_dp_sgd_run_reports_epsilon(tiny, tmp_path):
@@ -134,6 +193,16 @@ def test_dp_sgd_run_reports_epsilon(tiny, tmp_path):
   trainer = Trainer(config)
   assert spent['delta'] == 1 / trainer.data.train_examples
   # More steps, or less noise, spend more.
+  # The same figure from dp-accounting's own RDP accountant for the run's
+  # settings, and no lower than its tighter PLD accountant's.
+  event = dp_event.SelfComposedDpEvent(dp_event.PoissonSampledDpEvent(
+      config.data.batch_size / trainer.data.train_examples,
+      dp_event.GaussianDpEvent(1.1)), 6)
+  rdp = rdp_privacy_accountant.RdpAccountant().compose(event)
+  assert spent['epsilon'] == pytest.approx(rdp.get_epsilon(spent['delta']),
+                                           rel=1e-9)
+  pld = pld_privacy_accountant.PLDAccountant().compose(event)
+  assert pld.get_epsilon(spent['delta']) <= spent['epsilon']
   assert trainer.privacy_spent(60)['epsilon'] > spent['epsilon']
   config.privacy.noise_multiplier = 0.8
   assert Trainer(config).privacy_spent(6)['epsilon'] > spent['epsilon']

@@ -17,7 +17,8 @@ from lm.train import loop
 
 def test_matmul_params_of_the_default_model():
   c = ModelConfig.from_config(default.get_config().model)
-  per_layer = 4 * c.d_model ** 2 + 2 * c.d_model * c.d_ff
+  mlp_kernels = 3 if c.gated_mlp else 2
+  per_layer = 4 * c.d_model ** 2 + mlp_kernels * c.d_model * c.d_ff
   # The tied table is the output layer; the position table multiplies
   # nothing.
   assert flops.matmul_params(c) == (c.num_layers * per_layer +

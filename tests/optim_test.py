@@ -3,6 +3,7 @@ layer-wise decay."""
 
 import jax
 import numpy as np
+import optax
 import pytest
 
 from lm.errors import UsageError
@@ -86,7 +87,7 @@ def test_bad_settings_are_one_clear_error(tiny, setting, message):
 
 @pytest.mark.parametrize('name, rate', [
     ('adamw', 3e-3), ('adam', 3e-3), ('sgd', 0.3), ('adafactor', 0.3),
-    ('lion', 1e-3)])
+    ('lion', 1e-3), ('muon', 3e-3)])
 def test_every_optimizer_lowers_the_loss(tiny, name, rate):
   """Eight steps on one batch: each update rule fits it better."""
   tiny.optim.update(name=name, learning_rate=rate, warmup_steps=0,
@@ -134,3 +135,29 @@ def test_frozen_parameters_form_no_gradient(tiny):
                 if name.startswith('block_0/') and name.endswith('kernel'))
   # No dW for block 0's kernels; no dx into block 0 from below it either.
   assert frozen <= full - kernels, (frozen, full, kernels)
+
+
+def test_muon_orthogonalizes_the_blocks_projections_only():
+  """Per-head attention kernels are matrices over (input, heads x head_dim)
+  or (heads x head_dim, output); a scanned layer axis is a batch axis;
+  embeddings, norms and biases go to AdamW."""
+  shapes = {'block_0': {'attention': {'query': {'kernel': (8, 2, 4),
+                                                'bias': (2, 4)},
+                                      'out': {'kernel': (2, 4, 8)}},
+                        'mlp': {'wi': {'kernel': (8, 16)}}},
+            'blocks': {'mlp': {'wo': {'kernel': (3, 16, 8)}}},
+            'embed': {'embedding': (32, 8)},
+            'final_norm': {'scale': (8,)}}
+  params = jax.tree.map(np.zeros, shapes, is_leaf=lambda x: isinstance(x, tuple))
+  numbers = optax.contrib.MuonDimensionNumbers
+  flat, _ = jax.tree_util.tree_flatten_with_path(
+      optim.muon_axes(params),
+      is_leaf=lambda x: x is None or isinstance(x, numbers))
+  as_tuples = {model_params.param_name(path): (a.reduction_axis,
+                                               a.output_axis)
+               for path, a in flat if a is not None}
+  assert as_tuples == {
+      'block_0/attention/query/kernel': ((0,), (1, 2)),
+      'block_0/attention/out/kernel': ((0, 1), (2,)),
+      'block_0/mlp/wi/kernel': ((0,), (1,)),
+      'blocks/mlp/wo/kernel': ((1,), (2,))}

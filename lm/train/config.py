@@ -40,7 +40,7 @@ def validate(config: ml_collections.ConfigDict,
   data_config.validate(config.data)
   _validate_train_section(config.train)
   optim.validate(config)
-  privacy.validate(config.privacy)
+  privacy.validate(config.privacy, config.data.batch_size)
   prune.PruneConfig.from_config(config.prune)
   if config.distill.teacher:
     distill.validate(config.distill)

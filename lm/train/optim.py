@@ -1,6 +1,6 @@
 """The optimizer of a run, built whole: the optax chain from `config.optim`
-(the update rule, warmup + cosine, clipping), with DP-SGD's per-example
-aggregation (`config.privacy`), frozen parameters (LoRA freezes all but its
+(the update rule, warmup + cosine, clipping), with DP-SGD's noise
+(`config.privacy`), frozen parameters (LoRA freezes all but its
 adapters) and pruning masks (`config.prune`) in the same chain.
 
 `optim.name` picks the update rule, each optax's own:
@@ -13,6 +13,10 @@ adapters) and pruning masks (`config.prune`) in the same chain.
              each parameter's scale; decoupled weight_decay
   lion       the sign of an interpolated momentum (b1, b2); decoupled
              weight_decay; wants a learning rate 3-10x below AdamW's
+  muon       the blocks' weight matrices step along their orthogonalized
+             Nesterov momentum (`momentum`), scaled to AdamW's update size
+             so the same learning rate serves; embeddings, heads, norms
+             and biases take AdamW (b1, b2); decoupled weight_decay
 
 Weight decay applies to matrices only (kernels and embeddings), never to
 norm scales or biases, as in GPT-2 and nanoGPT. Parameters are picked by
@@ -108,9 +112,10 @@ def make_optimizer(config: ml_collections.ConfigDict,
     optimizer = optax.multi_transform(
         {'train': optimizer, 'frozen': optax.set_to_zero()},
         lambda params: _freeze_labels(params, frozen))
-  if config.privacy.dp_sgd:  # Per-example gradients in, one gradient out.
+  if config.privacy.dp_sgd:  # The clipped sum in, the noisy mean out.
     optimizer = optax.chain(
-        privacy.aggregator(config.privacy, config.train.seed), optimizer)
+        privacy.noise(config.privacy, config.train.seed,
+                      config.data.batch_size), optimizer)
   prune_config = prune.PruneConfig.from_config(config.prune)
   if prune_config.pattern != 'none':  # The masks join the optimizer state.
     optimizer = prune.masked(optimizer, prune_config,
@@ -118,7 +123,15 @@ def make_optimizer(config: ml_collections.ConfigDict,
   return optimizer
 
 
-OPTIMIZERS = ('adamw', 'adam', 'sgd', 'adafactor', 'lion')
+OPTIMIZERS = ('adamw', 'adam', 'sgd', 'adafactor', 'lion', 'muon')
+# Muon's update RMS matched to AdamW's typical one (Liu et al., 2025,
+# "Muon is scalable for LLM training"), so a learning rate carries over.
+MUON_RMS = 0.2
+# Blocks' projections by their last path element, with how many trailing
+# axes each has as (reduction axes, output axes): attention's per-head
+# kernels are [d, heads, head_dim] and [heads, head_dim, d].
+_MUON_AXES = {'query': (1, 2), 'key': (1, 2), 'value': (1, 2), 'out': (2, 1)}
+_BLOCK = re.compile(r'(.*/)?blocks?(_\d+)?/.*kernel')
 
 
 def update_rule(settings, schedule) -> optax.GradientTransformation:
@@ -130,6 +143,12 @@ def update_rule(settings, schedule) -> optax.GradientTransformation:
   if name == 'lion':
     return optax.lion(schedule, b1=settings.b1, b2=settings.b2,
                       weight_decay=decay, mask=decay_mask)
+  if name == 'muon':
+    return optax.contrib.muon(
+        schedule, beta=settings.momentum, nesterov=True, weight_decay=decay,
+        weight_decay_mask=decay_mask, adam_b1=settings.b1,
+        adam_b2=settings.b2, adam_weight_decay=decay,
+        consistent_rms=MUON_RMS, muon_weight_dimension_numbers=muon_axes)
   if name == 'adafactor':
     return optax.adafactor(schedule, weight_decay_rate=decay or None,
                            weight_decay_mask=decay_mask)
@@ -143,6 +162,26 @@ def update_rule(settings, schedule) -> optax.GradientTransformation:
     return rule
   # Coupled: the L2 term joins the gradient before the rule sees it.
   return optax.chain(optax.add_decayed_weights(decay, decay_mask), rule)
+
+
+def muon_axes(params):
+  """Which axes of each parameter Muon orthogonalizes over: the blocks'
+  kernels (leading axes, such as scanned layers' or experts', are batch
+  axes); None for the parameters AdamW updates."""
+
+  def axes(path, x):
+    name = param_name(path)
+    if not _BLOCK.fullmatch(name):
+      return None
+    reduce, out = _MUON_AXES.get(name.split('/')[-2], (1, 1))
+    lead = x.ndim - reduce - out
+    if lead < 0:
+      return None
+    return optax.contrib.MuonDimensionNumbers(
+        tuple(range(lead, lead + reduce)),
+        tuple(range(lead + reduce, x.ndim)))
+
+  return jax.tree_util.tree_map_with_path(axes, params)
 
 
 def _frozen_patterns(config, model_config) -> list[re.Pattern]:

@@ -1,25 +1,31 @@
 """Differentially private training: DP-SGD (Abadi et al., 2016) and the
 (epsilon, delta) it spends.
 
-With `privacy.dp_sgd`, each step takes one gradient per example (a vmap of
-the loss over the batch), clips each to L2 norm `l2_clip`, sums them, adds
-Gaussian noise of standard deviation `noise_multiplier * l2_clip` and divides
-by the batch size -- optax's `differentially_private_aggregate`, put first
-in the optimizer chain. What a run has spent is computed by the RDP
-accountant of Google's `dp-accounting` for `steps` compositions of the
-Poisson-subsampled Gaussian mechanism with sampling rate batch / train
-examples. (The pipeline draws fixed-size shuffled batches rather than
-Poisson samples; reporting the Poisson figure for it is the usual practice,
-and an approximation.) `delta` 0 means 1 / train examples.
+With `privacy.dp_sgd`, the train step (lm/train/steps.py) takes one gradient
+per example, clips each to L2 norm `l2_clip` and sums them
+(`clipped_gradient_sum`); the optimizer chain then starts with `noise`,
+which adds Gaussian noise of standard deviation `noise_multiplier * l2_clip`
+and divides by the batch size. Per-example gradients exist for
+`privacy.microbatch` examples at a time (a scan over the batch's chunks), so
+their memory is that many copies of the trainable parameters whatever the
+batch size; frozen parameters have none.
+
+What a run has spent is computed by the RDP accountant of Google's
+`dp-accounting` for `steps` compositions of the Poisson-subsampled Gaussian
+mechanism with sampling rate batch / train examples. (The pipeline draws
+fixed-size shuffled batches rather than Poisson samples; reporting the
+Poisson figure for it is the usual practice, and an approximation.) `delta`
+0 means 1 / train examples.
 """
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from lm.errors import UsageError
 
 
-def validate(privacy_config) -> None:
+def validate(privacy_config, batch_size: int) -> None:
   settings = privacy_config
   if not settings.dp_sgd:
     return
@@ -29,26 +35,71 @@ def validate(privacy_config) -> None:
                      f'{settings.noise_multiplier}')
   if not 0 <= settings.delta < 1:
     raise UsageError(f'privacy.delta must be in [0, 1), got {settings.delta}')
+  if settings.microbatch < 0 or (settings.microbatch and
+                                 batch_size % settings.microbatch):
+    raise UsageError(
+        f'privacy.microbatch={settings.microbatch} must divide '
+        f'data.batch_size={batch_size} (0: the whole batch at once)')
 
 
-def aggregator(privacy_config, seed: int) -> optax.GradientTransformation:
-  """Clips per-example gradients (leading batch axis), sums, adds noise.
+def clipped_gradient_sum(example_grad, train_leaves, batch, *, l2_clip: float,
+                         microbatch: int):
+  """The sum over the batch of each example's gradient clipped to L2 norm
+  `l2_clip`, and the sum of the examples' metric totals.
 
-  optax keeps a typed PRNG key in its state; the optimizer state is
-  checkpointed, so this keeps the key's raw uint32 data there instead.
+  `example_grad(train_leaves, example, index)` returns ((loss, totals),
+  gradients of `train_leaves`) for one example (a batch of one) whose row in
+  the batch is `index`. Chunk i of the scan takes rows i, i + chunks, ...,
+  so each chunk stays spread over the devices the batch's rows are on.
   """
-  inner = optax.contrib.differentially_private_aggregate(
-      privacy_config.l2_clip, privacy_config.noise_multiplier, key=seed)
+  size = len(batch['weights'])
+  chunks = size // (microbatch or size)
+  per_chunk = jax.vmap(example_grad, in_axes=(None, 0, 0))
+  split = lambda x: x.reshape((-1, chunks) + x.shape[1:]).swapaxes(0, 1)
+
+  def chunk_sum(running, inputs):
+    examples, indices = inputs
+    (_, totals), grads = per_chunk(train_leaves, examples, indices)
+    squares = sum(jnp.sum(jnp.square(g.astype(jnp.float32)).reshape(
+        g.shape[0], -1), axis=1) for g in grads)
+    factors = jnp.minimum(1.0, l2_clip / jnp.maximum(jnp.sqrt(squares),
+                                                     1e-12))
+    clipped = [jnp.tensordot(factors.astype(g.dtype), g, axes=1)
+               for g in grads]
+    totals = jax.tree.map(lambda x: jnp.sum(x, 0), totals)
+    return jax.tree.map(jnp.add, running, (clipped, totals)), None
+
+  inputs = (jax.tree.map(split, batch), split(jnp.arange(size)))
+  first = jax.tree.map(lambda x: x[0], inputs)
+  (_, totals), grads = jax.eval_shape(per_chunk, train_leaves, *first)
+  zeros = jax.tree.map(lambda x: jnp.zeros(x.shape[1:], x.dtype),
+                       (grads, totals))
+  (clipped, totals), _ = jax.lax.scan(chunk_sum, zeros, inputs)
+  return clipped, totals
+
+
+def noise(privacy_config, seed: int, batch_size: int
+          ) -> optax.GradientTransformation:
+  """Adds N(0, (noise_multiplier * l2_clip)^2) to each coordinate of the
+  clipped sum, then divides by the batch size: the noisy mean gradient.
+
+  The state is the raw uint32 data of a PRNG key (the optimizer state is
+  checkpointed), split at every step.
+  """
+  std = privacy_config.noise_multiplier * privacy_config.l2_clip
 
   def init(params):
-    state = inner.init(params)
-    return state._replace(rng_key=jax.random.key_data(state.rng_key))
+    del params
+    return jax.random.key_data(jax.random.key(seed))
 
   def update(updates, state, params=None):
-    updates, state = inner.update(
-        updates, state._replace(rng_key=jax.random.wrap_key_data(
-            state.rng_key)), params)
-    return updates, state._replace(rng_key=jax.random.key_data(state.rng_key))
+    del params
+    key, step_key = jax.random.split(jax.random.wrap_key_data(state))
+    leaves, tree = jax.tree.flatten(updates)
+    keys = jax.random.split(step_key, len(leaves))
+    noisy = [(g + std * jax.random.normal(k, g.shape, g.dtype)) / batch_size
+             for g, k in zip(leaves, keys)]
+    return tree.unflatten(noisy), jax.random.key_data(key)
 
   return optax.GradientTransformation(init, update)
 

@@ -18,6 +18,7 @@ from lm.compress import distill as distillation
 from lm.errors import UsageError
 from lm.model import params as model_params
 from lm.train import batch_metrics
+from lm.train import privacy
 
 
 @flax.struct.dataclass
@@ -59,8 +60,8 @@ def _metric_sums(outputs, batch, token_bytes_V=None):
 
 
 def train_step(state: TrainState, batch, teacher_params=None, *, model,
-               optimizer, schedule, per_example: bool = False,
-               accum_steps: int = 1,
+               optimizer, schedule, dp_clip: float = 0.0,
+               dp_microbatch: int = 0, accum_steps: int = 1,
                distill: distillation.Distill | None = None,
                trainable: tuple[bool, ...] | None = None):
   """One optimizer update on a batch (see lm/data: pipeline, classification).
@@ -69,9 +70,10 @@ def train_step(state: TrainState, batch, teacher_params=None, *, model,
   losses of mixture-of-experts layers. With `accum_steps` > 1 the batch is
   split into that many micro-batches whose gradients are summed one after
   another (a scan), so only a micro-batch's activations are alive at once;
-  the update equals the whole batch's. With `per_example` the optimizer
-  gets one gradient per example (a leading batch axis), as DP-SGD's
-  aggregation (lm/privacy.py) needs. With `distill` the teacher (its params
+  the update equals the whole batch's. With `dp_clip` > 0 (DP-SGD) the
+  optimizer gets the sum of per-example gradients clipped to that L2 norm,
+  formed `dp_microbatch` examples at a time (lm/train/privacy.py); its chain
+  adds the noise. With `distill` the teacher (its params
   `teacher_params`) gives soft targets (lm/compress/distill.py).
   `trainable` (a flag per parameter leaf, lm/train/optim.py) differentiates
   only the flagged parameters: frozen ones get zeros, and their weight
@@ -97,21 +99,28 @@ def train_step(state: TrainState, batch, teacher_params=None, *, model,
     return loss, totals
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-  if trainable is not None and not per_example:
+  if trainable is not None:
     grad_fn = _differentiating_only(loss_fn, trainable)
   num_targets = jnp.maximum(jnp.sum(batch['weights']), 1.0)
-  if per_example:
-    def example_grad(example, index):
-      return grad_fn(state.params, jax.tree.map(lambda x: x[None], example),
-                     jax.random.fold_in(dropout_rng, index),
-                     jnp.maximum(jnp.sum(example['weights']), 1.0), 1.0)
+  if dp_clip:
+    split = _TrainableSplit(state.params, trainable)
 
-    (_, totals), grads = jax.vmap(example_grad)(
-        batch, jnp.arange(len(batch['weights'])))
-    totals = jax.tree.map(lambda x: jnp.sum(x, 0), totals)
-    totals['router_loss'] /= len(batch['weights'])
-    totals['expert_load'] /= len(batch['weights'])
-    grad_norm = optax.tree.norm(jax.tree.map(lambda g: g.mean(0), grads))
+    def example_grad(train_leaves, example, index):
+      def example_loss(train_leaves):
+        return loss_fn(split.whole(train_leaves),
+                       jax.tree.map(lambda x: x[None], example),
+                       jax.random.fold_in(dropout_rng, index),
+                       jnp.maximum(jnp.sum(example['weights']), 1.0), 1.0)
+      return jax.value_and_grad(example_loss, has_aux=True)(train_leaves)
+
+    clipped, totals = privacy.clipped_gradient_sum(
+        example_grad, split.train, batch, l2_clip=dp_clip,
+        microbatch=dp_microbatch)
+    size = len(batch['weights'])
+    totals['router_loss'] /= size
+    totals['expert_load'] /= size
+    grads = split.gradients(clipped)
+    grad_norm = optax.tree.norm(grads) / size
   elif accum_steps > 1:
     def micro_step(running, micro):
       micro_batch, index = micro
@@ -158,24 +167,37 @@ def train_step(state: TrainState, batch, teacher_params=None, *, model,
                        opt_state=opt_state), step_metrics
 
 
+class _TrainableSplit:
+  """The trainable leaves of `params` (all when `trainable` is None), and
+  the ways back: params with new trainable leaves, and gradients of the
+  trainable leaves as a params tree with zeros for the frozen ones."""
+
+  def __init__(self, params, trainable):
+    self._leaves, self._tree = jax.tree.flatten(params)
+    self._flags = trainable or (True,) * len(self._leaves)
+    self.train = [x for x, t in zip(self._leaves, self._flags) if t]
+
+  def whole(self, train):
+    given = iter(train)
+    return self._tree.unflatten([next(given) if t else x for x, t in
+                                 zip(self._leaves, self._flags)])
+
+  def gradients(self, grads):
+    given = iter(grads)
+    return self._tree.unflatten([next(given) if t else jnp.zeros_like(x)
+                                 for x, t in zip(self._leaves, self._flags)])
+
+
 def _differentiating_only(loss_fn, trainable):
   """value_and_grad of loss_fn over the trainable leaves only; the frozen
   ones enter the loss as constants and get zero gradients."""
 
   def partial_grad_fn(params, *args):
-    leaves, tree = jax.tree.flatten(params)
-    train = [x for x, t in zip(leaves, trainable) if t]
-
-    def loss_of_trainable(train, *args):
-      given = iter(train)
-      whole = [next(given) if t else x for x, t in zip(leaves, trainable)]
-      return loss_fn(tree.unflatten(whole), *args)
-
-    value, grads = jax.value_and_grad(loss_of_trainable, has_aux=True)(
-        train, *args)
-    given = iter(grads)
-    return value, tree.unflatten([next(given) if t else jnp.zeros_like(x)
-                                  for x, t in zip(leaves, trainable)])
+    split = _TrainableSplit(params, trainable)
+    value, grads = jax.value_and_grad(
+        lambda train, *args: loss_fn(split.whole(train), *args),
+        has_aux=True)(split.train, *args)
+    return value, split.gradients(grads)
 
   return partial_grad_fn
 

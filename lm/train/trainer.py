@@ -66,7 +66,9 @@ class Trainer:
     self._train_step_jit = jax.jit(
         functools.partial(steps.train_step, model=self.model,
                           optimizer=self.optimizer, schedule=self.schedule,
-                          per_example=config.privacy.dp_sgd,
+                          dp_clip=(config.privacy.l2_clip
+                                   if config.privacy.dp_sgd else 0.0),
+                          dp_microbatch=config.privacy.microbatch,
                           accum_steps=config.train.grad_accum_steps,
                           distill=distill,
                           trainable=optim.trainable_leaves(
