@@ -12,11 +12,10 @@ Presets:
                   and fine-tuned with a classifier on the mean of its outputs
   minilm_scratch  the same architecture and tokenizer from random weights,
                   for the comparison with the same budget
-  minilm_dp       all-MiniLM-L6-v2 fine-tuned with DP-SGD: its blocks and
-                  classifier train (the embedding tables stay frozen, so
-                  fewer coordinates take noise), batches of 128, 80 steps,
-                  clip 0.1, noise multiplier 0.5; per-example gradients 8
-                  at a time
+  minilm_dp       a classifier on all-MiniLM-L6-v2 trained with DP-SGD: the
+                  encoder stays frozen (its forward pass alone runs per
+                  example), batches of 512, 60 steps, clip 1, noise
+                  multiplier 0.6; per-example gradients 8 at a time
   lstm            the baseline: a bidirectional LSTM (lm/model/lstm.py,
                   192 units each way) on small's tokenizer, same budget
   lstm_seed       the seed's sample classifier: 2 forward LSTM layers, the
@@ -28,7 +27,9 @@ accuracy): minilm 0.7445 / 0.7637 (15 min); minilm_scratch 0.6923 / 0.7136
 0.6349. Options any preset takes: --config.data.augment.* (small with
 synonym/delete/swap 0.1: 0.6712 / 0.6993) and --config.privacy.dp_sgd=True
 (small, noise 1.0, clip 1.0: 0.2049 / 0.4248 at epsilon 0.568, delta
-3.35e-5).
+3.35e-5). minilm_dp: 0.6213 / 0.6668 at epsilon 5.205, delta 3.35e-5 (1 /
+29,810 train tweets); without privacy (--config.privacy.dp_sgd=False)
+0.6912 / 0.7204.
 """
 
 from configs import base
@@ -76,17 +77,18 @@ def get_config(arg='small'):
     if preset != 'minilm_scratch':
       config.init_from = 'workdirs/minilm'
     if preset == 'minilm_dp':
-      # Clipped, noisy gradients want a larger batch and rate than plain
-      # fine-tuning (Li et al., 2022, "Large language models can be strong
-      # differentially private learners"); epsilon 4.83 at delta 1/n.
-      config.data.batch_size = 128
+      # Noise reaches every trained coordinate: training the encoder's
+      # blocks too (80 steps of 128, epsilon 4.83) reached macro-F1 0.46 in
+      # this CPU budget (docs/results.md), so the private run trains the
+      # classifier alone, on more examples. Epsilon 5.21 at delta 1/n.
+      config.data.batch_size = 512
       config.model.dropout_rate = 0.0
-      config.optim.update(learning_rate=5e-4, warmup_steps=8,
-                          weight_decay=0.0, freeze=(r'.*embed/embedding',))
-      config.privacy.update(dp_sgd=True, l2_clip=0.1, noise_multiplier=0.5,
+      config.optim.update(learning_rate=5e-3, warmup_steps=5,
+                          weight_decay=0.0, freeze=(r'(?!classifier/).*',))
+      config.privacy.update(dp_sgd=True, l2_clip=1.0, noise_multiplier=0.6,
                             microbatch=8)
-      config.train.update(num_steps=80, log_every=10, eval_every=80,
-                          checkpoint_every=40)
+      config.train.update(num_steps=60, log_every=10, eval_every=60,
+                          checkpoint_every=30)
   else:
     raise ValueError(f'unknown preset {preset!r}; use small, minilm, '
                      'minilm_scratch, minilm_dp, lstm or lstm_seed')
