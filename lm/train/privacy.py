@@ -3,7 +3,7 @@
 
 With `privacy.dp_sgd`, the train step (lm/train/steps.py) takes one gradient
 per example, clips each to L2 norm `l2_clip` and sums them
-(`clipped_gradient_sum`); the optimizer chain then starts with `noise`,
+(`clipped_sum`); the optimizer chain then starts with `noise`,
 which adds Gaussian noise of standard deviation `noise_multiplier * l2_clip`
 and divides by the batch size. Per-example gradients exist for
 `privacy.microbatch` examples at a time (a scan over the batch's chunks), so
@@ -42,40 +42,13 @@ def validate(privacy_config, batch_size: int) -> None:
         f'data.batch_size={batch_size} (0: the whole batch at once)')
 
 
-def clipped_gradient_sum(example_grad, train_leaves, batch, *, l2_clip: float,
-                         microbatch: int):
-  """The sum over the batch of each example's gradient clipped to L2 norm
-  `l2_clip`, and the sum of the examples' metric totals.
-
-  `example_grad(train_leaves, example, index)` returns ((loss, totals),
-  gradients of `train_leaves`) for one example (a batch of one) whose row in
-  the batch is `index`. Chunk i of the scan takes rows i, i + chunks, ...,
-  so each chunk stays spread over the devices the batch's rows are on.
-  """
-  size = len(batch['weights'])
-  chunks = size // (microbatch or size)
-  per_chunk = jax.vmap(example_grad, in_axes=(None, 0, 0))
-  split = lambda x: x.reshape((-1, chunks) + x.shape[1:]).swapaxes(0, 1)
-
-  def chunk_sum(running, inputs):
-    examples, indices = inputs
-    (_, totals), grads = per_chunk(train_leaves, examples, indices)
-    squares = sum(jnp.sum(jnp.square(g.astype(jnp.float32)).reshape(
-        g.shape[0], -1), axis=1) for g in grads)
-    factors = jnp.minimum(1.0, l2_clip / jnp.maximum(jnp.sqrt(squares),
-                                                     1e-12))
-    clipped = [jnp.tensordot(factors.astype(g.dtype), g, axes=1)
-               for g in grads]
-    totals = jax.tree.map(lambda x: jnp.sum(x, 0), totals)
-    return jax.tree.map(jnp.add, running, (clipped, totals)), None
-
-  inputs = (jax.tree.map(split, batch), split(jnp.arange(size)))
-  first = jax.tree.map(lambda x: x[0], inputs)
-  (_, totals), grads = jax.eval_shape(per_chunk, train_leaves, *first)
-  zeros = jax.tree.map(lambda x: jnp.zeros(x.shape[1:], x.dtype),
-                       (grads, totals))
-  (clipped, totals), _ = jax.lax.scan(chunk_sum, zeros, inputs)
-  return clipped, totals
+def clipped_sum(grads, l2_clip: float):
+  """The sum over their leading (example) axis of per-example gradients
+  (a list of arrays), each example's clipped to L2 norm `l2_clip`."""
+  squares = sum(jnp.sum(jnp.square(g.astype(jnp.float32)).reshape(
+      g.shape[0], -1), axis=1) for g in grads)
+  factors = jnp.minimum(1.0, l2_clip / jnp.maximum(jnp.sqrt(squares), 1e-12))
+  return [jnp.tensordot(factors.astype(g.dtype), g, axes=1) for g in grads]
 
 
 def noise(privacy_config, seed: int, batch_size: int

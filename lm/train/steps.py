@@ -113,31 +113,32 @@ def train_step(state: TrainState, batch, teacher_params=None, *, model,
                        jnp.maximum(jnp.sum(example['weights']), 1.0), 1.0)
       return jax.value_and_grad(example_loss, has_aux=True)(train_leaves)
 
-    clipped, totals = privacy.clipped_gradient_sum(
-        example_grad, split.train, batch, l2_clip=dp_clip,
-        microbatch=dp_microbatch)
+    def chunk_sums(chunk):
+      # Per-example gradients exist for one chunk of dp_microbatch rows.
+      (_, totals), grads = jax.vmap(example_grad, in_axes=(None, 0, 0))(
+          split.train, *chunk)
+      return (privacy.clipped_sum(grads, dp_clip),
+              jax.tree.map(lambda x: jnp.sum(x, 0), totals))
+
     size = len(batch['weights'])
+    chunks = size // (dp_microbatch or size)
+    clipped, totals = _summed_over(chunk_sums, _micro_batches(
+        (batch, jnp.arange(size)), chunks))
     totals['router_loss'] /= size
     totals['expert_load'] /= size
     grads = split.gradients(clipped)
     grad_norm = optax.tree.norm(grads) / size
   elif accum_steps > 1:
-    def micro_step(running, micro):
+    def micro_sums(micro):
       micro_batch, index = micro
       (_, totals), grads = grad_fn(state.params, micro_batch,
                                   jax.random.fold_in(dropout_rng, index),
                                   num_targets, 1.0 / accum_steps)
       totals['expert_load'] /= accum_steps
-      return jax.tree.map(jnp.add, running, (grads, totals)), None
+      return grads, totals
 
-    micro_batches = _micro_batches(batch, accum_steps)
-    (_, totals), grads = jax.eval_shape(
-        grad_fn, state.params, jax.tree.map(lambda x: x[0], micro_batches),
-        dropout_rng, num_targets, 1.0)
-    zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype),
-                         (grads, totals))
-    (grads, totals), _ = jax.lax.scan(
-        micro_step, zeros, (micro_batches, jnp.arange(accum_steps)))
+    grads, totals = _summed_over(micro_sums, (
+        _micro_batches(batch, accum_steps), jnp.arange(accum_steps)))
     grad_norm = optax.tree.norm(grads)
   else:
     (_, totals), grads = grad_fn(state.params, batch, dropout_rng,
@@ -200,6 +201,18 @@ def _differentiating_only(loss_fn, trainable):
     return value, split.gradients(grads)
 
   return partial_grad_fn
+
+
+def _summed_over(fn, xs):
+  """The sum of fn(x) over the slices x of xs along their leading axis,
+  one slice at a time (a scan), so one slice's intermediates are alive."""
+  shapes = jax.eval_shape(fn, jax.tree.map(lambda x: x[0], xs))
+  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+  def add(running, x):
+    return jax.tree.map(jnp.add, running, fn(x)), None
+
+  return jax.lax.scan(add, zeros, xs)[0]
 
 
 def _micro_batches(batch, count: int):
