@@ -40,7 +40,7 @@ def get_base_config() -> ml_collections.ConfigDict:
           synonym=0.0, delete=0.0, swap=0.0, token_mask=0.0))))
 
   config.optim = ml_collections.ConfigDict(dict(
-      # adamw, adam, sgd, adafactor or lion (lm/train/optim.py).
+      # adamw, adam, sgd, adafactor, lion or muon (lm/train/optim.py).
       name='adamw',
       # Linear warmup to the peak rate, cosine decay to min_lr_ratio of it;
       # the moments' decay rates (adam, adamw, lion), weight decay (matrices

@@ -29,11 +29,8 @@ def get_config(arg=None):
                       checkpoint_every=50)
   config.evaluate.update(batch_size=64)
   if preset == 'smollm2':
-    config.model.update(llama.get_config('smollm2_135m').model)
-    config.data.tokenizer = 'workdirs/smollm2'
-    config.init_from = 'workdirs/smollm2'
-    config.optim.update(learning_rate=1e-4, warmup_steps=10,
-                        weight_decay=0.0)
+    llama.from_smollm2(config)
+    config.optim.update(learning_rate=1e-4, warmup_steps=10)
   elif preset == 'scratch':
     config.model.update(d_model=192, num_layers=4, num_heads=4, d_ff=768,
                         max_len=32, vocab_size=1024)

@@ -1,5 +1,6 @@
-r"""English -> Spanish Bible verses (KJV -> Reina-Valera 1909) with an
-encoder-decoder Transformer trained from scratch; scored by BLEU and chrF.
+r"""English -> Spanish Bible verses (KJV -> Reina-Valera 1909): an
+encoder-decoder Transformer trained from scratch, or SmolLM2-135M-Instruct
+fine-tuned (preset `smollm2`); scored by BLEU and chrF.
 
   apt-get install sword-text-kjv sword-text-sparv   # the two Bibles
   python -m experiments.train --config=configs/translation.py \
@@ -12,13 +13,34 @@ AdamW, batch 32. Evaluation decodes the test split with beam search (beam
 4, length penalty 0.6). On a 2-core CPU, 1,000 steps reach validation loss
 4.14 nats/token and test BLEU 2.68 / chrF 13.99: too few to translate
 (README.md).
+
+Preset `smollm2` asks the imported SmolLM2-135M-Instruct (README.md's
+`convert`) for each verse in its chat format and trains LoRA adapters of
+rank 16 on every projection, loss on the Spanish only: 200 steps of 8
+verses, rate 1e-3. Greedy continuation of the first 512 test verses:
+zero-shot (`experiments.evaluate --workdir=workdirs/smollm2
+--task=configs/translation.py:smollm2 --split=test`) BLEU 0.86 / chrF
+15.21, repeating itself in something like Spanish; fine-tuned BLEU 9.96 /
+chrF 29.47, Reina-Valera's style with the names right and the sense often
+wrong. 32 min of training on a 2-core CPU.
 """
 
 from configs import base
+from configs import llama
 
 
 def get_config(arg=None):
-  del arg
+  preset = arg or 'scratch'
+  if preset == 'smollm2':
+    config = llama.smollm2_lora_task(
+        'bible_en_es', 'Translate this Bible verse into Spanish:\n{source}',
+        seq_len=144, target_len=72, num_steps=200)
+    # The first 512 test verses, by loss and by greedy text: 8 min on a
+    # 2-core CPU (zero-shot); all 2,965 take about six times as long.
+    config.evaluate.update(max_examples=512, max_batches=16)
+    return config
+  if preset != 'scratch':
+    raise ValueError(f"unknown preset {preset!r}; use 'scratch' or 'smollm2'")
   config = base.get_base_config()
   config.model.update(
       family='encoder_decoder', vocab_size=8000, d_model=256, num_layers=3,

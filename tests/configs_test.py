@@ -119,7 +119,9 @@ def test_override_of_wrong_type_is_rejected():
     'configs/sentiment.py:minilm', 'configs/sentiment.py:minilm_scratch',
     'configs/transformer.py:big', 'configs/bert.py:large', 'configs/t5.py:base',
     'configs/default.py:long', 'configs/translation.py',
-    'configs/summarization.py', 'configs/qa.py', 'configs/qa.py:scratch',
+    'configs/translation.py:smollm2', 'configs/summarization.py',
+    'configs/summarization.py:smollm2', 'configs/qa.py', 'configs/qa.py:scratch',
+    'configs/sentiment.py:minilm_dp',
     'configs/sentiment.py:lstm', 'configs/sentiment.py:lstm_seed',
     'configs/topics.py', 'configs/moe.py',
     'configs/bench/gpt_cpu.py', 'configs/bench/llama_gpu.py'])

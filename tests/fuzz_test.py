@@ -141,7 +141,12 @@ def _cases(files, workdir, data_dir):
           ['split=nope', 'split=', 'beam_size=0', 'beam_size=-1',
            'max_examples=-1', 'max_batches=-1']) + [
                [f'--workdir={files[name]}'] for name in (
-                   'missing', 'empty', 'not_a_workdir', 'bad_json_workdir')],
+                   'missing', 'empty', 'not_a_workdir', 'bad_json_workdir')] + [
+               [f'--workdir={workdir}', f'--task={files[name]}'] for name in (
+                   'missing', 'empty', 'syntax_error.py', 'raises.py')] + [
+               # A decoder asked for an encoder-decoder task.
+               [f'--workdir={workdir}', '--task=configs/summarization.py',
+                '--split=test']],
       'experiments.export': [
           [f'--workdir={workdir}', f'--output={files["existing_output"]}'],
           [f'--workdir={workdir}', f'--output={files["empty"]}'],

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import textwrap
 
 import numpy as np
@@ -15,6 +16,10 @@ from lm.data import translation
 from lm.data import wordnet
 from lm.errors import UsageError
 from lm.evaluate import score
+from lm.evaluate import text_metrics
+from lm.io import checkpoint
+from lm.io import config_file
+from lm.model import params as model_params
 from lm.train import loop
 from lm.train.trainer import Trainer
 
@@ -27,6 +32,17 @@ def test_seq2seq_example_shifts_the_target_behind_bos():
   np.testing.assert_array_equal(ex['inputs'], [1, 9, 10, 0, 0])
   np.testing.assert_array_equal(ex['targets'], [9, 10, 2, 0, 0])
   np.testing.assert_array_equal(ex['weights'], [1, 1, 1, 0, 0])
+
+
+def test_a_long_source_loses_its_end_and_the_prompt_keeps_its_instructions():
+  encode = lambda text: [ord(c) for c in text]
+  template = 'Sum up:\n{source}\nSummary: '
+  assert text_pairs.prompt_ids(encode, template, 'def f(): pass', 64) == (
+      encode('Sum up:\ndef f(): pass\nSummary: '))
+  assert text_pairs.prompt_ids(encode, template, 'def f(): pass', 22) == (
+      encode('Sum up:\ndef \nSummary: '))
+  # A template longer than the room keeps its end, where the answer follows.
+  assert text_pairs.prompt_ids(encode, template, 'x', 5) == encode('ary: ')
 
 
 def test_instruct_example_scores_only_the_answer():
@@ -170,10 +186,9 @@ def test_fixture_dataset_splits_whole_files(summaries_dir):
   assert all(n % 2 == 0 for n in counts.values())  # both functions of a file
 
 
-@pytest.mark.parametrize('objective', ['seq2seq', 'instruct'])
 def test_text_task_trains_and_scores_generated_text(tiny, tmp_path,
-                                                    summaries_dir, objective):
-  config = text_config(tiny, summaries_dir[0], objective)
+                                                    summaries_dir):
+  config = text_config(tiny, summaries_dir[0], 'instruct')
   final = loop.train_and_evaluate(config, str(tmp_path))
   assert np.isfinite(final['loss'])
   result = score.evaluate_workdir(str(tmp_path), 'test', {})
@@ -185,6 +200,54 @@ def test_text_task_trains_and_scores_generated_text(tiny, tmp_path,
             encoding='utf-8') as f:
     assert json.load(f)['metrics'] == result['metrics']
   assert 'rougeL' in score.markdown_table(result)
+
+
+def test_beam_summaries_are_never_empty_and_score_at_least_greedy(
+    tiny, tmp_path, summaries_dir):
+  """A fixed small encoder-decoder, trained on the fixture's summaries: beam
+  search writes text wherever greedy does, and scores at least its ROUGE-L.
+  (decode_test.py makes EOS the likeliest first token, where beam search
+  once returned the empty summary.)"""
+  config = text_config(tiny, summaries_dir[0], 'seq2seq')
+  config.train.update(num_steps=60, eval_every=60, checkpoint_every=60)
+  workdir = str(tmp_path)
+  loop.train_and_evaluate(config, workdir)
+  trainer = Trainer(config_file.load_config(workdir))
+  params, _ = checkpoint.load_params(
+      workdir, model_params.abstract_params(trainer.model))
+  sources, references = zip(*trainer.data.pairs('test'))
+  written = {}
+  for beam_size in (1, 4):
+    eval_config = trainer.config.evaluate.copy_and_resolve_references()
+    eval_config.beam_size = beam_size
+    written[beam_size] = score.generate_texts(trainer, params, list(sources),
+                                              eval_config)
+  assert all(written[4][i] for i, text in enumerate(written[1]) if text)
+  rouge_l = {k: text_metrics.rouge(v, list(references))['rougeL']
+             for k, v in written.items()}
+  assert rouge_l[1] > 0 and rouge_l[4] >= rouge_l[1], rouge_l
+  # The workdir's own scoring writes beam search's text.
+  result = score.evaluate_workdir(workdir, 'test', {})
+  assert result['generation']['decoding'].startswith('beam 2')
+  assert result['samples'][0]['prediction'] == score.generate_texts(
+      trainer, params, [sources[0]], trainer.config.evaluate)[0]
+
+
+def test_a_decoder_is_scored_zero_shot_on_another_task(
+    float_workdir, summaries_dir, tiny, tmp_path):
+  """evaluate --task: the workdir's model and tokenizer on another config's
+  data (a Shakespeare model asked for docstring summaries)."""
+  workdir = str(tmp_path / 'float')
+  shutil.copytree(float_workdir, workdir)
+  task = text_config(tiny, summaries_dir[0], 'instruct')
+  task.model.update(d_model=999)  # The task's model is not the one scored.
+  task.data.tokenizer = 'sentencepiece'
+  result = score.evaluate_workdir(workdir, 'test', {}, task=task)
+  assert result['dataset'] == 'docstring_summaries'
+  assert result['generation'] == {'examples': 6, 'decoding': 'greedy'}
+  assert 0 <= result['metrics']['rougeL'] <= 100
+  assert os.path.exists(os.path.join(workdir, 'eval',
+                                     'docstring_summaries_test.json'))
 
 
 def test_text_task_refuses_the_wrong_family(tiny, summaries_dir):

@@ -10,9 +10,9 @@ objectives:
   instruct  decoder-only: one sequence, prompt then answer + EOS, where the
             prompt is `data.prompt` with the source in place of '{source}';
             only the answer's tokens are scored (weights 0 on the prompt), as
-            in instruction tuning. The answer is cut to `target_len` tokens,
-            and the prompt loses its first tokens if the two exceed the
-            model's `seq_len + 1`.
+            in instruction tuning. The answer is cut to `target_len` tokens
+            and the prompt to the `seq_len - target_len` before them: a long
+            source loses its end, the prompt's instructions stay.
 
 Training batches are infinite and shuffled; evaluation batches go once
 through a split with the last one padded by rows of weight 0. Generation
@@ -83,6 +83,20 @@ def instruct_example(prompt_ids, answer_ids, *, eos_id: int, pad_id: int,
   return {'inputs': inputs, 'targets': targets, 'weights': weights}
 
 
+def prompt_ids(encode: Callable[[str], list[int]], template: str,
+               source: str, room: int) -> list[int]:
+  """`template`'s tokens with `source` in place of '{source}', at most `room`
+  of them: where they do not fit, the source loses its end (a function's
+  signature, a verse's start and the instructions are what matter)."""
+  ids = encode(template.replace('{source}', source))
+  if len(ids) <= room:
+    return ids
+  head, _, tail = template.partition('{source}')
+  head_ids, tail_ids = encode(head), encode(tail)
+  keep = max(room - len(head_ids) - len(tail_ids), 0)
+  return (head_ids + encode(source)[:keep] + tail_ids)[-room:]
+
+
 def make_text_pair_data(data_config, *, process_index: int = 0,
                         process_count: int = 1) -> TextPairData:
   target_len = config.target_len(data_config)
@@ -97,16 +111,17 @@ def make_text_pair_data(data_config, *, process_index: int = 0,
   seq_len, objective = data_config.seq_len, data_config.objective
 
   def source_ids(text: str) -> list[int]:
-    """The source's tokens, or the decoder prompt's, before truncation."""
+    """The source's tokens, before truncation, or the decoder prompt's,
+    which leave room for target_len tokens within the model's seq_len."""
     if objective == 'seq2seq':
       return tokenizer.encode(text)
-    return tokenizer.encode(data_config.prompt.replace('{source}', text))
+    return prompt_ids(tokenizer.encode, data_config.prompt, text,
+                      seq_len - target_len)
 
   def encode_source(text: str) -> list[int]:
     if objective == 'seq2seq':
       return source_ids(text)[:seq_len - 1] + [tokenizer.eos_id]
-    # Room for target_len new tokens within the model's seq_len positions.
-    return source_ids(text)[-(seq_len - target_len):]
+    return source_ids(text)
 
   def encode(example):
     ids = source_ids(example['source'].decode('utf-8'))

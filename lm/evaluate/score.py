@@ -84,9 +84,11 @@ def score_generation(metric_names, predictions, references) -> dict:
 
 def evaluate_workdir(workdir: str, split: str, eval_overrides: dict,
                      defaults: ml_collections.ConfigDict | None = None,
-                     line=None, eval_batch_size: int | None = None
-                     ) -> dict:
-  """Scores the workdir's latest checkpoint on `split` of its own task.
+                     line=None, eval_batch_size: int | None = None,
+                     task: ml_collections.ConfigDict | None = None) -> dict:
+  """Scores the workdir's latest checkpoint on `split` of its own task, or
+  of `task`'s (a config: its data and evaluate sections with the workdir's
+  own model and tokenizer, e.g. an imported model zero-shot).
 
   `defaults` (configs/base.py) fills config keys an older workdir lacks.
   `line` (lm/progress.py's live line, or None) counts the batches.
@@ -94,6 +96,8 @@ def evaluate_workdir(workdir: str, split: str, eval_overrides: dict,
   Writes <workdir>/eval/<dataset>_<split>.json and returns what it wrote.
   """
   config = config_file.load_config(workdir, defaults)
+  if task is not None:
+    config = _on_task(config, task, workdir)
   eval_config = config.evaluate
   eval_config.update({k: v for k, v in eval_overrides.items()
                       if v is not None})
@@ -149,6 +153,16 @@ def evaluate_workdir(workdir: str, split: str, eval_overrides: dict,
   os.replace(path + '.tmp', path)
   result['path'] = path
   return result
+
+
+def _on_task(own: ml_collections.ConfigDict, task: ml_collections.ConfigDict,
+             workdir: str) -> ml_collections.ConfigDict:
+  """`task` with the workdir's model and tokenizer in place of its own."""
+  config = ml_collections.ConfigDict(task.to_dict())
+  config.model = own.model
+  config.data.tokenizer = workdir
+  config.init_from = ''
+  return config
 
 
 def _counted(batches, line):
