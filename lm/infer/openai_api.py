@@ -52,14 +52,19 @@ class Server:
   def __init__(self, engine: engines.Engine, model_name: str,
                api_key: str | None = None):
     self.engine, self.model_name, self.api_key = engine, model_name, api_key
+    guarded = self._guarded
     self.app = Starlette(routes=[
         Route('/health', self.health),
-        Route('/v1/models', self.models),
-        Route('/v1/completions', self.completions, methods=['POST']),
-        Route('/v1/chat/completions', self.chat, methods=['POST']),
-        Route('/tokenizer_info', self.tokenizer_info),
-        Route('/tokenize', self.tokenize, methods=['POST']),
-        Route('/detokenize', self.detokenize, methods=['POST'])],
+        Route('/v1/models', guarded(self._models)),
+        Route('/v1/completions', guarded(self._completions, body=True),
+              methods=['POST']),
+        Route('/v1/chat/completions', guarded(self._chat, body=True),
+              methods=['POST']),
+        Route('/tokenizer_info', guarded(self._tokenizer_info)),
+        Route('/tokenize', guarded(self._tokenize, body=True),
+              methods=['POST']),
+        Route('/detokenize', guarded(self._detokenize, body=True),
+              methods=['POST'])],
         exception_handlers={HTTPException: self._http_error},
         lifespan=self._lifespan)
 
@@ -82,39 +87,24 @@ class Server:
     del request
     return JSONResponse({'status': 'ok', 'live': self.engine.busy()})
 
-  async def models(self, request):
-    return await self._guarded(request, None, self._models)
-
-  async def completions(self, request):
-    return await self._guarded(request, True, self._completions)
-
-  async def chat(self, request):
-    return await self._guarded(request, True, self._chat)
-
-  async def tokenizer_info(self, request):
-    return await self._guarded(request, None, self._tokenizer_info)
-
-  async def tokenize(self, request):
-    return await self._guarded(request, True, self._tokenize)
-
-  async def detokenize(self, request):
-    return await self._guarded(request, True, self._detokenize)
-
-  async def _guarded(self, request, has_body, handler):
-    try:
-      self._authorize(request)
-      body = await self._body(request) if has_body else None
-      return await handler(body)
-    except ApiError as e:
-      return error_response(e.status, str(e), e.param, e.code)
-    except UsageError as e:
-      return error_response(400, str(e))
-    except ClientDisconnect:
-      return error_response(400, 'the client went away')
-    except Exception as e:  # pylint: disable=broad-except
-      # A bug, not the request's fault: said in the API's shape, not as a
-      # bare 500 page, and the server goes on.
-      return error_response(500, f'{type(e).__name__}: {str(e)[:300]}')
+  def _guarded(self, handler, body=False):
+    """An endpoint: checks the key, reads the JSON body where it takes one,
+    and answers every failure in the API's error shape."""
+    async def endpoint(request):
+      try:
+        self._authorize(request)
+        return await handler(await self._body(request) if body else None)
+      except ApiError as e:
+        return error_response(e.status, str(e), e.param, e.code)
+      except UsageError as e:
+        return error_response(400, str(e))
+      except ClientDisconnect:
+        return error_response(400, 'the client went away')
+      except Exception as e:  # pylint: disable=broad-except
+        # A bug, not the request's fault: said in the API's shape, not as a
+        # bare 500 page, and the server goes on.
+        return error_response(500, f'{type(e).__name__}: {str(e)[:300]}')
+    return endpoint
 
   def _authorize(self, request):
     if self.api_key and not hmac.compare_digest(

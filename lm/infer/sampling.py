@@ -59,14 +59,20 @@ def sample_logits(logits_BV, rng, sampling: SamplingConfig):
     logits_BV = jnp.where(logits_BV < kth_B1, -jnp.inf, logits_BV)
   if sampling.top_p < 1:
     sorted_BV = jnp.sort(logits_BV, axis=-1)[:, ::-1]
-    probs_BV = jax.nn.softmax(sorted_BV, axis=-1)
-    # Keep the smallest prefix whose mass reaches top_p (always >= 1 token).
-    mass_before_BV = jnp.cumsum(probs_BV, axis=-1) - probs_BV
-    keep_BV = mass_before_BV < sampling.top_p
-    threshold_B1 = jnp.min(jnp.where(keep_BV, sorted_BV, jnp.inf), axis=-1,
-                           keepdims=True)
-    logits_BV = jnp.where(logits_BV < threshold_B1, -jnp.inf, logits_BV)
+    threshold_B = _nucleus_floor(sorted_BV, sampling.top_p)
+    logits_BV = jnp.where(logits_BV < threshold_B[:, None], -jnp.inf,
+                          logits_BV)
   return jax.random.categorical(rng, logits_BV).astype(jnp.int32)
+
+
+def _nucleus_floor(sorted_BV, top_p):
+  """The lowest logit kept by top-p: the smallest prefix of the descending
+  `sorted_BV` whose mass reaches `top_p` (a scalar or one per row) stays,
+  so at least one token always does."""
+  probs_BV = jax.nn.softmax(sorted_BV, axis=-1)
+  mass_before_BV = jnp.cumsum(probs_BV, axis=-1) - probs_BV
+  keep_BV = mass_before_BV < jnp.reshape(top_p, (-1, 1))
+  return jnp.min(jnp.where(keep_BV, sorted_BV, jnp.inf), axis=-1)
 
 
 def sample_rows(logits_SV, temperature_S, top_k_S, top_p_S, keys_S):
@@ -85,11 +91,7 @@ def sample_rows(logits_SV, temperature_S, top_k_S, top_p_S, keys_S):
     kth_S = jnp.take_along_axis(
         sorted_SV, jnp.clip(jnp.where(top_k_S > 0, top_k_S, vocab) - 1, 0,
                             vocab - 1)[:, None], axis=-1)[:, 0]
-    probs_SV = jax.nn.softmax(sorted_SV, axis=-1)
-    mass_before_SV = jnp.cumsum(probs_SV, axis=-1) - probs_SV
-    keep_SV = mass_before_SV < top_p_S[:, None]
-    nucleus_S = jnp.min(jnp.where(keep_SV, sorted_SV, jnp.inf), axis=-1)
-    floor_S = jnp.maximum(kth_S, nucleus_S)
+    floor_S = jnp.maximum(kth_S, _nucleus_floor(sorted_SV, top_p_S))
     filtered_SV = jnp.where(scaled_SV < floor_S[:, None], -jnp.inf,
                             scaled_SV)
     drawn_S = jax.vmap(jax.random.categorical)(keys_S, filtered_SV)
