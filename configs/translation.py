@@ -11,8 +11,8 @@ A pre-LN Transformer with sinusoidal positions (3 + 3 layers, width 256,
 BPE of 8000 tokens trained on both languages, verses cut to 64 tokens;
 AdamW, batch 32. Evaluation decodes the test split with beam search (beam
 4, length penalty 0.6). On a 2-core CPU, 1,000 steps reach validation loss
-4.14 nats/token and test BLEU 2.68 / chrF 13.99: too few to translate
-(README.md).
+4.15 nats/token and test BLEU 1.93 / chrF 13.14 (greedy: 1.30 / 13.79): too
+few to translate (README.md).
 
 Preset `smollm2` asks the imported SmolLM2-135M-Instruct (README.md's
 `convert`) for each verse in its chat format and trains LoRA adapters of
