@@ -13,9 +13,9 @@ tokens, about 1.5 epochs), one evaluation at the end. At this budget (about
 loss, and the Llama blocks took validation from 1.90 to 1.82 bits per byte
 against GPT-2's at the same cost (docs/results.md). Result on a 2-core CPU,
 from a fresh clone with `make train`: val_bits_per_byte=1.8218 (val loss
-3.3564 nats/token); 7 min 17 s by the log's timer (data, compilation,
-training, evaluation, samples), 9 min 56 s with setup; a second `make
-train` resumes at step 1200 and ends in 20 s.
+3.3564 nats/token); 5 min 32 s by the log's timer (data, compilation,
+training, evaluation, samples), 9 min 24 s with setup; a second `make
+train` resumes at step 1200 and ends in 15 s.
 
 `long` is the earlier main job's GPT-2-style model (width 192, GELU MLP of
 768, LayerNorm, learned positions), batch 32, AdamW at 3e-3 for 2400 steps
