@@ -6,6 +6,10 @@ RMSNorm, SwiGLU, rotary positions, no biases; SmolLM2 adds grouped-query
 attention (3 key/value heads) and tied embeddings. Parameter counts equal
 the published models (Llama 2 7B: 6,738,415,616; SmolLM2-135M:
 134,515,008), as tests/configs_test.py checks.
+
+The task configs fine-tune the imported SmolLM2-135M-Instruct through the
+helpers below (`from_smollm2`, `smollm2_lora_task`): its architecture is
+defined here, so the recipe that loads it lives beside it.
 """
 
 from configs import base
