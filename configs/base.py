@@ -105,7 +105,7 @@ def get_base_config() -> ml_collections.ConfigDict:
       beam_size=4, length_penalty=0.6, batch_size=64, max_examples=0,
       max_batches=0))
 
-  # experiments/benchmark.py: timed train steps after warm-up ones, and
+  # benchmarks/benchmark.py: timed train steps after warm-up ones, and
   # generation of new_tokens after prompts of prompt_len, decode_batch rows
   # (the median of decode_repeats timed calls).
   config.bench = ml_collections.ConfigDict(dict(

@@ -19,6 +19,7 @@ from absl import flags
 
 from experiments import cli
 from lm import restore
+from lm.data import tokenizers
 from lm.infer import engine as engines
 from lm.infer.sampling import SamplingConfig
 
@@ -70,7 +71,7 @@ def main(argv):
   cli.setup_jax()
   restored = restore.workdir(_WORKDIR.value)
   tokenizer = restored.tokenizer
-  if not getattr(tokenizer, 'chat_template', None):
+  if not tokenizers.chat_template(tokenizer):
     cli.fail(f'{_WORKDIR.value} has no chat template (only imported instruct '
              'models do); use experiments/generate.py to continue text')
   engine = engines.Engine(restored.model_config, restored.params, tokenizer,

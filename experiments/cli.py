@@ -17,6 +17,8 @@ from absl import logging
 import ml_collections
 
 from lm.errors import UsageError
+from lm.kernels import allocator
+from lm.kernels import platform
 
 _ERROR_EXIT = 2
 
@@ -195,8 +197,7 @@ def initialize_distributed(coordinator_address: str,
       and 0 <= process_id < num_processes):
     fail(f'--process_id={process_id} must be in [0, --num_processes='
          f'{num_processes})')
-  # CPU processes exchange arrays through gloo (GPUs and TPUs use their own).
-  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  platform.choose_collectives()
   try:
     jax.distributed.initialize(coordinator_address or None, num_processes,
                                process_id)
@@ -205,7 +206,12 @@ def initialize_distributed(coordinator_address: str,
 
 
 def run(main) -> None:
-  """app.run(main) with one-line errors for UsageError and bad flags."""
+  """app.run(main) with one-line errors for UsageError and bad flags.
+
+  On the CPU the process first restarts once with a memory allocator that
+  keeps freed memory (lm/kernels/allocator.py; LM_ALLOCATOR=system opts
+  out): the one place a script chooses it."""
+  allocator.restart_with_allocator()
 
   def guarded(argv):
     try:

@@ -18,8 +18,9 @@ tokenizer) and prints the assistant's reply.
 from absl import flags
 
 from experiments import cli
-from lm import sharding
 from lm import restore
+from lm import sharding
+from lm.data import tokenizers
 from lm.infer import generate
 from lm.infer import sampling
 
@@ -59,7 +60,7 @@ def main(argv):
   restored = restore.workdir(workdir)
   prompt = _PROMPT.value
   if _CHAT.value:
-    if not hasattr(restored.tokenizer, 'apply_chat_template'):
+    if not tokenizers.chat_template(restored.tokenizer):
       cli.fail(f'{workdir} has no chat template (only imported instruct '
                'models do); drop --chat')
     prompt = restored.tokenizer.apply_chat_template(

@@ -21,8 +21,8 @@ from absl import flags
 
 from experiments import cli
 from lm import restore
+from lm.errors import require
 from lm.infer import engine as engines
-from lm.infer import openai_api
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A decoder workdir (trained '
                                'or imported).', required=True)
@@ -51,7 +51,10 @@ def main(argv):
     cli.fail(f'unexpected arguments {argv[1:]}; flags look like --name=value')
   if not _HOST.value.strip():
     cli.fail('--host is empty; give an address such as 127.0.0.1')
+  # The HTTP stack is lm[serve]'s, not the core's.
+  require('serve', 'starlette', 'uvicorn')
   import uvicorn  # pylint: disable=g-import-not-at-top
+  from lm.infer import openai_api  # pylint: disable=g-import-not-at-top
   cli.setup_jax()
   restored = restore.workdir(_WORKDIR.value)
   engine = engines.Engine(restored.model_config, restored.params,

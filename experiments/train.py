@@ -27,11 +27,11 @@ import jax
 from ml_collections import config_flags
 
 from configs import base
-from experiments import allocator
 from experiments import cli
 from lm import progress
 from lm.evaluate import score as evaluation
 from lm.io import preemption
+from lm.kernels import allocator
 from lm.kernels import platform
 from lm.train import loop
 

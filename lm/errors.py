@@ -13,3 +13,15 @@ class UsageError(ValueError):
 class DivergedError(UsageError):
   """Training met too many non-finite steps in a row (see
   train.max_nonfinite_steps); the message says what to change."""
+
+
+def require(extra: str, *modules: str) -> None:
+  """Raises UsageError naming the pip extra that installs `modules` where
+  one of them is missing: the core (`pip install lm`) has no web server,
+  plots or BLEU; `lm[serve]`, `lm[plots]` and `lm[eval]` add them."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  missing = [m for m in modules if importlib.util.find_spec(m) is None]
+  if missing:
+    raise UsageError(f'{", ".join(missing)} is not installed; it comes with '
+                     f"lm's {extra!r} extra: pip install -e '.[{extra}]' "
+                     '(or make setup, which installs every extra)')

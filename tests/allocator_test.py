@@ -1,10 +1,12 @@
 """When and how a script restarts itself with another memory allocator."""
 
+import importlib
 import os
+import sys
 
 import pytest
 
-from experiments import allocator
+from lm.kernels import allocator
 
 GLIBC = ('glibc', '2.36')
 LIB = '/venv/lib/libmimalloc.so.3'
@@ -31,16 +33,28 @@ def test_tunables_to_add(environ, libc, thp, expected):
   assert allocator.tunables_to_add(environ, libc, thp) == expected
 
 
-@pytest.mark.parametrize('argv, expected', [
-    (['python', '-m', 'experiments.train', '--config=c.py'], True),
-    (['python', '-u', '-m', 'experiments.benchmark'], True),
-    (['python', '-m', 'pytest', '-m', 'experiments.x'], False),
-    (['python', 'experiments/train.py'], False),
-    (['python', '-c', 'import experiments'], False),
-    (['python', '-m'], False),
-])
-def test_only_scripts_run_with_dash_m_restart(argv, expected):
-  assert allocator.runs_as_script(argv) == expected
+def test_only_a_scripts_entry_point_restarts(monkeypatch):
+  """Importing the script packages restarts nothing, even in a process
+  started as `python -m experiments.train`; cli.run, a script's entry
+  point, is the one place that asks for the allocator."""
+  from experiments import cli  # pylint: disable=g-import-not-at-top
+
+  def refuse(*args):
+    raise AssertionError(f'the process restarted on import: {args}')
+
+  monkeypatch.setattr(os, 'execve', refuse)
+  monkeypatch.setenv('LM_ALLOCATOR', '')
+  monkeypatch.setattr(sys, 'orig_argv',
+                      ['python', '-m', 'experiments.train', '--x'])
+  for name in ('experiments', 'benchmarks', 'tools'):
+    importlib.reload(importlib.import_module(name))
+  asked = []
+  monkeypatch.setattr(allocator, 'restart_with_allocator',
+                      lambda: asked.append('restart'))
+  monkeypatch.setattr(sys, 'argv', ['script'])
+  with pytest.raises(SystemExit):
+    cli.run(lambda argv: asked.append('main'))
+  assert asked == ['restart', 'main']
 
 
 @pytest.mark.parametrize('environ, mimalloc, expected', [

@@ -11,9 +11,9 @@ import ml_collections
 from tests.conftest import ROOT
 
 
-def run(module, *args, hidden=()):
+def run(module, *args, hidden=(), env=None):
   """`python -m module args`; the packages named in `hidden` fail to import
-  (as where they are not installed)."""
+  (as where they are not installed); `env` adds environment variables."""
   with tempfile.TemporaryDirectory(prefix='lm-hidden-') as folder:
     for name in hidden:
       os.makedirs(os.path.join(folder, name))
@@ -22,7 +22,8 @@ def run(module, *args, hidden=()):
         f.write(f'raise ImportError("{name} is hidden by the test")\n')
     path = os.pathsep.join(([folder] if hidden else []) + [ROOT])
     return subprocess.run([sys.executable, '-m', module, *args], cwd=ROOT,
-                          env=dict(os.environ, PYTHONPATH=path),
+                          env=dict(os.environ, PYTHONPATH=path,
+                                   **(env or {})),
                           capture_output=True, text=True, timeout=600)
 
 

@@ -4,8 +4,8 @@ import ast
 import os
 
 from configs import base
-from experiments import config_reference
 from tests.conftest import ROOT
+from tools import config_reference
 
 
 def _keys(config, prefix=''):
@@ -21,7 +21,7 @@ def test_the_reference_matches_the_config_files():
     written = f.read()
   assert written == config_reference.reference(), (
       'docs/configs.md is out of date: run python -m '
-      'experiments.config_reference')
+      'tools.config_reference')
 
 
 def test_every_key_has_a_row_and_every_config_its_command():

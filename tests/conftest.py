@@ -16,6 +16,14 @@ os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',
 if 'xla_backend_optimization_level' not in os.environ.get('XLA_FLAGS', ''):
   os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                              ' --xla_backend_optimization_level=1').strip()
+# Two test processes (pytest -n 2) and the scripts they start share the
+# cache: a size limit turns on JAX's file lock around its reads and writes,
+# so no process reads an entry another is still writing.
+os.environ.setdefault('JAX_COMPILATION_CACHE_MAX_SIZE', str(8 << 30))
+# Scripts the tests start keep the system malloc: restarting each with
+# mimalloc (lm/kernels/allocator.py) costs a second of startup and buys
+# nothing on tiny models. The test of the restart sets it back.
+os.environ.setdefault('LM_ALLOCATOR', 'system')
 sys.path.insert(0, ROOT)  # configs/ and experiments/ are not installed.
 
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -72,3 +80,56 @@ def float_workdir(data_dir, tmp_path_factory):
   config.model.update(d_model=64, d_ff=128)
   loop.train_and_evaluate(config, workdir)
   return workdir
+
+
+# The fast tier (`make test-fast`, `-m 'not slow'`) must reach every module
+# of lm/: each test process reports the lm modules it imported, and a run
+# of the whole fast tier fails naming those no test imported.
+def _imported_lm_modules() -> list[str]:
+  return sorted(name for name in sys.modules
+                if name == 'lm' or name.startswith('lm.'))
+
+
+def _every_lm_module() -> set[str]:
+  found = set()
+  for directory, _, names in os.walk(os.path.join(ROOT, 'lm')):
+    for name in names:
+      if name.endswith('.py'):
+        path = os.path.relpath(os.path.join(directory, name), ROOT)[:-3]
+        found.add(path.replace(os.sep, '.').removesuffix('.__init__'))
+  return found
+
+
+def _runs_the_whole_fast_tier(config) -> bool:
+  return (config.option.markexpr == 'not slow' and not config.option.keyword
+          and all(os.path.abspath(arg) == os.path.join(ROOT, 'tests')
+                  for arg in config.args))
+
+
+def pytest_configure(config):
+  config.lm_modules = set()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):  # xdist: a test process finished.
+  del error
+  node.config.lm_modules.update(
+      getattr(node, 'workeroutput', {}).get('lm_modules', []))
+
+
+def pytest_sessionfinish(session, exitstatus):
+  del exitstatus
+  config = session.config
+  if hasattr(config, 'workerinput'):  # A test process of pytest -n.
+    config.workeroutput['lm_modules'] = _imported_lm_modules()
+    return
+  if not _runs_the_whole_fast_tier(config):
+    return
+  if not config.lm_modules:  # Run without -n: this process ran the tests.
+    config.lm_modules.update(_imported_lm_modules())
+  missing = sorted(_every_lm_module() - config.lm_modules)
+  if missing:
+    print(f'\nThe fast tier imported no test of {", ".join(missing)}; '
+          'give each a fast test (or drop the slow mark of one that covers '
+          'it).', file=sys.stderr)
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED

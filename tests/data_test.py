@@ -7,6 +7,7 @@ import grain
 import numpy as np
 import pytest
 
+from lm.data import build
 from lm.data import config as data_config
 from lm.data import datasets
 from lm.data import objectives
@@ -155,7 +156,7 @@ def test_span_corruption_splits_a_window_into_sentinel_pairs():
 @pytest.fixture(scope='module')
 def lm_data(data_dir):
   from tests.conftest import tiny_config  # pylint: disable=g-import-not-at-top
-  return pipeline.make_lm_data(tiny_config(data_dir).data)
+  return build.make(tiny_config(data_dir).data)
 
 
 def test_iterator_state_restores_the_same_next_batches(lm_data):

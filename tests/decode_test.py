@@ -181,10 +181,30 @@ def test_a_text_stream_keeps_step_order_and_waits_for_whole_characters():
   assert pieces == ['\u00e9', '!']
 
 
+def _sample(logits, key, settings):
+  return sampling.sample(logits, jax.random.split(key, len(logits)),
+                         settings.temperature, settings.top_k,
+                         settings.top_p)[0]
+
+
+def test_per_row_settings_draw_as_the_shared_ones_do():
+  """One sampler: per-row settings (the engine's) pick what the same
+  settings shared by every row (generate's) pick, with the same keys."""
+  logits = jax.random.normal(jax.random.PRNGKey(1), (3, 16))
+  keys = jax.random.split(jax.random.PRNGKey(2), 3)
+  for temperature, top_k, top_p in ((0.0, 0, 1.0), (0.8, 5, 1.0),
+                                    (1.0, 0, 0.6), (1.3, 3, 0.9)):
+    shared = sampling.sample(logits, keys, temperature, top_k, top_p)
+    rows = sampling.sample(logits, keys, jnp.full(3, temperature),
+                           jnp.full(3, top_k), jnp.full(3, top_p))
+    np.testing.assert_array_equal(shared[0], rows[0])
+    np.testing.assert_allclose(shared[1], rows[1], rtol=1e-6)
+
+
 def test_top_k_keeps_only_the_k_best_tokens():
   logits = jnp.log(jnp.array([[0.1, 0.2, 0.3, 0.4]]))
   settings = sampling.SamplingConfig(temperature=1.0, top_k=2)
-  draws = {int(sampling.sample_logits(logits, jax.random.PRNGKey(i), settings)[0])
+  draws = {int(_sample(logits, jax.random.PRNGKey(i), settings)[0])
            for i in range(100)}
   assert draws == {2, 3}
 
@@ -192,15 +212,15 @@ def test_top_k_keeps_only_the_k_best_tokens():
 def test_top_p_keeps_the_smallest_set_reaching_p():
   logits = jnp.log(jnp.array([[0.05, 0.15, 0.3, 0.5]]))
   settings = sampling.SamplingConfig(temperature=1.0, top_p=0.7)
-  draws = {int(sampling.sample_logits(logits, jax.random.PRNGKey(i), settings)[0])
+  draws = {int(_sample(logits, jax.random.PRNGKey(i), settings)[0])
            for i in range(100)}
   assert draws == {2, 3}
 
 
 def test_temperature_zero_is_argmax():
   logits = jnp.array([[0.1, 3.0, 0.2], [2.0, 0.0, 1.0]])
-  out = sampling.sample_logits(logits, jax.random.PRNGKey(0),
-                             sampling.SamplingConfig(temperature=0.0))
+  out = _sample(logits, jax.random.PRNGKey(0),
+                sampling.SamplingConfig(temperature=0.0))
   np.testing.assert_array_equal(out, [1, 0])
 
 

@@ -106,16 +106,16 @@ def test_requests_that_cannot_fit_are_refused(tiny):
 def test_rows_sample_under_their_own_settings():
   logits = jnp.array([[0.0, 3.0, 1.0, 2.0]] * 4)
   keys = jax.vmap(jax.random.key)(jnp.arange(4, dtype=jnp.uint32))
-  tokens, logprobs = sampling.sample_rows(
-      logits, jnp.array([0.0, 5.0, 5.0, 5.0]), jnp.array([0, 1, 0, 0]),
-      jnp.array([1.0, 1.0, 1e-6, 1.0]), keys)
+  tokens, logprobs = sampling.sample(
+      logits, keys, jnp.array([0.0, 5.0, 5.0, 5.0]), jnp.array([0, 1, 0, 0]),
+      jnp.array([1.0, 1.0, 1e-6, 1.0]))
   # Greedy, top-k of 1 and a tiny nucleus all keep the best token only.
   assert tokens[:3].tolist() == [1, 1, 1]
   np.testing.assert_allclose(logprobs[0], jax.nn.log_softmax(logits[0])[1],
                              rtol=1e-6)
-  draws = {int(sampling.sample_rows(
-      logits[:1], jnp.array([5.0]), jnp.array([0]), jnp.array([1.0]),
-      jax.vmap(jax.random.key)(jnp.array([s], jnp.uint32)))[0][0])
+  draws = {int(sampling.sample(
+      logits[:1], jax.vmap(jax.random.key)(jnp.array([s], jnp.uint32)),
+      jnp.array([5.0]), jnp.array([0]), jnp.array([1.0]))[0][0])
            for s in range(40)}
   assert len(draws) > 1  # A hot temperature does sample.
 

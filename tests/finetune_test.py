@@ -11,10 +11,10 @@ import pytest
 
 from lm import restore
 from lm.errors import UsageError
+from lm.evaluate import batch_metrics
 from lm.evaluate import score
 from lm.model import params as model_params
 from lm.train import loop
-from lm.train import steps
 from lm.train.trainer import Trainer
 
 ENCODER = dict(family='encoder', norm_position='post', embed_norm=True,
@@ -128,7 +128,7 @@ def test_dp_sgd_step_is_the_mean_of_clipped_per_example_gradients(tiny):
   frozen = lambda name: name == 'embed/embedding'
 
   def example_loss(params, example):
-    sums = steps.batch_sums(trainer.model, params, example)
+    sums = batch_metrics.batch_sums(trainer.model, params, example)
     return sums['nll'] / np.maximum(np.sum(example['weights']), 1.0)
 
   expected = jax.tree.map(np.zeros_like, start.params)

@@ -1,6 +1,7 @@
 """Model FLOPs: the formula counts what XLA compiles; the peak is measured."""
 
 import math
+import os
 import re
 
 import jax
@@ -85,6 +86,26 @@ def test_datasheet_peaks_tell_the_cards_apart(kind, peak, bandwidth):
 
 def test_a_cpu_has_no_datasheet_peak():
   assert flops.datasheet_peak(jax.devices('cpu')[0]) is None
+
+
+def test_a_process_tree_measures_the_peak_once(monkeypatch):
+  """The first measurement goes to the environment, which processes
+  started later inherit and read instead of timing matmuls again."""
+  monkeypatch.setenv('LM_MATMUL_PEAK_FLOAT16', '1234.5')
+  flops.peak_flops.cache_clear()
+  try:
+    assert flops.peak_flops('float16')['measured'] == 1234.5 * (
+        jax.process_count())
+    monkeypatch.delenv('LM_MATMUL_PEAK_FLOAT16')
+    timed = []
+    monkeypatch.setattr(flops, 'measure_matmul_peak',
+                        lambda dtype, size: timed.append(size) or 2e9)
+    flops.peak_flops.cache_clear()
+    flops.peak_flops('float16')
+    assert timed == [512, 1024]
+    assert float(os.environ['LM_MATMUL_PEAK_FLOAT16']) == 2e9
+  finally:
+    flops.peak_flops.cache_clear()
 
 
 def test_a_measured_peak_rises_to_a_faster_step():

@@ -40,6 +40,10 @@ def _alarm(signum, frame):
                  'started')
 
 
+# The folders whose modules are scripts (`python -m PACKAGE.NAME`).
+SCRIPT_PACKAGES = ('experiments.', 'benchmarks.', 'tools.')
+
+
 def _fresh(name: str):
   """The script's module with new flags: reloading defines them again, so
   no state (a config flag's loaded file, say) leaks from the last case."""
@@ -47,7 +51,7 @@ def _fresh(name: str):
   # (--config.a.b) go; the libraries' (absl, grain) stay.
   doomed = {flag.name for module, defined in
             flags.FLAGS.flags_by_module_dict().items()
-            if module.startswith('experiments.') for flag in defined}
+            if module.startswith(SCRIPT_PACKAGES) for flag in defined}
   doomed |= {flag_name for flag_name in flags.FLAGS
              if flag_name.startswith('config.')}
   for flag_name in doomed & set(flags.FLAGS):

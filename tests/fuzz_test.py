@@ -188,7 +188,7 @@ def _cases(files, workdir, data_dir):
               [f'--source={files["binary"]}',
                f'--workdir={files["existing_output"]}'],
               [f'--workdir={files["dir"]}/imp']],
-      'experiments.decode_speed': _config_cases(
+      'benchmarks.decode_speed': _config_cases(
           ['--config=configs/default.py'], files) + _typed_cases(
               ['--config=configs/default.py'],
               ['prompt_len', 'max_new_tokens'], [],
@@ -204,7 +204,7 @@ def _cases(files, workdir, data_dir):
               ['--config=configs/default.py'], ['order'], ['discount'],
               ['order=0', 'order=-1', 'discount=0', 'discount=1.5',
                'discount=-1', 'discount=nan']),
-      'experiments.benchmark': _config_cases(
+      'benchmarks.benchmark': _config_cases(
           ['--config=configs/bench/gpt_cpu.py'], files)[:20] + _typed_cases(
               ['--config=configs/bench/gpt_cpu.py', '--sweep'],
               ['sweep_batch', 'sweep_steps'], [],
@@ -225,14 +225,14 @@ def _cases(files, workdir, data_dir):
           [f'--workdir={workdir}', f'--workdir={workdir}', '--names=a',
            f'--out={files["dir"]}/c.png'],
           [f'--workdir={workdir}'], [f'--out={files["dir"]}/c.png']],
-      'experiments.torch_peer': [
+      'benchmarks.torch_peer': [
           [f'--config={files[name]}'] for name in (
               'missing', 'empty', 'syntax_error.py', 'no_get_config.py')] + [
                   ['--config=configs/bench/gpt_cpu.py', '--only=nope'],
                   ['--config=configs/bench/gpt_cpu.py',
                    '--config.model.d_model=0'],
                   ['--config=configs/bert.py']],
-      'experiments.kernel_peers': [
+      'benchmarks.kernel_peers': [
           [f'--config={files[name]}'] for name in (
               'missing', 'empty', 'syntax_error.py', 'no_get_config.py')] + [
                   ['--config=configs/bench/gpt_cpu.py', '--repeats=0'],
@@ -254,12 +254,12 @@ def _cases(files, workdir, data_dir):
               [f'--workdir={workdir}', f'--{flag}']
               for flag in ('max_new_tokens=0', 'temperature=-1',
                            'context=4', 'seed=x', 'top_p=abc')],
-      'experiments.lm_eval_tasks': [
+      'tools.lm_eval_tasks': [
           [], ['stray'], [f'--output={files["existing_output"]}'],
           [f'--output={files["dir"]}/tasks',
            f'--wordnet_dir={files["missing"]}'],
           [f'--output={files["binary"]}/tasks']],
-      'experiments.serve_benchmark': [
+      'benchmarks.serve_benchmark': [
           [], ['--lm=fp32'], ['--lm==x'], [f'--lm=a={files["missing"]}'],
           [f'--lm=a={files["binary"]}'], ['stray'],
           [f'--lm=a={workdir}', '--clients=0'],
@@ -270,7 +270,7 @@ def _cases(files, workdir, data_dir):
           [f'--llama_cpp_python={sys.executable}',
            f'--gguf={files["missing"]}'],
           [f'--llama_cpp_python={sys.executable}', f'--gguf={files["fifo"]}']],
-      'experiments.config_reference': [
+      'tools.config_reference': [
           [f'--out={files["dir"]}'], ['--out='], ['stray'],
           [f'--out={files["binary"]}/configs.md']],
   }
@@ -291,17 +291,19 @@ def _cases(files, workdir, data_dir):
       [f'--workdir={workdir}', '--method=int8', f'--output={path}']
       for path in bad_outputs[1:]] + [
           ['--workdir=', '--method=int8', f'--output={files["dir"]}/q']]
-  cases['experiments.lm_eval_tasks'] += [[f'--output={path}']
+  cases['tools.lm_eval_tasks'] += [[f'--output={path}']
                                          for path in bad_outputs]
   cases['experiments.convert'] += [
       [f'--source={files["binary"]}', f'--workdir={path}']
       for path in bad_outputs] + [
           [f'--source={path}', f'--workdir={files["dir"]}/imp']
           for path in ('', files['fifo'], files['long_name'])]
-  scripts = {f'experiments.{name[:-3]}'
-             for name in os.listdir(os.path.join(ROOT, 'experiments'))
-             if name.endswith('.py') and
-             name not in ('__init__.py', 'cli.py', 'allocator.py')}
+  # Every script of every folder of them; their helpers are no scripts.
+  scripts = {f'{folder}.{name[:-3]}'
+             for folder in ('experiments', 'benchmarks', 'tools')
+             for name in os.listdir(os.path.join(ROOT, folder))
+             if name.endswith('.py') and name not in (
+                 '__init__.py', 'cli.py', 'measure.py', 'http_load.py')}
   assert set(cases) == scripts, 'every script is fuzzed'
   # Every case again with two junk flags on top: still one clean error.
   rng = random.Random(0)
@@ -396,7 +398,7 @@ def test_errors_name_the_problem_and_the_fix(data_dir, workdir, tmp_path):
       ('experiments.compress', [f'--workdir={workdir}', '--method=int4',
                                 f'--output={files["existing_output"]}'],
        ('already exists',)),
-      ('experiments.benchmark', ['--config=configs/bert.py'],
+      ('benchmarks.benchmark', ['--config=configs/bert.py'],
        ('causal decoders',)),
   ]
   grouped = {}

@@ -7,9 +7,9 @@ import pytest
 from rouge_score import rouge_scorer
 import sacrebleu
 
+from lm.evaluate import batch_metrics
 from lm.evaluate import text_metrics
 from lm.kernels.argmax import argmax
-from lm.train import batch_metrics
 
 HYPOTHESES = [
     'the cat sat on the mat',

@@ -58,17 +58,34 @@ def test_a_learning_rate_scale_scales_the_update(tiny):
       np.testing.assert_array_equal(scaled[name], plain[name])
 
 
-def test_layer_decay_slows_lower_layers_geometrically():
-  factor = lambda name: optim._lr_factor(name, (), 0.5, 4)  # pylint: disable=protected-access
-  assert factor('embed/embedding') == 0.5 ** 5
-  assert factor('position_embed/embedding') == 0.5 ** 5
-  assert factor('block_0/mlp/wi/kernel') == 0.5 ** 4
-  assert factor('block_3/attention/query/kernel') == 0.5
-  assert factor('final_norm/scale') == 1.0
-  np.testing.assert_array_equal(factor('blocks/mlp/wi/kernel'),
+def _described(tiny, **model):
+  """What the tiny model (4 blocks, with `model` overrides) says of its
+  parameters."""
+  from lm.model import registry  # pylint: disable=g-import-not-at-top
+  from lm.model.config import ModelConfig  # pylint: disable=g-import-not-at-top
+  tiny.model.update(num_layers=4, **model)
+  built = registry.build_model(ModelConfig.from_config(tiny.model))
+  return model_params.describe(model_params.logical_abstract_params(built))
+
+
+def _factors(described, decay=0.5):
+  return {name: optim.lr_factor(name, info, (), decay, 4)
+          for name, info in described.items()}
+
+
+def test_layer_decay_slows_lower_layers_geometrically(tiny):
+  factor = _factors(_described(tiny))
+  assert factor['embed/embedding'] == 0.5 ** 5
+  assert factor['position_embed/embedding'] == 0.5 ** 5
+  assert factor['block_0/mlp/wi/kernel'] == 0.5 ** 4
+  assert factor['block_3/attention/query/kernel'] == 0.5
+  assert factor['final_norm/scale'] == 1.0
+  stacked = _factors(_described(tiny, scan_layers=True))
+  np.testing.assert_array_equal(stacked['blocks/mlp/wi/kernel'],
                                 0.5 ** np.array([4, 3, 2, 1]))
   updates = {'blocks': {'w': np.ones((4, 2, 3), np.float32)}}
-  scaled, _ = optim.scale_by_name(factor).update(updates, None)
+  scaled, _ = optim.scale_by_name(
+      lambda _: stacked['blocks/mlp/wi/kernel']).update(updates, None)
   np.testing.assert_array_equal(scaled['blocks']['w'][:, 0, 0],
                                 0.5 ** np.array([4, 3, 2, 1]))
 
@@ -137,27 +154,62 @@ def test_frozen_parameters_form_no_gradient(tiny):
   assert frozen <= full - kernels, (frozen, full, kernels)
 
 
-def test_muon_orthogonalizes_the_blocks_projections_only():
+def _muon_axes(described) -> dict:
+  """{name: (reduction axes, output axes)} of what Muon orthogonalizes."""
+  nested = {}
+  for name in described:  # Nested dicts, as the model's params are.
+    node = nested
+    *path, leaf = name.split('/')
+    for part in path:
+      node = node.setdefault(part, {})
+    node[leaf] = np.zeros(1)
+  numbers = optax.contrib.MuonDimensionNumbers
+  flat, _ = jax.tree_util.tree_flatten_with_path(
+      optim.muon_axes(described)(nested),
+      is_leaf=lambda x: x is None or isinstance(x, numbers))
+  return {model_params.param_name(path): (a.reduction_axis, a.output_axis)
+          for path, a in flat if a is not None}
+
+
+def test_muon_orthogonalizes_the_blocks_projections_only(tiny):
   """Per-head attention kernels are matrices over (input, heads x head_dim)
   or (heads x head_dim, output); a scanned layer axis is a batch axis;
   embeddings, norms and biases go to AdamW."""
-  shapes = {'block_0': {'attention': {'query': {'kernel': (8, 2, 4),
-                                                'bias': (2, 4)},
-                                      'out': {'kernel': (2, 4, 8)}},
-                        'mlp': {'wi': {'kernel': (8, 16)}}},
-            'blocks': {'mlp': {'wo': {'kernel': (3, 16, 8)}}},
-            'embed': {'embedding': (32, 8)},
-            'final_norm': {'scale': (8,)}}
-  params = jax.tree.map(np.zeros, shapes, is_leaf=lambda x: isinstance(x, tuple))
-  numbers = optax.contrib.MuonDimensionNumbers
-  flat, _ = jax.tree_util.tree_flatten_with_path(
-      optim.muon_axes(params),
-      is_leaf=lambda x: x is None or isinstance(x, numbers))
-  as_tuples = {model_params.param_name(path): (a.reduction_axis,
-                                               a.output_axis)
-               for path, a in flat if a is not None}
-  assert as_tuples == {
-      'block_0/attention/query/kernel': ((0,), (1, 2)),
-      'block_0/attention/out/kernel': ((0, 1), (2,)),
-      'block_0/mlp/wi/kernel': ((0,), (1,)),
-      'blocks/mlp/wo/kernel': ((1,), (2,))}
+  axes = _muon_axes(_described(tiny))
+  assert axes['block_0/attention/query/kernel'] == ((0,), (1, 2))
+  assert axes['block_0/attention/out/kernel'] == ((0, 1), (2,))
+  assert axes['block_0/mlp/wi/kernel'] == ((0,), (1,))
+  assert all(name.startswith('block_') and name.endswith('/kernel')
+             for name in axes), sorted(axes)
+  assert len(axes) == 4 * 6  # q, k, v, out, wi, wo in each block
+  stacked = _muon_axes(_described(tiny, scan_layers=True))
+  assert stacked['blocks/mlp/wo/kernel'] == ((1,), (2,))
+  assert stacked['blocks/attention/out/kernel'] == ((1, 2), (3,))
+
+
+def test_renamed_modules_keep_muon_and_layer_decay(tiny, monkeypatch):
+  """The optimizer asks the model where a parameter sits: renaming the
+  blocks, the stack and the embeddings changes no factor and no axis."""
+  fresh = tiny.copy_and_resolve_references
+  before = [_described(fresh()), _described(fresh(), scan_layers=True)]
+  monkeypatch.setattr(model_params, 'BLOCK', 'layer{}')
+  monkeypatch.setattr(model_params, 'STACK', 'stack')
+  monkeypatch.setattr(model_params, 'EMBED', 'tokens')
+  monkeypatch.setattr(model_params, 'EMBEDDINGS',
+                      ('tokens',) + model_params.EMBEDDINGS[1:])
+  after = [_described(fresh()), _described(fresh(), scan_layers=True)]
+
+  def renamed(name):
+    parts = name.split('/')
+    return '/'.join({'blocks': 'stack', 'embed': 'tokens'}.get(
+        part, part.replace('block_', 'layer')) for part in parts)
+
+  for old, new in zip(before, after):
+    assert set(map(renamed, old)) == set(new) != set(old)
+    factors, new_factors = _factors(old), _factors(new)
+    axes, new_axes = _muon_axes(old), _muon_axes(new)
+    assert {renamed(name) for name in axes} == set(new_axes)
+    for name in old:
+      np.testing.assert_array_equal(factors[name],
+                                    new_factors[renamed(name)])
+      assert axes.get(name) == new_axes.get(renamed(name))

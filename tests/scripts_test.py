@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from configs import base
-from experiments import allocator
+from lm.evaluate import evaluator
 from lm.evaluate import score
+from lm.kernels import allocator
 from lm.perf import timing
 from tests.cli_helpers import overrides, run
 from tests.conftest import tiny_config
@@ -71,14 +72,13 @@ def test_evaluate_writes_json_and_prints_a_table(trained, monkeypatch):
   # --eval_batch_size sets the rows of each batch.
   shown, rows = [], []
   line = types.SimpleNamespace(show=shown.append, close=lambda: None)
-  sums = score.steps.evaluate_sums
+  step = evaluator.Evaluator.step
 
-  def counting_rows(eval_fn, params, batches, token_bytes_V):
-    batches = list(batches)
-    rows.extend(jax.tree.leaves(batch)[0].shape[0] for batch in batches)
-    return sums(eval_fn, params, batches, token_bytes_V)
+  def counting_rows(self, params, batch):
+    rows.append(jax.tree.leaves(batch)[0].shape[0])
+    return step(self, params, batch)
 
-  monkeypatch.setattr(score.steps, 'evaluate_sums', counting_rows)
+  monkeypatch.setattr(evaluator.Evaluator, 'step', counting_rows)
   score.evaluate_workdir(workdir, 'validation', {'max_batches': 1},
                          base.get_base_config(), line=line, eval_batch_size=3)
   assert shown == ['scoring: batch 1'] and rows == [3]
@@ -114,7 +114,7 @@ def test_train_then_evaluate_a_qa_task_in_one_command(data_dir, tmp_path):
 
 
 def test_decode_speed_compares_compiled_and_op_by_op_decoding():
-  result = run('experiments.decode_speed', '--config=configs/default.py',
+  result = run('benchmarks.decode_speed', '--config=configs/default.py',
                '--config.model.num_layers=1', '--prompt_len=4',
                '--max_new_tokens=3')
   assert result.returncode == 0, result.stderr
@@ -159,8 +159,10 @@ _TINY_BENCH = ['--config=configs/bench/gpt_cpu.py', '--config.model.num_layers=1
 
 def test_benchmark_prints_speed_flops_and_mfu():
   # The GPU machine the benchmark is made for has no data stack.
-  result = run('experiments.benchmark', *_TINY_BENCH,
-               hidden=('grain', 'tensorflow_datasets', 'tensorflow'))
+  # LM_ALLOCATOR unset (the suite sets 'system'): the allocator restart runs.
+  result = run('benchmarks.benchmark', *_TINY_BENCH,
+               hidden=('grain', 'tensorflow_datasets', 'tensorflow'),
+               env={'LM_ALLOCATOR': ''})
   assert result.returncode == 0, result.stderr
   report = json.loads(result.stdout.strip().splitlines()[-1])
   assert report['train_steps_timed'] == 2
@@ -173,7 +175,8 @@ def test_benchmark_prints_speed_flops_and_mfu():
     assert report[key] > 0, key
   assert report['mfu_measured'] <= 1
   # The script restarted itself with mimalloc (setup.cfg installs it).
-  added = allocator.settings_to_add(os.environ, allocator.mimalloc_library(),
+  added = allocator.settings_to_add(dict(os.environ, LM_ALLOCATOR=''),
+                                    allocator.mimalloc_library(),
                                     platform.libc_ver(), allocator.thp_mode())
   if 'LD_PRELOAD' in added:
     assert report['allocator'] == 'mimalloc'
@@ -184,7 +187,7 @@ def test_benchmark_prints_speed_flops_and_mfu():
 
 def test_benchmark_sweep_writes_json_lines_and_a_plot(tmp_path):
   out, plot = tmp_path / 'sweep.jsonl', tmp_path / 'sweep.png'
-  result = run('experiments.benchmark', *_TINY_BENCH, '--sweep',
+  result = run('benchmarks.benchmark', *_TINY_BENCH, '--sweep',
                '--seq_lens=32', '--layer_counts=2', '--sweep_steps=1',
                f'--sweep_out={out}', f'--plot={plot}')
   assert result.returncode == 0, result.stderr
@@ -198,7 +201,7 @@ def test_benchmark_sweep_writes_json_lines_and_a_plot(tmp_path):
 
 
 def test_torch_peer_trains_and_decodes_the_same_model():
-  result = run('experiments.torch_peer', *_TINY_BENCH)
+  result = run('benchmarks.torch_peer', *_TINY_BENCH)
   assert result.returncode == 0, result.stderr
   report = json.loads(result.stdout.strip().splitlines()[-1])
   for key in ('train_tokens_per_s', 'decode_tokens_per_s',
@@ -207,7 +210,7 @@ def test_torch_peer_trains_and_decodes_the_same_model():
 
 
 def test_torch_peer_alternates_lm_and_pytorch_decoding():
-  result = run('experiments.torch_peer', *_TINY_BENCH, '--only=alternate',
+  result = run('benchmarks.torch_peer', *_TINY_BENCH, '--only=alternate',
                '--config.bench.decode_repeats=3')
   assert result.returncode == 0, result.stderr
   report = json.loads(result.stdout.strip().splitlines()[-1])
@@ -235,7 +238,7 @@ def test_alternating_seconds_times_each_call_in_turn():
 @pytest.mark.parametrize('how, m, n', [('dense', 8, 24), ('dense', 24, 8),
                                        ('tied', 40, 8)])
 def test_kernel_peers_weight_gradients_are_x_transposed_times_dy(how, m, n):
-  from experiments import kernel_peers
+  from benchmarks import kernel_peers
   rng = np.random.default_rng(0)
   x_KM, d_y_KN = (rng.standard_normal((16, d), np.float32) for d in (m, n))
   got = jax.jit(kernel_peers._lm_weight_gradient(how))(x_KM, d_y_KN)
@@ -243,7 +246,7 @@ def test_kernel_peers_weight_gradients_are_x_transposed_times_dy(how, m, n):
 
 
 def test_kernel_peers_times_each_product_of_the_train_step():
-  result = run('experiments.kernel_peers', *_TINY_BENCH[:-4],
+  result = run('benchmarks.kernel_peers', *_TINY_BENCH[:-4],
                '--config.model.num_kv_heads=1', '--repeats=1')
   assert result.returncode == 0, result.stderr
   *rows, summary = [json.loads(line)

@@ -25,11 +25,11 @@ import numpy as np
 import openai
 import pytest
 
+from benchmarks import http_load
 from configs import base
 from lm import convert
 from lm import restore
 from lm.convert import packaged
-from lm.evaluate import http_load
 from lm.infer import generate
 from lm.infer import sampling
 from lm.model import registry
@@ -343,7 +343,7 @@ def test_many_clients_at_once_all_complete_and_a_leaver_frees_its_slot(
 
 
 def test_the_load_client_counts_what_the_server_sends(served):
-  """lm/evaluate/http_load.py, the benchmark's client, on this server."""
+  """benchmarks/http_load.py, the benchmark's client, on this server."""
   result = http_load.run(served['url'] + '/v1', 'mini', clients=3,
                          requests_per_client=2, max_tokens=5, api_key=KEY)
   assert result['requests'] == 6 and 6 <= result['tokens'] <= 30

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from lm.errors import UsageError
+from lm.evaluate import batch_metrics
 from lm.io import checkpoint
 from lm.io import config_file
 from lm.io import layout
@@ -17,7 +18,6 @@ from lm.model import params as model_params
 from lm.model import registry
 from lm.model.config import ModelConfig
 from lm.train import loop
-from lm.train import steps
 from lm.train.trainer import Trainer
 
 
@@ -59,13 +59,17 @@ def test_eval_steps_scores_the_first_batches_of_the_split(tiny):
   tiny.train.eval_steps = 2
   trainer = Trainer(tiny)
   params = model_params.init_params(trainer.model, jax.random.key(0))
-  batches = list(trainer.eval_batches())
+  evaluator = trainer.evaluator
+  batches = list(evaluator.batches())
   assert len(batches) > 2
-  assert trainer.evaluate(params) == steps.evaluate(
-      trainer.eval_step, params, batches[:2], trainer.token_bytes)
+
+  def summed(chosen):
+    sums = [evaluator.step(params, batch) for batch in chosen]
+    return batch_metrics.summarize(jax.tree.map(lambda *x: sum(x), *sums))
+
+  assert trainer.evaluate(params) == summed(batches[:2])
   tiny.train.eval_steps = 0
-  assert Trainer(tiny).evaluate(params) == steps.evaluate(
-      trainer.eval_step, params, batches, trainer.token_bytes)
+  assert Trainer(tiny).evaluate(params) == summed(batches)
   tiny.train.eval_steps = -1
   with pytest.raises(UsageError, match='eval_steps must be >= 0'):
     Trainer(tiny)

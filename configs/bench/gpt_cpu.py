@@ -1,11 +1,11 @@
-"""bench-gpt: the model experiments/benchmark.py measures on a CPU.
+"""bench-gpt: the model benchmarks/benchmark.py measures on a CPU.
 
-  python -m experiments.benchmark --config=configs/bench/gpt_cpu.py
+  python -m benchmarks.benchmark --config=configs/bench/gpt_cpu.py
 
 GPT-2-style pre-LN decoder: 6 layers, width 384, 6 heads, GELU MLP of 1536,
 vocabulary 8192, learned positions, tied output layer (13.9M parameters);
 float32, AdamW, batches of 8 x 256 tokens. Generation: 8 prompts of 64
-tokens, 128 new tokens each, greedy. experiments/torch_peer.py builds the
+tokens, 128 new tokens each, greedy. benchmarks/torch_peer.py builds the
 same model in PyTorch.
 """
 

@@ -1,6 +1,6 @@
 """bench-llama: a 1B Llama-style model for one GPU.
 
-  python -m experiments.benchmark --config=configs/bench/llama_gpu.py
+  python -m benchmarks.benchmark --config=configs/bench/llama_gpu.py
 
 RMSNorm, SwiGLU, rotary positions, no biases, grouped-query attention (16
 heads, 8 key/value heads); 18 layers of width 2048 and MLP 5632, vocabulary

@@ -1,7 +1,7 @@
 """Loads a task's JSON-lines file from this folder, wherever lm-eval runs.
 
 lm-eval imports this file for the tasks' `custom_dataset` (`!function`);
-the data files are built by `python -m experiments.lm_eval_tasks`.
+the data files are built by `python -m tools.lm_eval_tasks`.
 """
 
 import json

@@ -10,6 +10,7 @@ import ml_collections
 
 from lm.data import classification
 from lm.data import config as data_config
+from lm.data import datasets
 from lm.data import pipeline
 from lm.data import text_pairs
 from lm.errors import UsageError
@@ -17,13 +18,43 @@ from lm.errors import UsageError
 
 def make(config: ml_collections.ConfigDict, process_index: int = 0,
          process_count: int = 1):
-  """This process's share of the data `config` (a `data` section) names."""
+  """This process's share of the data `config` (a `data` section) names,
+  encoded with the tokenizer data.tokenizer names."""
+  builder = _checked_builder(config)
+  tokenizer = datasets.get_tokenizer(config.tokenizer, builder,
+                                     config.vocab_size)
+  return _make(config, builder, tokenizer, process_index, process_count)
+
+
+def make_with_tokenizer(config: ml_collections.ConfigDict, tokenizer,
+                        process_index: int = 0, process_count: int = 1):
+  """`make` with a tokenizer the caller holds (scoring reads the workdir's
+  own, which data.tokenizer may only name)."""
+  return _make(config, _checked_builder(config), tokenizer, process_index,
+               process_count)
+
+
+def _checked_builder(config: ml_collections.ConfigDict):
+  """The dataset's builder (built offline and cached on first use), after
+  checking that it holds what the objective reads."""
+  builder = datasets.get_builder(config.name, config.data_dir or None)
+  if config.objective == 'classify':
+    classification.check_labelled(builder, config.name)
+  elif config.objective in data_config.TEXT_PAIR_OBJECTIVES:
+    text_pairs.check_pairs(builder, config.name, config.objective)
+  return builder
+
+
+def _make(config, builder, tokenizer, process_index: int,
+          process_count: int):
   shard = {'process_index': process_index, 'process_count': process_count}
   if config.objective == 'classify':
-    return classification.make_classification_data(config, **shard)
+    return classification.make_classification_data(config, builder,
+                                                   tokenizer, **shard)
   if config.objective in data_config.TEXT_PAIR_OBJECTIVES:
-    return text_pairs.make_text_pair_data(config, **shard)
-  return pipeline.make_lm_data(config, **shard)
+    return text_pairs.make_text_pair_data(config, builder, tokenizer,
+                                          **shard)
+  return pipeline.make_lm_data(config, builder, tokenizer, **shard)
 
 
 def extra_ids(data) -> int:

@@ -48,17 +48,23 @@ def encode_example(text: str, label: int, tokenizer, seq_len: int,
           'label': np.int32(label), 'weights': np.float32(1.0)}
 
 
-def make_classification_data(data_config, *, process_index: int = 0,
-                             process_count: int = 1) -> ClassificationData:
-  builder = datasets.get_builder(data_config.name, data_config.data_dir or None)
+def check_labelled(builder, name: str) -> None:
+  """Raises UsageError unless the dataset has class labels."""
   features = builder.info.features
-  label = features['label'] if 'label' in features else None
-  if not hasattr(label, 'names'):
-    raise UsageError(f'dataset {data_config.name!r} has no class labels; '
+  if not hasattr(features['label'] if 'label' in features else None,
+                 'names'):
+    raise UsageError(f'dataset {name!r} has no class labels; '
                      "data.objective='classify' needs a labelled dataset "
                      "such as 'tweet_sentiment'")
-  tokenizer = datasets.get_tokenizer(data_config.tokenizer, builder,
-                                     data_config.vocab_size)
+
+
+def make_classification_data(data_config, builder,
+                             tokenizer: tokenizers.Tokenizer, *,
+                             process_index: int = 0, process_count: int = 1
+                             ) -> ClassificationData:
+  """The batches of `builder`'s dataset (check_labelled first), encoded
+  with `tokenizer` (lm/data/build.py resolves both)."""
+  label = builder.info.features['label']
   seq_len = data_config.seq_len
   augmenter = augment.Augmenter.from_config(data_config.augment)
 

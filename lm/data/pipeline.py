@@ -35,15 +35,13 @@ class LmData:
   train_examples: int  # windows in the train split
 
 
-def make_lm_data(data_config, *, process_index: int = 0,
-                 process_count: int = 1) -> LmData:
-  """Builds (offline, cached) the dataset and tokenizer, and the pipelines."""
+def make_lm_data(data_config, builder, tokenizer: tokenizers.Tokenizer, *,
+                 process_index: int = 0, process_count: int = 1) -> LmData:
+  """The pipelines of `builder`'s corpus, encoded with `tokenizer`
+  (lm/data/build.py resolves both)."""
   if data_config.seq_len <= 0 or data_config.batch_size <= 0:
     raise UsageError('data.seq_len and data.batch_size must be positive, got '
                      f'{data_config.seq_len} and {data_config.batch_size}')
-  builder = datasets.get_builder(data_config.name, data_config.data_dir or None)
-  tokenizer = datasets.get_tokenizer(data_config.tokenizer, builder,
-                                     data_config.vocab_size)
   objective = objectives.Objective.from_config(data_config, tokenizer)
   splits = {}
   for split in ('train', 'validation'):

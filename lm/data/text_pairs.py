@@ -97,17 +97,22 @@ def prompt_ids(encode: Callable[[str], list[int]], template: str,
   return (head_ids + encode(source)[:keep] + tail_ids)[-room:]
 
 
-def make_text_pair_data(data_config, *, process_index: int = 0,
-                        process_count: int = 1) -> TextPairData:
-  target_len = config.target_len(data_config)
-  builder = datasets.get_builder(data_config.name, data_config.data_dir or None)
+def check_pairs(builder, name: str, objective: str) -> None:
+  """Raises UsageError unless the dataset holds source/target pairs."""
   if 'target' not in builder.info.features:
     raise UsageError(
-        f'dataset {data_config.name!r} has no source/target pairs; '
-        f'data.objective={data_config.objective!r} needs one of '
+        f'dataset {name!r} has no source/target pairs; '
+        f'data.objective={objective!r} needs one of '
         f'{sorted(datasets.TEXT_PAIR_DATASETS)}')
-  tokenizer = datasets.get_tokenizer(data_config.tokenizer, builder,
-                                     data_config.vocab_size)
+
+
+def make_text_pair_data(data_config, builder,
+                        tokenizer: tokenizers.Tokenizer, *,
+                        process_index: int = 0, process_count: int = 1
+                        ) -> TextPairData:
+  """The batches of `builder`'s pairs (check_pairs first), encoded with
+  `tokenizer` (lm/data/build.py resolves both)."""
+  target_len = config.target_len(data_config)
   seq_len, objective = data_config.seq_len, data_config.objective
 
   def source_ids(text: str) -> list[int]:

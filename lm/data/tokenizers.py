@@ -164,7 +164,7 @@ class HfTokenizer:
   def apply_chat_template(self, messages: list[dict[str, str]]) -> str:
     """The prompt text for `messages`, ending where the assistant speaks."""
     if not self.chat_template:
-      raise UsageError('this tokenizer has no chat template; drop --chat')
+      raise UsageError('this tokenizer has no chat template')
     return templates.render(
         self.chat_template, messages=messages, add_generation_prompt=True,
         bos_token=self.token_name(self.bos_id),
@@ -221,6 +221,13 @@ class HfTokenizer:
                        'template')
     return cls(tokenizer, pad_id=ids['pad'], bos_id=ids['bos'],
                eos_id=ids['eos'], chat_template=template)
+
+
+def chat_template(tokenizer: Tokenizer) -> str | None:
+  """The tokenizer's chat template (Jinja), or None: the one answer to
+  "can this model chat" that the server, the chat REPL and generate --chat
+  each turn into their own error (an HTTP field, a flag)."""
+  return getattr(tokenizer, 'chat_template', None) or None
 
 
 def encode_sequence(tokenizer: Tokenizer, text: str) -> list[int]:

@@ -17,6 +17,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from lm import errors
 from lm import restore
 from lm.evaluate import score
 from lm.infer import generate
@@ -123,6 +124,7 @@ def plot(rows: list[dict], names: list[str], path: str, title: str) -> None:
   """Quality vs size (left) and decode speed (right), one PNG."""
   # A Figure of its own, not pyplot's: no global backend is set, so a
   # notebook calling this still shows its own plots inline.
+  errors.require('plots', 'matplotlib')
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
   fig = Figure(figsize=(11, 4.2))
   left, right = fig.subplots(1, 2)

@@ -12,11 +12,9 @@ import glob
 import os
 import struct
 
-# A Figure of its own, not pyplot's: drawing a file sets no global backend,
-# so a notebook that imports this still shows its plots inline.
-from matplotlib.figure import Figure
 from tensorboardX.proto import event_pb2
 
+from lm import errors
 from lm.errors import UsageError
 from lm.io import layout
 
@@ -96,6 +94,10 @@ def plot_runs(workdirs: list[str], names: list[str], metrics: list[str],
     if not any(metric in run for run in runs):
       known = sorted(set().union(*runs))
       raise UsageError(f'no run logged {metric!r}; they logged {known}')
+  errors.require('plots', 'matplotlib')
+  # A Figure of its own, not pyplot's: drawing a file sets no global
+  # backend, so a notebook that imports this still shows its plots inline.
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
   fig = Figure(figsize=(5.5 * len(metrics), 4))
   axes = fig.subplots(1, len(metrics), squeeze=False)
   for ax, metric in zip(axes[0], metrics):

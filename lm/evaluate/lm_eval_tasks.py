@@ -12,7 +12,7 @@ its task YAML:
 The harness scores each choice by its log-likelihood after the question,
 so a served model (local-completions) and the same weights in transformers
 (hf) must rank the choices alike: the tasks check lm's log-probabilities
-end to end. `experiments/lm_eval_tasks.py` rebuilds the files; the same
+end to end. `tools/lm_eval_tasks.py` rebuilds the files; the same
 seed gives the same bytes.
 """
 

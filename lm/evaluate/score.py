@@ -1,23 +1,28 @@
 """Scores a trained model on a split of its task.
 
 Classifiers and language models are scored from their logits (the sums of
-lm/train/steps.py evaluate_sums). Text-to-text tasks are also scored on text
+lm/evaluate/evaluator.py's eval step), with no optimizer or train step. Text-to-text tasks are also scored on text
 the model writes: beam search (or greedy) for encoder-decoder models, greedy
 continuation of the prompt for decoders, then the dataset's metrics (BLEU
 and chrF for translation, ROUGE for summarization, exact match and token F1
 for QA) against the references.
 """
 
-import itertools
 import json
 import os
 from typing import Any
 
+import jax
 import ml_collections
 import numpy as np
 
+from lm import sharding
 from lm.data import text_pairs
+from lm.data import tokenizers
 from lm.errors import UsageError
+from lm.evaluate import batch_metrics
+from lm.evaluate import evaluator as evaluator_lib
+from lm.evaluate import privacy_spent
 from lm.evaluate import text_metrics
 from lm.infer import beam_search
 from lm.infer import generate
@@ -26,9 +31,8 @@ from lm.io import checkpoint
 from lm.io import config_file
 from lm.io import layout
 from lm.model import params as model_params
-from lm.train import batch_metrics
-from lm.train import steps
-from lm.train.trainer import Trainer
+from lm.model import registry
+from lm.model.config import ModelConfig
 
 # Generation metric name -> function(predictions, references) -> value(s).
 GENERATION_METRICS = {
@@ -38,14 +42,14 @@ GENERATION_METRICS = {
 NUM_SHOWN = 5  # examples of generated text kept in the results
 
 
-def generate_texts(trainer: Trainer, params: Any, sources: list[str],
-                   eval_config, line=None) -> list[str]:
+def generate_texts(evaluator: evaluator_lib.Evaluator, params: Any,
+                   sources: list[str], eval_config, line=None) -> list[str]:
   """The model's output text for each source, in batches (counted on the
   live `line`, lm/progress.py's, where there is one)."""
-  data, model = trainer.data, trainer.model
+  data, model = evaluator.data, evaluator.model
   tokenizer = data.tokenizer
   target_len = data.target_len
-  seq_len, size = trainer.config.data.seq_len, eval_config.batch_size
+  seq_len, size = evaluator.config.data.seq_len, eval_config.batch_size
   outputs = []
   for start in range(0, len(sources), size):
     if line:
@@ -68,7 +72,7 @@ def generate_texts(trainer: Trainer, params: Any, sources: list[str],
           sampling=sampling.SamplingConfig(max_new_tokens=target_len,
                                            temperature=0.0),
           rng=np.zeros(2, np.uint32), eos_id=tokenizer.eos_id,
-          pad_id=tokenizer.pad_id, max_len=trainer.model_config.context_limit,
+          pad_id=tokenizer.pad_id, max_len=model.config.context_limit,
           prompt_len=seq_len - target_len)
     outputs += [tokenizer.decode(t).strip() for t in tokens[:len(chunk)]]
   return outputs
@@ -103,44 +107,49 @@ def evaluate_workdir(workdir: str, split: str, eval_overrides: dict,
                       if v is not None})
   if eval_batch_size:
     config.data.eval_batch_size = eval_batch_size
-  config.distill.teacher = ''  # Scoring needs no teacher.
+  # The sections were checked whole when the workdir was trained (and a
+  # --task config when it was read); what scoring adds is this model on
+  # this data.
+  model_config = ModelConfig.from_config(config.model)
+  evaluator_lib.check_model_fits_data(model_config, config)
+  mesh = sharding.make_mesh(config.mesh.shape)
+  sharding.check_batch(config.data.eval_batch_size, mesh,
+                       'data.eval_batch_size', jax.process_count())
+  model = registry.build_model(model_config)
   # The checkpoint is read (and checked) before the data is built.
-  trainer = Trainer(config, with_data=False)
   params, step = checkpoint.load_params(
-      workdir, model_params.abstract_params(trainer.model))
-  trainer.load_data()
-  batches = trainer.eval_batches(split)
-  if eval_config.max_batches > 0:
-    batches = itertools.islice(batches, eval_config.max_batches)
-  sums = steps.evaluate_sums(trainer.eval_step, params,
-                             _counted(batches, line), trainer.token_bytes)
+      workdir, model_params.abstract_params(model))
+  data = evaluator_lib.load_data(config, model_config,
+                                 tokenizers.load_tokenizer(workdir))
+  evaluator = evaluator_lib.Evaluator(config, model_config, model, mesh, data)
+  sums = evaluator.sums(params, split, eval_config.max_batches,
+                        _counter(line))
   result = {'workdir': workdir, 'dataset': config.data.name, 'split': split,
             'step': step, 'metrics': batch_metrics.summarize(sums)}
   if 'confusion' in sums:
     report = batch_metrics.report_from_confusion(
-        batch_metrics.rint_counts(sums['confusion']),
-        trainer.data.class_names)
+        batch_metrics.rint_counts(sums['confusion']), data.class_names)
     result.update(per_class=report['per_class'],
                   confusion_matrix=report['confusion_matrix'])
-  spent = trainer.privacy_spent(step)
+  spent = privacy_spent.of_run(config, step, data.train_examples)
   if spent:
     result['privacy'] = spent
-  if isinstance(trainer.data, text_pairs.TextPairData):
-    pairs = trainer.data.pairs(split)
+  if isinstance(data, text_pairs.TextPairData):
+    pairs = data.pairs(split)
     if eval_config.max_examples > 0:
       pairs = pairs[:eval_config.max_examples]
     if not pairs:
       raise UsageError(f'the {split} split of {config.data.name} is empty')
     sources, references = zip(*pairs)
-    predictions = generate_texts(trainer, params, list(sources), eval_config,
-                                 line)
-    result['metrics'].update(score_generation(trainer.data.metrics,
+    predictions = generate_texts(evaluator, params, list(sources),
+                                 eval_config, line)
+    result['metrics'].update(score_generation(data.metrics,
                                               predictions, list(references)))
     result['generation'] = {
         'examples': len(pairs),
         'decoding': (f'beam {eval_config.beam_size}, length penalty '
                      f'{eval_config.length_penalty}'
-                     if trainer.data.objective == 'seq2seq' else 'greedy')}
+                     if data.objective == 'seq2seq' else 'greedy')}
     result['samples'] = [
         {'source': s, 'reference': r, 'prediction': p}
         for s, r, p in list(zip(sources, references, predictions))[:NUM_SHOWN]]
@@ -165,12 +174,11 @@ def _on_task(own: ml_collections.ConfigDict, task: ml_collections.ConfigDict,
   return config
 
 
-def _counted(batches, line):
-  """The batches, each counted on the live line as it is scored."""
-  for number, batch in enumerate(batches, 1):
-    if line:
-      line.show(f'scoring: batch {number:,}')
-    yield batch
+def _counter(line):
+  """Counts batches on the live line as they are scored (None: no line)."""
+  if line:
+    return lambda number: line.show(f'scoring: batch {number:,}')
+  return None
 
 
 def markdown_table(result: dict) -> str:

@@ -9,8 +9,8 @@ import re
 import string
 
 import numpy as np
-import sacrebleu
-from sacrebleu.tokenizers import tokenizer_13a as sacrebleu_13a
+
+from lm import errors
 
 
 def _ngrams(tokens: list[str], n: int) -> collections.Counter:
@@ -26,7 +26,10 @@ def bleu(hypotheses: list[str], references: list[str],
   n-gram precisions up to 4, the brevity penalty over the corpus, and
   "exp" smoothing of orders with no match.
   """
-  tokenize = sacrebleu_13a.Tokenizer13a()
+  errors.require('eval', 'sacrebleu')
+  # Imported here: sacrebleu is lm[eval]'s, not the core's.
+  from sacrebleu.tokenizers import tokenizer_13a  # pylint: disable=g-import-not-at-top
+  tokenize = tokenizer_13a.Tokenizer13a()
   matches, totals = np.zeros(max_order), np.zeros(max_order)
   hyp_len = ref_len = 0
   for hyp, ref in zip(hypotheses, references, strict=True):
@@ -53,6 +56,8 @@ def bleu(hypotheses: list[str], references: list[str],
 
 def chrf(hypotheses: list[str], references: list[str]) -> float:
   """Character n-gram F-score (Popović, 2015), sacrebleu's chrF, 0-100."""
+  errors.require('eval', 'sacrebleu')
+  import sacrebleu  # pylint: disable=g-import-not-at-top
   return sacrebleu.corpus_chrf(hypotheses, [references]).score
 
 

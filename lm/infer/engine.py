@@ -32,8 +32,9 @@ from lm.errors import UsageError
 from lm.infer import generate
 from lm.infer.sampling import SamplingConfig
 from lm.infer.sampling import check_seed
-from lm.infer.sampling import sample_rows
+from lm.infer.sampling import sample
 from lm.kernels import matmul
+from lm.kernels.argmax import argmax
 from lm.model import registry
 from lm.model.config import ModelConfig
 
@@ -352,8 +353,8 @@ def _prefill_into_slot(model, context, params, cache, tokens_1P, length,
   cache = jax.tree.map(
       lambda whole, row: jax.lax.dynamic_update_slice_in_dim(
           whole, row.astype(whole.dtype), slot, axis=0), cache, fresh)
-  token, logprob = sample_rows(logits_1V, temperature, top_k, top_p,
-                               _keys(seed, step[None]))
+  token, logprob = sample(logits_1V, _keys(seed, step[None]), temperature,
+                          top_k, top_p)
   return cache, token, logprob
 
 
@@ -376,9 +377,9 @@ def _decode_steps(model, view, count, params, cache, rows_S, tokens_S,
       logits_S1V, updated = model.apply(
           {'params': params, 'cache': window}, tokens_S[:, None], positions,
           decode=True, mutable=['cache'])
-    token_S, logprob_S = sample_rows(logits_S1V[:, 0], temperature_S,
-                                     top_k_S, top_p_S,
-                                     _keys(seeds_S, steps_S + k))
+    token_S, logprob_S = sample(logits_S1V[:, 0],
+                                _keys(seeds_S, steps_S + k), temperature_S,
+                                top_k_S, top_p_S)
     return (updated['cache'], token_S), (token_S, logprob_S)
 
   (window, _), (tokens_KS, logprobs_KS) = jax.lax.scan(
@@ -397,5 +398,5 @@ def _score(model, params, tokens_1P):
   following_1P = jnp.roll(tokens_1P, -1, axis=1)
   chosen = jnp.take_along_axis(logprobs_1PV, following_1P[..., None],
                                axis=-1)[..., 0]
-  best = jnp.argmax(logprobs_1PV, axis=-1)
+  best = argmax(logprobs_1PV)
   return chosen[0], best[0], jnp.max(logprobs_1PV, axis=-1)[0]

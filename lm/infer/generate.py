@@ -20,7 +20,7 @@ from lm import sharding
 from lm.errors import UsageError
 from lm.infer.sampling import SamplingConfig
 from lm.infer.sampling import check_seed
-from lm.infer.sampling import sample_logits
+from lm.infer.sampling import sample
 from lm.kernels import matmul
 from lm.model import params as model_params
 from lm.model import registry
@@ -176,6 +176,12 @@ def prefill(model: nn.Module, params: Any, tokens_BP, lengths_B,
   return logits_BV, cache
 
 
+def _sample(logits_BV, rng, settings: SamplingConfig):
+  """sampling.sample with one setting for every row and a key per row."""
+  return sample(logits_BV, jax.random.split(rng, logits_BV.shape[0]),
+                settings.temperature, settings.top_k, settings.top_p)[0]
+
+
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
 def generate_program(model, sampling, eos_id, on_tokens, params, tokens_BP,
                      lengths_B, rng):
@@ -203,7 +209,7 @@ def generate_program(model, sampling, eos_id, on_tokens, params, tokens_BP,
   last_BV, cache = prefill(model, params, tokens_BP, lengths_B,
                            phases[0][0])
   rng, first_rng = jax.random.split(rng)
-  token_B = sample_logits(last_BV, first_rng, sampling)
+  token_B = _sample(last_BV, first_rng, sampling)
   emit(0, token_B)
   out_BN = jnp.zeros((batch, max_new), jnp.int32).at[:, 0].set(token_B)
   done_B = token_B == eos_id
@@ -216,7 +222,7 @@ def generate_program(model, sampling, eos_id, on_tokens, params, tokens_BP,
     previous_B1 = jax.lax.dynamic_slice_in_dim(out_BN, i - 1, 1, axis=1)
     logits_B1V, cache = step(cache, previous_B1, positions_B1)
     rng, step_rng = jax.random.split(rng)
-    token_B = sample_logits(logits_B1V[:, 0], step_rng, sampling)
+    token_B = _sample(logits_B1V[:, 0], step_rng, sampling)
     token_B = jnp.where(done_B, eos_id if eos_id >= 0 else 0, token_B)
     emit(i, token_B)
     out_BN = jax.lax.dynamic_update_slice(out_BN, token_B[:, None], (0, i))

@@ -33,12 +33,14 @@ from starlette.responses import JSONResponse
 from starlette.responses import StreamingResponse
 from starlette.routing import Route
 
+from lm.data import tokenizers
 from lm.errors import UsageError
+from lm.infer import engine as engines
+from lm.infer import sampling
 from lm.infer.api_fields import ApiError
 from lm.infer.api_fields import error_response
 from lm.infer.api_fields import field
 from lm.infer.api_fields import number
-from lm.infer import engine as engines
 
 # A request body larger than this is refused unread (413).
 MAX_BODY_BYTES = 1 << 20
@@ -161,7 +163,7 @@ class Server:
         'bos_token': name(tokenizer.bos_id),
         'eos_token': name(tokenizer.eos_id),
         'pad_token': name(tokenizer.pad_id),
-        'chat_template': getattr(tokenizer, 'chat_template', None),
+        'chat_template': tokenizers.chat_template(tokenizer),
         'model_max_length': self.engine.context})
 
   async def _tokenize(self, body):
@@ -177,9 +179,7 @@ class Server:
   async def _detokenize(self, body):
     vocab = self.engine.config.vocab_size
     ids = body.get('tokens')
-    if not (isinstance(ids, list) and all(
-        isinstance(t, int) and not isinstance(t, bool) and 0 <= t < vocab
-        for t in ids)):
+    if not _are_token_ids(ids, vocab):
       raise ApiError(400, f'tokens must be a list of ids in [0, {vocab})',
                      'tokens')
     return JSONResponse({'prompt': self.engine.tokenizer.decode(ids)})
@@ -202,8 +202,8 @@ class Server:
         'top_p': number(body, 'top_p', 1.0, 1e-9, 1.0),
         'top_k': field(body, 'top_k', (int,), 0, lambda v: v >= 0,
                         'an integer >= 0'),
-        'seed': field(body, 'seed', (int,), 0,
-                       lambda v: -2**63 <= v < 2**64, 'a 64-bit integer'),
+        'seed': field(body, 'seed', (int,), 0, sampling.valid_seed,
+                       'a 64-bit integer'),
         'stop': tuple(stop)}
     return settings
 
@@ -222,9 +222,7 @@ class Server:
     for item in prompt:
       if isinstance(item, str):
         ids = self.engine.tokenizer.encode(item)
-      elif isinstance(item, list) and all(
-          isinstance(t, int) and not isinstance(t, bool) and 0 <= t < vocab
-          for t in item):
+      elif _are_token_ids(item, vocab):
         ids, item = item, self.engine.tokenizer.decode(item)
       else:
         raise ApiError(400, f'a prompt must be text or token ids in [0, '
@@ -315,7 +313,7 @@ class Server:
         and isinstance(m.get('content'), str) for m in messages)):
       raise ApiError(400, 'messages must be a non-empty list of {"role", '
                      '"content"} objects with text content', 'messages')
-    if not hasattr(self.engine.tokenizer, 'apply_chat_template'):
+    if not tokenizers.chat_template(self.engine.tokenizer):
       raise ApiError(400, 'this model has no chat template; use '
                      '/v1/completions')
     text = self.engine.tokenizer.apply_chat_template(
@@ -415,3 +413,11 @@ def _sse(value) -> str:
 def _total(usages):
   return {key: sum(u[key] for u in usages)
           for key in ('prompt_tokens', 'completion_tokens', 'total_tokens')}
+
+
+def _are_token_ids(value, vocab: int) -> bool:
+  """Whether `value` is a list of token ids in [0, vocab) (bool is no
+  number to the API): the one check of prompts and /detokenize."""
+  return isinstance(value, list) and all(
+      isinstance(t, int) and not isinstance(t, bool) and 0 <= t < vocab
+      for t in value)

@@ -42,27 +42,59 @@ class SamplingConfig:
 SEEDS = (-2**63, 2**64 - 1)
 
 
+def valid_seed(seed: int) -> bool:
+  """Whether `seed` fits a jax.random key (the API's and the scripts'
+  checks both ask this)."""
+  return SEEDS[0] <= seed <= SEEDS[1]
+
+
 def check_seed(seed: int) -> int:
-  if not SEEDS[0] <= seed <= SEEDS[1]:
+  if not valid_seed(seed):
     raise UsageError(f'the seed {seed} does not fit in 64 bits; give one in '
                      f'[{SEEDS[0]}, {SEEDS[1]}]')
   return seed
 
 
-def sample_logits(logits_BV, rng, sampling: SamplingConfig):
-  """Draws one token per row after temperature, top-k and top-p filtering."""
-  if sampling.temperature == 0:
-    return argmax(logits_BV)
-  logits_BV = logits_BV.astype(jnp.float32) / sampling.temperature
-  if sampling.top_k:
-    kth_B1 = jax.lax.top_k(logits_BV, sampling.top_k)[0][:, -1:]
-    logits_BV = jnp.where(logits_BV < kth_B1, -jnp.inf, logits_BV)
-  if sampling.top_p < 1:
-    sorted_BV = jnp.sort(logits_BV, axis=-1)[:, ::-1]
-    threshold_B = _nucleus_floor(sorted_BV, sampling.top_p)
-    logits_BV = jnp.where(logits_BV < threshold_B[:, None], -jnp.inf,
-                          logits_BV)
-  return jax.random.categorical(rng, logits_BV).astype(jnp.int32)
+def sample(logits_BV, keys_B, temperature, top_k, top_p):
+  """One token per row after temperature, top-k and top-p filtering, and
+  its log-probability under the unfiltered distribution.
+
+  The settings are Python numbers, one for every row and known when traced
+  (greedy then compiles no sampling at all; filters at their neutral value
+  no sort), or arrays of one per row, as the batching engine's requests
+  differ (temperature 0: greedy; top_k 0 and top_p 1: no filter). `keys_B`
+  holds a key per row. Greedy is the argmax kernel's, wherever it is used.
+  """
+  logits_BV = logits_BV.astype(jnp.float32)
+  greedy_B = argmax(logits_BV)
+  static = all(isinstance(v, (int, float))
+               for v in (temperature, top_k, top_p))
+
+  def drawn(_):
+    rows, vocab = logits_BV.shape
+    temperature_B = jnp.broadcast_to(jnp.asarray(temperature, jnp.float32),
+                                     (rows,))
+    scaled_BV = logits_BV / jnp.maximum(temperature_B, 1e-6)[:, None]
+    if not static or top_k or top_p < 1:
+      sorted_BV = -jnp.sort(-scaled_BV, axis=-1)
+      top_k_B = jnp.broadcast_to(jnp.asarray(top_k, jnp.int32), (rows,))
+      kth_B = jnp.take_along_axis(
+          sorted_BV, jnp.clip(jnp.where(top_k_B > 0, top_k_B, vocab) - 1, 0,
+                              vocab - 1)[:, None], axis=-1)[:, 0]
+      floor_B = jnp.maximum(kth_B, _nucleus_floor(sorted_BV, top_p))
+      scaled_BV = jnp.where(scaled_BV < floor_B[:, None], -jnp.inf,
+                            scaled_BV)
+    drawn_B = jax.vmap(jax.random.categorical)(keys_B, scaled_BV)
+    return jnp.where(temperature_B > 0, drawn_B.astype(jnp.int32), greedy_B)
+
+  if static:
+    token_B = greedy_B if temperature == 0 else drawn(None)
+  else:
+    token_B = jax.lax.cond(jnp.any(jnp.asarray(temperature) > 0), drawn,
+                           lambda _: greedy_B, None)
+  logprobs_BV = jax.nn.log_softmax(logits_BV, axis=-1)
+  return token_B, jnp.take_along_axis(logprobs_BV, token_B[:, None],
+                                      axis=-1)[:, 0]
 
 
 def _nucleus_floor(sorted_BV, top_p):
@@ -73,31 +105,3 @@ def _nucleus_floor(sorted_BV, top_p):
   mass_before_BV = jnp.cumsum(probs_BV, axis=-1) - probs_BV
   keep_BV = mass_before_BV < jnp.reshape(top_p, (-1, 1))
   return jnp.min(jnp.where(keep_BV, sorted_BV, jnp.inf), axis=-1)
-
-
-def sample_rows(logits_SV, temperature_S, top_k_S, top_p_S, keys_S):
-  """One token per row, each under its own settings (temperature 0:
-  greedy; top_k 0 and top_p 1 disable those filters), and its
-  log-probability under the unfiltered distribution. The batching
-  engine's requests differ; sample_logits serves one setting for all."""
-  logits_SV = logits_SV.astype(jnp.float32)
-  logprobs_SV = jax.nn.log_softmax(logits_SV, axis=-1)
-  greedy_S = jnp.argmax(logits_SV, axis=-1).astype(jnp.int32)
-
-  def sampled(_):
-    scaled_SV = logits_SV / jnp.maximum(temperature_S, 1e-6)[:, None]
-    sorted_SV = -jnp.sort(-scaled_SV, axis=-1)
-    vocab = logits_SV.shape[-1]
-    kth_S = jnp.take_along_axis(
-        sorted_SV, jnp.clip(jnp.where(top_k_S > 0, top_k_S, vocab) - 1, 0,
-                            vocab - 1)[:, None], axis=-1)[:, 0]
-    floor_S = jnp.maximum(kth_S, _nucleus_floor(sorted_SV, top_p_S))
-    filtered_SV = jnp.where(scaled_SV < floor_S[:, None], -jnp.inf,
-                            scaled_SV)
-    drawn_S = jax.vmap(jax.random.categorical)(keys_S, filtered_SV)
-    return jnp.where(temperature_S > 0, drawn_S.astype(jnp.int32), greedy_S)
-
-  token_S = jax.lax.cond(jnp.any(temperature_S > 0), sampled,
-                         lambda _: greedy_S, None)
-  return token_S, jnp.take_along_axis(logprobs_SV, token_S[:, None],
-                                      axis=-1)[:, 0]

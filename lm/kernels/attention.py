@@ -28,6 +28,7 @@ cache once). `probabilities` gives the weights the model applies, for
 attention maps. N query heads share K key/value heads (GQA).
 """
 
+import contextlib
 import dataclasses
 import functools
 
@@ -79,6 +80,24 @@ def choose(kind: str, call: Call, on: str | None = None
     if _cannot_serve(candidate, call, on) is None:
       return candidate, None
   return 'xla', None
+
+
+# What `recording` collects: (kernel, note) of each call of `attend` traced
+# while it is open.
+_recorders: list[list[tuple[str, str | None]]] = []
+
+
+@contextlib.contextmanager
+def recording():
+  """Collects (kernel, note) of each attention call traced inside, as
+  `choose` decided it: what a model's layers run, asked of the layers
+  themselves (trace the model with jax.eval_shape inside)."""
+  calls = []
+  _recorders.append(calls)
+  try:
+    yield calls
+  finally:
+    _recorders.pop()
 
 
 _PREFERENCE = {'gpu': ('cudnn', 'pallas'), 'tpu': ('pallas',),
@@ -135,7 +154,9 @@ def attend(q_BLNH, k_BSKH, v_BSKH, q_positions_BL=None, k_positions_BS=None,
               query_len=q_BLNH.shape[1], key_len=k_BSKH.shape[1],
               causal=causal, ordered=ordered, bias=bias_BNLS is not None,
               key_mask=key_mask_BS is not None)
-  chosen, _ = choose(kind, call)
+  chosen, note = choose(kind, call)
+  if _recorders:
+    _recorders[-1].append((chosen, note))
   scale = scores.default_scale(q_BLNH.shape[-1], scale)
   if chosen == 'cudnn':
     return jax.nn.dot_product_attention(

@@ -41,3 +41,11 @@ def lowering_for(platform: str):
     yield
   finally:
     _overrides.pop()
+
+
+def choose_collectives() -> None:
+  """Before jax.distributed.initialize: processes whose devices are CPUs
+  exchange arrays through gloo (JAX's CPU default has no cross-process
+  collectives); GPUs and TPUs keep their own (NCCL, ICI), which this
+  setting does not touch."""
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')

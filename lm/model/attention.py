@@ -17,7 +17,6 @@ import jax.numpy as jnp
 
 from lm.kernels import attention as kernels
 from lm.model import quantized
-from lm.model import registry
 from lm.model.layers import HeadsDense
 from lm.model.positions import apply_rotary
 
@@ -176,18 +175,3 @@ class Attention(nn.Module):
       else:
         out.append(cached[name].value)
     return out[0], out[1]
-
-
-def kernel_for(config, seq_len: int, on: str | None = None
-               ) -> tuple[str, str | None]:
-  """(kernel, note): what computes the self-attention of a model of
-  `config` (lm/model/config.py ModelConfig) over `seq_len` tokens on
-  platform `on` (default: this one), as training runs it; the note says why
-  it is not the kernel model.attention asked for."""
-  family = registry.get(config.family)
-  call = kernels.Call(
-      dtype=jnp.dtype(config.compute_dtype).name, head_dim=config.head_width,
-      query_len=seq_len, key_len=seq_len, causal=family.generates,
-      ordered=True, bias=config.position == 'relative',
-      key_mask=not family.generates)
-  return kernels.choose(config.attention, call, on)

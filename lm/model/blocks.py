@@ -12,10 +12,11 @@ import jax.numpy as jnp
 
 from lm.model import layers
 from lm.model import moe
+from lm.model import params as model_params
 from lm.model import positions
 from lm.model.attention import Attention
-from lm.model.config import REMAT_POLICIES
 from lm.model.config import ModelConfig
+from lm.model.config import REMAT_POLICIES
 
 
 class TransformerBlock(nn.Module):
@@ -121,13 +122,13 @@ def run_stack(module: nn.Module, config: ModelConfig, x_BLD,
     x_BLD += layers.Embed(config.max_len, config.d_model,
                           config.init_std / 2, dtype, param_dtype,
                           axes=('position', 'embed'),
-                          name='position_embed')(table_positions_BL)
+                          name=model_params.POSITION_EMBED)(table_positions_BL)
   elif config.position == 'sinusoidal':
     x_BLD += positions.sinusoidal_positions(table_positions_BL,
                                             config.d_model, dtype)
   if config.embed_norm:
     x_BLD = layers.make_norm(config.norm, config.norm_eps, dtype, param_dtype,
-                             'embed_norm')(x_BLD)
+                             model_params.EMBED_NORM)(x_BLD)
   # A zero the tests differentiate against to check what sees what.
   x_BLD = module.perturb('embedded', x_BLD)
   x_BLD = nn.Dropout(config.dropout_rate)(x_BLD, deterministic=deterministic)
@@ -152,9 +153,9 @@ def run_stack(module: nn.Module, config: ModelConfig, x_BLD,
         block, variable_axes={'params': 0, 'cache': 0, 'aux': 0},
         split_rngs={'params': True, 'dropout': True},
         in_axes=(nn.broadcast,) * len(block_args), length=num_layers,
-        metadata_params={nn.PARTITION_NAME: 'layers'})(
-            config, moe=config.num_experts > 0, scanned=True, name='blocks',
-            **flags)(x_BLD, *block_args)
+        metadata_params={nn.PARTITION_NAME: model_params.LAYERS_AXIS})(
+            config, moe=config.num_experts > 0, scanned=True,
+            name=model_params.STACK, **flags)(x_BLD, *block_args)
   elif config.share_layers:
     # Block g serves layers g*R ... (g+1)*R - 1: a scan whose params are
     # broadcast (one set) while each layer keeps its own KV cache.
@@ -165,13 +166,13 @@ def run_stack(module: nn.Module, config: ModelConfig, x_BLD,
           variable_axes={'cache': 0, 'aux': 0},
           split_rngs={'params': False, 'dropout': True},
           in_axes=(nn.broadcast,) * len(block_args), length=repeats)(
-              config, scanned=True, name=f'block_{g}', **flags)(
-                  x_BLD, *block_args)
+              config, scanned=True, name=model_params.BLOCK.format(g),
+              **flags)(x_BLD, *block_args)
   else:
     for i in range(num_layers):
       experts = config.num_experts > 0 and (i + 1) % config.moe_every == 0
-      x_BLD = block(config, moe=experts, name=f'block_{i}', **flags)(
-          x_BLD, *block_args, score_bias)
+      x_BLD = block(config, moe=experts, name=model_params.BLOCK.format(i),
+                    **flags)(x_BLD, *block_args, score_bias)
   if config.norm_position == 'pre':
     x_BLD = layers.make_norm(config.norm, config.norm_eps, dtype, param_dtype,
                              'final_norm')(x_BLD)

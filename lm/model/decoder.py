@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from lm.errors import UsageError
 from lm.model import blocks
 from lm.model import layers
+from lm.model import params as model_params
 from lm.model import registry
 from lm.model.config import ModelConfig
 from lm.model.hf import gpt2
@@ -42,7 +43,7 @@ class DecoderOnly(nn.Module):
     embed = layers.Embed(config.vocab_size, config.d_model, config.init_std,
                          config.compute_dtype, config.weights_dtype,
                          quant=config.vocab_quantization,
-                         factor_dim=config.embed_dim, name='embed')
+                         factor_dim=config.embed_dim, name=model_params.EMBED)
     x_BLD = blocks.run_stack(self, config, embed(tokens_BL), positions_BL,
                              num_layers=config.num_layers, causal=True,
                              deterministic=deterministic, decode=decode)

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 
 from lm.model import blocks
 from lm.model import layers
+from lm.model import params as model_params
 from lm.model import registry
 from lm.model.config import ModelConfig
 from lm.model.hf import bert
@@ -39,7 +40,7 @@ class EncoderOnly(nn.Module):
     dtype, param_dtype = config.compute_dtype, config.weights_dtype
     embed = layers.Embed(config.vocab_size, config.d_model, config.init_std,
                          dtype, param_dtype, quant=config.vocab_quantization,
-                         factor_dim=config.embed_dim, name='embed')
+                         factor_dim=config.embed_dim, name=model_params.EMBED)
     x_BLD = embed(tokens_BL)
     if config.type_vocab_size:
       if token_types_BL is None:
@@ -47,7 +48,7 @@ class EncoderOnly(nn.Module):
       x_BLD += layers.Embed(config.type_vocab_size, config.d_model,
                             config.init_std, dtype, param_dtype,
                             axes=('token_types', 'embed'),
-                            name='token_type_embed')(token_types_BL)
+                            name=model_params.TOKEN_TYPE_EMBED)(token_types_BL)
     x_BLD = blocks.run_stack(
         self, config, x_BLD, num_layers=config.num_layers, causal=False,
         key_mask_BS=padding_mask_BL, deterministic=deterministic)

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from lm.errors import UsageError
 from lm.model import blocks
 from lm.model import layers
+from lm.model import params as model_params
 from lm.model import registry
 from lm.model.config import ModelConfig
 
@@ -39,7 +40,7 @@ class LstmClassifier(nn.Module):
       padding_mask_BL = jnp.ones(tokens_BL.shape, bool)
     lengths_B = padding_mask_BL.sum(axis=1).astype(jnp.int32)
     x_BLD = layers.Embed(config.vocab_size, config.d_model,
-                         config.init_std, name='embed')(tokens_BL)
+                         config.init_std, name=model_params.EMBED)(tokens_BL)
     x_BLD = nn.Dropout(config.dropout_rate)(x_BLD, deterministic=deterministic)
     for i in range(config.num_layers):
       if config.bidirectional:

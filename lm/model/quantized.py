@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lm.errors import UsageError
+from lm.model import params as model_params
 
 SCALE_SUFFIX = '_scale'
 # Clipping ratios tried per int4 group (1.0 is plain max scaling).
@@ -76,7 +77,10 @@ def kernel_param(module: nn.Module, name: str, shape, axes, init,
   scales and dequantize them here, inside the caller's compiled computation.
   """
   if not quant.bits:
-    return module.param(name, nn.with_logical_partitioning(init, axes),
+    # Boxed with how many of its axes it contracts: what the optimizer
+    # (lm/model/params.py describe) reads.
+    return module.param(name, model_params.kernel_init(init, axes,
+                                                       len(contract)),
                         shape, param_dtype)
   q, scale = quantized_param(module, name, shape, axes, param_dtype, contract,
                              quant)

@@ -22,6 +22,7 @@ that beats it raises it (`Peak`): MFU never reads above 100%.
 """
 
 import functools
+import os
 import time
 
 import flax.traverse_util
@@ -133,10 +134,18 @@ def peak_flops(dtype_name: str = 'float32') -> dict[str, float | None]:
   'measured': this process's best square matmul (lm's own peak), times the
   processes; on a CPU it covers every local device, which share the cores.
   'datasheet': the devices' datasheet peak, where known (GPU, TPU).
-  Measured once per process (a second or two).
+  Measured once per process tree (a second or two): the figure goes to the
+  environment variable LM_MATMUL_PEAK_<DTYPE>, which the processes this
+  one starts inherit and read instead of measuring again (set it to skip
+  the measurement).
   """
   dtype = jnp.dtype(dtype_name)
-  measured = max(measure_matmul_peak(dtype, size) for size in (512, 1024))
+  variable = f'LM_MATMUL_PEAK_{dtype.name.upper()}'
+  try:
+    measured = float(os.environ[variable])
+  except (KeyError, ValueError):
+    measured = max(measure_matmul_peak(dtype, size) for size in (512, 1024))
+    os.environ[variable] = repr(measured)
   if not platform.devices_share_a_processor():
     measured *= jax.local_device_count()
   sheet = datasheet_peak()

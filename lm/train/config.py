@@ -2,6 +2,8 @@
 the module that owns it, then the rules that span sections.
 
   model    lm/model/config.py ModelConfig     data     lm/data/config.py
+  (model, data and mesh together: lm/evaluate/evaluator.py, which scoring
+  a trained model checks alone)
   optim    lm/train/optim.py                  privacy  lm/train/privacy.py
   prune    lm/compress/prune.py               distill  lm/compress/distill.py
   mesh     lm/sharding.py                     train    here (the run's cadence)
@@ -16,9 +18,8 @@ import ml_collections
 from lm import sharding
 from lm.compress import distill
 from lm.compress import prune
-from lm.data import config as data_config
 from lm.errors import UsageError
-from lm.model import registry
+from lm.evaluate import evaluator
 from lm.model.config import ModelConfig
 from lm.train import optim
 from lm.train import privacy
@@ -36,18 +37,15 @@ def validate(config: ml_collections.ConfigDict,
   returns the parsed model section. With `devices`, the mesh must also
   divide that many devices (a multi-process run knows how many only after
   joining, so the Trainer checks it again on its mesh)."""
-  model_config = ModelConfig.from_config(config.model)
-  data_config.validate(config.data)
+  model_config = evaluator.validate_model_and_data(config)
   _validate_train_section(config.train)
   optim.validate(config)
   privacy.validate(config.privacy, config.data.batch_size)
   prune.PruneConfig.from_config(config.prune)
   if config.distill.teacher:
     distill.validate(config.distill)
-  sharding.check_mesh_shape(config.mesh.shape)
   if devices is not None:
     sharding.mesh_shape(config.mesh.shape, devices)
-  _check_model_fits_objective(model_config, config)
   _check_batches(config)
   return model_config
 
@@ -62,33 +60,6 @@ def _validate_train_section(train_config) -> None:
     if train_config.get(key, 0) < 0:
       raise UsageError(f'train.{key} must be >= 0 (0: {zero_means}), got '
                        f'{train_config[key]}')
-
-
-def _check_model_fits_objective(model_config: ModelConfig,
-                                config: ml_collections.ConfigDict) -> None:
-  """The family trains with the objective, and the sequences fit the model
-  (what needs the data itself, the Trainer checks once it is built)."""
-  objective = config.data.objective
-  family = registry.get(model_config.family)
-  if objective not in family.objectives:
-    trained = [name for name in registry.names()
-               if objective in registry.get(name).objectives]
-    raise UsageError(
-        f'data.objective={objective!r} trains {" or ".join(trained)} models, '
-        f'but model.family={family.name!r}, which trains with '
-        f'{list(family.objectives)}')
-  if model_config.num_classes and objective != 'classify':
-    raise UsageError(f'model.num_classes={model_config.num_classes} makes a '
-                     "classifier; train it with data.objective='classify'")
-  if objective == 'masked' and not model_config.mlm_head:
-    raise UsageError('data.objective=masked needs model.mlm_head=True')
-  longest = data_config.longest_sequence(config.data)
-  limit = model_config.context_limit
-  if longest > limit:
-    raise UsageError(
-        f'data.seq_len/target_len ({longest} tokens) exceed model.max_len='
-        f'{limit}, the longest sequence the model takes; raise '
-        'model.max_len or shorten the data')
 
 
 def _check_batches(config: ml_collections.ConfigDict) -> None:

@@ -19,9 +19,11 @@ adapters) and pruning masks (`config.prune`) in the same chain.
              and biases take AdamW (b1, b2); decoupled weight_decay
 
 Weight decay applies to matrices only (kernels and embeddings), never to
-norm scales or biases, as in GPT-2 and nanoGPT. Parameters are picked by
-name -- the '/'-joined path, e.g. 'block_3/mlp/wi/kernel' -- with regular
-expressions that must match the whole name:
+norm scales or biases, as in GPT-2 and nanoGPT. Which block a parameter
+belongs to and which axes of a weight matrix it contracts, Muon and
+layer_decay ask the model (lm/model/params.py `describe`); the user picks
+parameters by name -- the '/'-joined path, e.g. 'block_3/mlp/wi/kernel' --
+with regular expressions that must match the whole name:
   freeze       parameters that never change (no update, no optimizer state)
   lr_scale     (pattern, factor) pairs: those parameters' updates, so their
                learning rate, scaled by the factor (the first match wins)
@@ -32,7 +34,6 @@ expressions that must match the whole name:
 """
 
 import math
-import re
 
 import jax
 import ml_collections
@@ -43,7 +44,9 @@ from lm.compress import lora
 from lm.compress import prune
 from lm.errors import UsageError
 from lm.model.config import ModelConfig
+from lm.model import params as model_params
 from lm.model.params import param_name
+from lm.model.params import ParamInfo
 from lm.train import privacy
 
 
@@ -68,12 +71,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise UsageError(f'optim.layer_decay must be in (0, 1], got '
                      f'{settings.layer_decay}')
   for pattern, factor in settings.lr_scale:
-    _compile(pattern, 'optim.lr_scale')
+    model_params.name_pattern(pattern, 'optim.lr_scale')
     if factor < 0:
       raise UsageError(f'optim.lr_scale factor for {pattern!r} must be >= 0, '
                        f'got {factor}')
   for pattern in settings.freeze:
-    _compile(pattern, 'optim.freeze')
+    model_params.name_pattern(pattern, 'optim.freeze')
 
 
 def make_schedule(optim_config, num_steps: int) -> optax.Schedule:
@@ -91,20 +94,24 @@ def decay_mask(params):
 
 
 def make_optimizer(config: ml_collections.ConfigDict,
-                   model_config: ModelConfig, schedule: optax.Schedule
+                   model_config: ModelConfig, schedule: optax.Schedule,
+                   described: dict[str, ParamInfo]
                    ) -> optax.GradientTransformation:
   """The run's whole chain, in the order gradients go through it: pruning
   masks, DP-SGD's clipping and noise of per-example gradients, then for the
-  parameters not frozen global-norm clipping, AdamW and the by-name
-  learning-rate factors."""
+  parameters not frozen global-norm clipping, AdamW and the per-parameter
+  learning-rate factors. `described` is the model's account of its
+  parameters (lm/model/params.py describe)."""
   settings = config.optim
   chain = []
   if settings.clip_norm:
     chain.append(optax.clip_by_global_norm(settings.clip_norm))
-  chain.append(update_rule(settings, schedule))
+  chain.append(update_rule(settings, schedule, described))
   if settings.lr_scale or settings.layer_decay != 1:
-    chain.append(scale_by_name(lambda name: _lr_factor(
-        name, settings.lr_scale, settings.layer_decay,
+    lr_scale = [(model_params.name_pattern(pattern, 'optim.lr_scale'), factor)
+                for pattern, factor in settings.lr_scale]
+    chain.append(scale_by_name(lambda name: lr_factor(
+        name, described[name], lr_scale, settings.layer_decay,
         model_config.num_layers)))
   optimizer = optax.chain(*chain)
   frozen = _frozen_patterns(config, model_config)
@@ -127,14 +134,10 @@ OPTIMIZERS = ('adamw', 'adam', 'sgd', 'adafactor', 'lion', 'muon')
 # Muon's update RMS matched to AdamW's typical one (Liu et al., 2025,
 # "Muon is scalable for LLM training"), so a learning rate carries over.
 MUON_RMS = 0.2
-# Blocks' projections by their last path element, with how many trailing
-# axes each has as (reduction axes, output axes): attention's per-head
-# kernels are [d, heads, head_dim] and [heads, head_dim, d].
-_MUON_AXES = {'query': (1, 2), 'key': (1, 2), 'value': (1, 2), 'out': (2, 1)}
-_BLOCK = re.compile(r'(.*/)?blocks?(_\d+)?/.*kernel')
 
 
-def update_rule(settings, schedule) -> optax.GradientTransformation:
+def update_rule(settings, schedule, described: dict[str, ParamInfo]
+                ) -> optax.GradientTransformation:
   """The optax optimizer `settings.name` names, with its settings."""
   name, decay = settings.name, settings.weight_decay
   if name == 'adamw':
@@ -148,7 +151,8 @@ def update_rule(settings, schedule) -> optax.GradientTransformation:
         schedule, beta=settings.momentum, nesterov=True, weight_decay=decay,
         weight_decay_mask=decay_mask, adam_b1=settings.b1,
         adam_b2=settings.b2, adam_weight_decay=decay,
-        consistent_rms=MUON_RMS, muon_weight_dimension_numbers=muon_axes)
+        consistent_rms=MUON_RMS,
+        muon_weight_dimension_numbers=muon_axes(described))
   if name == 'adafactor':
     return optax.adafactor(schedule, weight_decay_rate=decay or None,
                            weight_decay_mask=decay_mask)
@@ -164,33 +168,29 @@ def update_rule(settings, schedule) -> optax.GradientTransformation:
   return optax.chain(optax.add_decayed_weights(decay, decay_mask), rule)
 
 
-def muon_axes(params):
-  """Which axes of each parameter Muon orthogonalizes over: the blocks'
-  kernels (leading axes, such as scanned layers' or experts', are batch
-  axes); None for the parameters AdamW updates."""
+def muon_axes(described: dict[str, ParamInfo]):
+  """Which axes of each parameter Muon orthogonalizes over, as optax asks
+  for them (a function of the params): the blocks' weight matrices, over
+  the input and output axes the model records (leading axes, such as
+  scanned layers', are batch axes); None for what AdamW updates."""
 
-  def axes(path, x):
-    name = param_name(path)
-    if not _BLOCK.fullmatch(name):
+  def axes(path, _):
+    matrix = described[param_name(path)].matrix
+    if matrix is None:
       return None
-    reduce, out = _MUON_AXES.get(name.split('/')[-2], (1, 1))
-    lead = x.ndim - reduce - out
-    if lead < 0:
-      return None
-    return optax.contrib.MuonDimensionNumbers(
-        tuple(range(lead, lead + reduce)),
-        tuple(range(lead + reduce, x.ndim)))
+    return optax.contrib.MuonDimensionNumbers(*matrix)
 
-  return jax.tree_util.tree_map_with_path(axes, params)
+  return lambda params: jax.tree_util.tree_map_with_path(axes, params)
 
 
-def _frozen_patterns(config, model_config) -> list[re.Pattern]:
+def _frozen_patterns(config, model_config) -> list:
   freeze = tuple(config.optim.freeze)
   if model_config.lora_rank and not freeze:
     # LoRA trains its adapters alone (all else is frozen, not even in the
     # optimizer state) unless optim.freeze says otherwise.
     freeze = (lora.NOT_ADAPTERS,)
-  return [_compile(pattern, 'optim.freeze') for pattern in freeze]
+  return [model_params.name_pattern(pattern, 'optim.freeze')
+          for pattern in freeze]
 
 
 def trainable_leaves(config, model_config, params) -> tuple[bool, ...] | None:
@@ -223,28 +223,26 @@ def _broadcastable(factor, update):
   return factor.reshape(factor.shape + (1,) * (update.ndim - factor.ndim))
 
 
-def _lr_factor(name: str, lr_scale, layer_decay: float, num_layers: int):
+def lr_factor(name: str, info: ParamInfo, lr_scale, layer_decay: float,
+              num_layers: int):
+  """The learning-rate factor of parameter `name`: the first of the compiled
+  `lr_scale` patterns that matches it, else layer-wise decay by the layer
+  the model says it belongs to (one factor per layer of a stack)."""
   for pattern, factor in lr_scale:
-    if re.fullmatch(pattern, name):
+    if pattern.fullmatch(name):
       return factor
   if layer_decay == 1:
     return 1.0
-  parts = name.split('/')
-  blocks = [p for p in parts if re.fullmatch(r'block_\d+', p)]
-  if blocks:
-    return layer_decay ** (num_layers - int(blocks[0][len('block_'):]))
-  if 'blocks' in parts:  # Scanned: one factor per layer, on the layer axis.
+  if info.layer is not None:
+    return layer_decay ** (num_layers - info.layer)
+  if info.stacked:  # One factor per layer, on the stack's layer axis.
     return layer_decay ** (num_layers - np.arange(num_layers))
-  if any(part in _EMBEDDINGS for part in parts):
+  if info.embedding:
     return layer_decay ** (num_layers + 1)
   return 1.0
 
 
-# Parameters below the first block, which layer_decay slows the most.
-_EMBEDDINGS = ('embed', 'position_embed', 'token_type_embed', 'embed_norm')
-
-
-def _freeze_labels(params, frozen: list[re.Pattern]):
+def _freeze_labels(params, frozen: list):
   labels = jax.tree_util.tree_map_with_path(
       lambda path, _: 'frozen' if any(p.fullmatch(param_name(path))
                                       for p in frozen) else 'train', params)
@@ -259,10 +257,3 @@ def _freeze_labels(params, frozen: list[re.Pattern]):
     raise UsageError('optim.freeze matches every parameter; nothing would '
                      'train')
   return labels
-
-
-def _compile(pattern: str, key: str) -> re.Pattern:
-  try:
-    return re.compile(pattern)
-  except re.error as e:
-    raise UsageError(f'{key}: {pattern!r} is not a regular expression ({e})')

@@ -10,12 +10,8 @@ and divides by the batch size. Per-example gradients exist for
 their memory is that many copies of the trainable parameters whatever the
 batch size; frozen parameters have none.
 
-What a run has spent is computed by the RDP accountant of Google's
-`dp-accounting` for `steps` compositions of the Poisson-subsampled Gaussian
-mechanism with sampling rate batch / train examples. (The pipeline draws
-fixed-size shuffled batches rather than Poisson samples; reporting the
-Poisson figure for it is the usual practice, and an approximation.) `delta`
-0 means 1 / train examples.
+What a run has spent is lm/evaluate/privacy_spent.py's (scoring reports it
+without building a trainer).
 """
 
 import jax
@@ -75,22 +71,3 @@ def noise(privacy_config, seed: int, batch_size: int
     return tree.unflatten(noisy), jax.random.key_data(key)
 
   return optax.GradientTransformation(init, update)
-
-
-def spent(privacy_config, *, steps: int, batch_size: int,
-          train_examples: int) -> dict:
-  """The (epsilon, delta) of `steps` DP-SGD steps, with their settings."""
-  # Imported here: only private runs need dp-accounting (and its scipy).
-  from dp_accounting import dp_event  # pylint: disable=g-import-not-at-top
-  from dp_accounting.rdp import rdp_privacy_accountant  # pylint: disable=g-import-not-at-top
-  settings = privacy_config
-  delta = settings.delta or 1.0 / train_examples
-  rate = min(1.0, batch_size / train_examples)
-  accountant = rdp_privacy_accountant.RdpAccountant()
-  accountant.compose(dp_event.PoissonSampledDpEvent(
-      rate, dp_event.GaussianDpEvent(settings.noise_multiplier)), steps)
-  return {'epsilon': float(accountant.get_epsilon(delta)), 'delta': delta,
-          'noise_multiplier': settings.noise_multiplier,
-          'l2_clip': settings.l2_clip,
-          'sampling_rate': rate, 'steps': steps,
-          'accountant': 'dp-accounting RDP, Poisson-subsampled Gaussian'}

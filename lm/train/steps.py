@@ -1,9 +1,9 @@
-"""The compiled steps of training and evaluation, as pure functions.
+"""The train step, a pure function.
 
 `train_step` is one optimizer update of a `TrainState` on a batch (with
 gradient accumulation, per-example gradients for DP-SGD, or a teacher's
-soft targets); `eval_step` sums a batch's metrics. lm/train/trainer.py
-compiles them for a mesh.
+soft targets); lm/train/trainer.py compiles it for a mesh. The forward pass
+and the metric sums it shares with evaluation are lm/evaluate/batch_metrics.py's.
 """
 
 from typing import Any
@@ -15,9 +15,7 @@ import jax.numpy as jnp
 import optax
 
 from lm.compress import distill as distillation
-from lm.errors import UsageError
-from lm.model import params as model_params
-from lm.train import batch_metrics
+from lm.evaluate import batch_metrics
 from lm.train import privacy
 
 
@@ -33,30 +31,6 @@ class TrainState:
   def checkpoint_items(self):
     return self.params, {'step': self.step, 'opt_state': self.opt_state,
                          'rng': self.rng}
-
-
-def forward(model, params, batch, **kwargs):
-  """The model's outputs on a batch, and the auxiliary values its layers
-  sowed in the 'aux' collection (lm/moe.py: router losses, expert load)."""
-  return model.apply({'params': params},
-                     **model_params.model_inputs(model, batch),
-                     mutable=['aux'], **kwargs)
-
-
-def batch_sums(model, params, batch, token_bytes_V=None, **kwargs):
-  """Metric sums of one batch (lm/train/batch_metrics.py)."""
-  return _metric_sums(forward(model, params, batch, **kwargs)[0], batch,
-                      token_bytes_V)
-
-
-def _metric_sums(outputs, batch, token_bytes_V=None):
-  """Per target token for the language-modelling objectives, per sequence
-  for classification (batches with a 'label')."""
-  if 'label' in batch:
-    return batch_metrics.classification_sums(outputs, batch['label'],
-                                             batch['weights'])
-  return batch_metrics.lm_sums(outputs, batch['targets'], batch['weights'],
-                               token_bytes_V)
 
 
 def train_step(state: TrainState, batch, teacher_params=None, *, model,
@@ -82,16 +56,18 @@ def train_step(state: TrainState, batch, teacher_params=None, *, model,
   dropout_rng = jax.random.fold_in(state.rng, state.step)
 
   def loss_fn(params, batch, rng, num_targets, aux_share):
-    outputs, aux = forward(model, params, batch, deterministic=False,
-                           rngs={'dropout': rng})
-    sums = _metric_sums(outputs, batch)
+    outputs, aux = batch_metrics.forward(model, params, batch,
+                                         deterministic=False,
+                                         rngs={'dropout': rng})
+    sums = batch_metrics.output_sums(outputs, batch)
     router_loss = sum(jnp.sum(x) for x in _sown(aux, 'router_loss'))
     loss = sums['nll'] / num_targets + aux_share * router_loss
     totals = {'nll': sums['nll'], 'correct': sums['correct'],
              'router_loss': aux_share * router_loss,
              'expert_load': _expert_load(aux)}
     if distill is not None:
-      teacher_outputs, _ = forward(distill.teacher, teacher_params, batch)
+      teacher_outputs, _ = batch_metrics.forward(distill.teacher,
+                                                 teacher_params, batch)
       totals['soft_loss'] = distillation.soft_loss_sum(
           outputs, teacher_outputs, batch['weights'], distill.temperature)
       loss = ((1 - distill.alpha) * sums['nll'] + distill.alpha *
@@ -239,24 +215,3 @@ def _expert_load(aux) -> jax.Array:
     return jnp.zeros((0,))
   stacked = jnp.concatenate([x.reshape(-1, x.shape[-1]) for x in loads])
   return jnp.mean(stacked, axis=0)
-
-
-def eval_step(params, batch, token_bytes_V, *, model):
-  return batch_sums(model, params, batch, token_bytes_V)
-
-
-def evaluate_sums(eval_fn, params, batches, token_bytes_V) -> dict:
-  """The metric sums over all `batches` (see batch_metrics.summarize)."""
-  totals = None
-  for batch in batches:
-    sums = eval_fn(params, batch, token_bytes_V)
-    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-  if totals is None:
-    raise UsageError('the evaluation split produced no batches')
-  return jax.device_get(totals)
-
-
-def evaluate(eval_fn, params, batches, token_bytes_V) -> dict[str, float]:
-  """batch_metrics.summarize of the sums over all `batches`."""
-  return batch_metrics.summarize(evaluate_sums(eval_fn, params, batches,
-                                               token_bytes_V))

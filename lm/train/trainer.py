@@ -1,31 +1,30 @@
 """A run's parts assembled from its config: the mesh, the model, the data,
-the optimizer, and the train and eval steps compiled for that mesh.
+the optimizer, and the train step compiled for that mesh, with an
+lm/evaluate/evaluator.py Evaluator for validation.
 
 `Trainer(config)` checks the config (lm/train/config.py) and that the model
-fits the data it builds; lm/train/loop.py runs it, experiments/evaluate.py
-and the benchmark use its compiled steps.
+fits the data it builds; lm/train/loop.py runs it, and the benchmarks time
+its compiled step. Scoring a trained workdir needs no Trainer.
 """
 
 import functools
-import itertools
 
 import flax.linen as nn
 import jax
-from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import ml_collections
 
 from lm import sharding
 from lm.compress import distill as distillation
-from lm.errors import UsageError
-from lm.model import attention
+from lm.evaluate import evaluator as evaluator_lib
+from lm.evaluate import privacy_spent
+from lm.kernels import attention as attention_kernels
 from lm.model import params as model_params
 from lm.model import registry
 from lm.perf import flops
 from lm.perf import memory
 from lm.train import config as run_config
 from lm.train import optim
-from lm.train import privacy
 from lm.train import steps
 from lm.train import warm_start
 
@@ -36,20 +35,23 @@ class Trainer:
   def __init__(self, config: ml_collections.ConfigDict,
                with_data: bool = True):
     """`with_data=False` builds the model and compiled steps alone, for
-    batches made elsewhere (experiments/benchmark.py's random tokens), or
+    batches made elsewhere (benchmarks/benchmark.py's random tokens), or
     for `load_data` later."""
     self.config = config
     self.model_config = run_config.validate(config)
     self.mesh = self._make_mesh(config)
     self.model = registry.build_model(self.model_config)
-    self.data = self.token_bytes = None
+    self.evaluator = None
     if with_data:
       self.load_data()
     self.schedule = optim.make_schedule(config.optim, config.train.num_steps)
-    self.optimizer = optim.make_optimizer(config, self.model_config,
-                                          self.schedule)
-    # Traced once: the shardings and restoring both read it.
-    self._boxed_state = self._abstract_boxed_state()
+    # Traced once: the optimizer reads what the model says of its
+    # parameters; the shardings and restoring read the state's boxes.
+    boxed_params = model_params.logical_abstract_params(self.model)
+    self.optimizer = optim.make_optimizer(
+        config, self.model_config, self.schedule,
+        model_params.describe(boxed_params))
+    self._boxed_state = self._abstract_boxed_state(boxed_params)
     self.state_shardings = sharding.logical_shardings(self._boxed_state,
                                                       self.mesh)
     self.batch_sharding = sharding.batch_sharding(self.mesh)
@@ -80,31 +82,17 @@ class Trainer:
                        sharding.replicated(self.mesh)),
         donate_argnums=0)
     self._train_step = sharding.with_rules(self._train_step_jit, self.mesh)
-    self._eval_step = sharding.with_rules(jax.jit(
-        functools.partial(steps.eval_step, model=self.model),
-        out_shardings=sharding.replicated(self.mesh)), self.mesh)
 
   def load_data(self):
-    """Sets self.data, after checking that the model fits it."""
-    # The first process builds (and caches) datasets and tokenizers before
-    # the others read them, so that no two write the same files.
-    if jax.process_index() == 0:
-      self.data = self._make_data()
-    if jax.process_count() > 1:
-      multihost_utils.sync_global_devices('lm: data built')
-    if jax.process_index() != 0:
-      self.data = self._make_data()
-    if self.config.data.objective == 'classify':
-      self._check_classes()
-    self._check_vocab(_data().extra_ids(self.data))
-    # Ids past the tokenizer's ([MASK], sentinels) stand for no text.
-    self.token_bytes = jnp.zeros(self.model_config.vocab_size, jnp.int32).at[
-        :len(self.data.token_bytes)].set(self.data.token_bytes)
+    """Builds the data (checking that the model fits it) and the
+    evaluator of its validation batches."""
+    data = evaluator_lib.load_data(self.config, self.model_config)
+    self.evaluator = evaluator_lib.Evaluator(
+        self.config, self.model_config, self.model, self.mesh, data)
 
-  def _make_data(self):
-    """This process's share of the data (see lm/data/build.py)."""
-    return _data().make(self.config.data, jax.process_index(),
-                        jax.process_count())
+  @property
+  def data(self):
+    return self.evaluator.data
 
   def _make_mesh(self, config):
     """The mesh, after checking that the batches split over it."""
@@ -118,7 +106,7 @@ class Trainer:
                          'data.eval_batch_size', processes)
     return mesh
 
-  def _abstract_boxed_state(self) -> steps.TrainState:
+  def _abstract_boxed_state(self, boxed_params) -> steps.TrainState:
     """The train state's shapes, its parameters (and their optimizer
     moments) boxed with logical axis names."""
 
@@ -127,8 +115,7 @@ class Trainer:
                               opt_state=self.optimizer.init(params),
                               rng=jax.random.PRNGKey(0))
 
-    return jax.eval_shape(state,
-                          model_params.logical_abstract_params(self.model))
+    return jax.eval_shape(state, boxed_params)
 
   def abstract_state(self) -> steps.TrainState:
     """Shapes, dtypes and shardings of the train state (for restoring)."""
@@ -155,14 +142,16 @@ class Trainer:
     return memory.memory_sizes(self.compile_train_step(state, batch))
 
   def attention_kernel(self) -> str:
-    """Which kernel computes self-attention at data.seq_len, and why not the
-    one model.attention asked for where it cannot serve (a line)."""
-    if not registry.get(self.model_config.family).attention_layers(
-        self.model_config):
+    """Which kernels compute attention at data.seq_len, as the model's own
+    layers choose them in a trace (shapes only), and why not the one
+    model.attention asked for where it cannot serve (a line)."""
+    with attention_kernels.recording() as calls:
+      model_params.logical_abstract_params(self.model,
+                                           self.config.data.seq_len)
+    if not calls:
       return 'none (the model has no attention)'
-    kernel, note = attention.kernel_for(self.model_config,
-                                        self.config.data.seq_len)
-    return kernel + (f' ({note})' if note else '')
+    return ', '.join(dict.fromkeys(
+        kernel + (f' ({note})' if note else '') for kernel, note in calls))
 
   def flops_per_token(self) -> float:
     """Model FLOPs per trained token at data.seq_len (lm/perf/flops.py)."""
@@ -183,27 +172,6 @@ class Trainer:
     """The train step's arguments after the batch (a distillation teacher's
     params, or none)."""
     return self._teacher_args
-
-  def eval_step(self, params, batch, token_bytes_V):
-    return self._eval_step(params, self.put_batch(batch), token_bytes_V)
-
-  def _check_classes(self):
-    names = self.data.class_names
-    if self.model_config.num_classes != len(names):
-      raise UsageError(
-          f'dataset {self.config.data.name!r} has {len(names)} classes '
-          f'({", ".join(names)}) but model.num_classes='
-          f'{self.model_config.num_classes}; set it to {len(names)}')
-
-  def _check_vocab(self, extra_ids: int):
-    needed = self.data.tokenizer.vocab_size + extra_ids
-    if needed > self.model_config.vocab_size:
-      raise UsageError(
-          f'the tokenizer has {self.data.tokenizer.vocab_size} tokens'
-          + (f' and data.objective={self.config.data.objective!r} adds '
-             f'{extra_ids}' if extra_ids else '')
-          + f', but model.vocab_size={self.model_config.vocab_size}; raise it '
-          f'to at least {needed}')
 
   def init_state(self, params=None) -> steps.TrainState:
     """Step 0: fresh parameters, or `params` (e.g. from init_from)."""
@@ -235,26 +203,12 @@ class Trainer:
   def privacy_spent(self, num_steps: int) -> dict | None:
     """DP-SGD's (epsilon, delta) after `num_steps`; None for non-private
     runs."""
-    if not self.config.privacy.dp_sgd:
-      return None
-    return privacy.spent(self.config.privacy, steps=num_steps,
-                         batch_size=self.config.data.batch_size,
-                         train_examples=self.data.train_examples)
+    return privacy_spent.of_run(self.config, num_steps,
+                                self.data.train_examples)
 
-  def eval_batches(self, split: str = 'validation'):
-    return _data().evaluation(self.data, split, self.config.data.name)
-
-  def evaluate(self, params, split: str = 'validation') -> dict[str, float]:
-    """Metrics on `split`, or on its first train.eval_steps batches (what
-    training reports; experiments/evaluate.py scores whole splits)."""
-    batches = self.eval_batches(split)
-    if self.config.train.eval_steps:
-      batches = itertools.islice(batches, self.config.train.eval_steps)
-    return steps.evaluate(self.eval_step, params, batches, self.token_bytes)
-
-
-def _data():
-  """lm/data/build.py, imported when a run first reads data: the data stack
-  (grain, tensorflow-datasets) is not installed where the benchmark runs."""
-  from lm.data import build  # pylint: disable=g-import-not-at-top
-  return build
+  def evaluate(self, params) -> dict[str, float]:
+    """Metrics on the first train.eval_steps validation batches (all for
+    0): what training reports; experiments/evaluate.py scores whole
+    splits."""
+    return self.evaluator.evaluate(params,
+                                   max_batches=self.config.train.eval_steps)

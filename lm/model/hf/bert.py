@@ -1,6 +1,7 @@
 """BERT (BertModel, BertForMaskedLM) tensors and config.json <-> the encoder
 family."""
 
+from lm.model import params as model_params
 from lm.model.config import ModelConfig
 from lm.model.hf.rules import Architecture
 from lm.model.hf.rules import Rule
@@ -23,7 +24,7 @@ def _rules(c: ModelConfig) -> list[Rule]:
       *norm(f'{p}embeddings.LayerNorm', 'embed_norm')
   ]
   for i in range(c.num_layers):
-    hf, lm = f'{p}encoder.layer.{i}', f'block_{i}'
+    hf, lm = f'{p}encoder.layer.{i}', model_params.BLOCK.format(i)
     table += attention_rules(
         c, {
             'q': f'{hf}.attention.self.query',

@@ -2,6 +2,7 @@
 
 import numpy as np
 
+from lm.model import params as model_params
 from lm.model.config import ModelConfig
 from lm.model.hf.rules import Architecture
 from lm.model.hf.rules import Rule
@@ -21,7 +22,7 @@ def _rules(c: ModelConfig) -> list[Rule]:
       *norm('transformer.ln_f', 'final_norm')
   ]
   for i in range(c.num_layers):
-    hf, lm = f'transformer.h.{i}', f'block_{i}'
+    hf, lm = f'transformer.h.{i}', model_params.BLOCK.format(i)
     attention = f'{lm}/attention'
     # GPT-2's Conv1D stores [in, out], and fuses q, k and v along `out`.
     table += [

@@ -1,6 +1,7 @@
 """Llama (LlamaForCausalLM) tensors and config.json <-> the decoder family."""
 
 from lm.errors import UsageError
+from lm.model import params as model_params
 from lm.model.config import ModelConfig
 from lm.model.hf.rules import Architecture
 from lm.model.hf.rules import Rule
@@ -18,7 +19,7 @@ def _rules(c: ModelConfig) -> list[Rule]:
       *norm('model.norm', 'final_norm', with_bias=False)
   ]
   for i in range(c.num_layers):
-    hf, lm = f'model.layers.{i}', f'block_{i}'
+    hf, lm = f'model.layers.{i}', model_params.BLOCK.format(i)
     table += attention_rules(
         c, {part: f'{hf}.self_attn.{part}_proj' for part in 'qkvo'},
         f'{lm}/attention', False)

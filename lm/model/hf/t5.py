@@ -2,6 +2,7 @@
 encoder_decoder family."""
 
 from lm.errors import UsageError
+from lm.model import params as model_params
 from lm.model.config import ModelConfig
 from lm.model.hf.rules import Architecture
 from lm.model.hf.rules import Rule
@@ -25,7 +26,8 @@ def _rules(c: ModelConfig) -> list[Rule]:
         *norm(f'{side}.final_layer_norm', f'{side}/final_norm', False)
     ]
     for i in range(layers):
-      hf, lm = f'{side}.block.{i}.layer', f'{side}/block_{i}'
+      hf = f'{side}.block.{i}.layer'
+      lm = f'{side}/{model_params.BLOCK.format(i)}'
       table += attention_rules(
           c, {part: f'{hf}.0.SelfAttention.{part}' for part in 'qkvo'},
           f'{lm}/attention', False)

@@ -1,6 +1,6 @@
-r"""The PyTorch peer of experiments/benchmark.py: the same model, timed alike.
+r"""The PyTorch peer of benchmarks/benchmark.py: the same model, timed alike.
 
-  python -m experiments.torch_peer --config=configs/bench/gpt_cpu.py
+  python -m benchmarks.torch_peer --config=configs/bench/gpt_cpu.py
 
 A straightforward nanoGPT-style implementation (eager PyTorch, fused QKV
 projection, `F.scaled_dot_product_attention`, AdamW) of the config's GPT-2
@@ -34,9 +34,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from experiments import allocator
+from benchmarks import measure
 from experiments import cli
-from lm.evaluate import benchmark
+from lm.kernels import allocator
 from lm.perf import timing
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -127,11 +127,11 @@ def _alternate_decoding(config, model, prompts) -> dict:
   """Seconds of lm's generate and of the KV-cache loop, called in turn."""
   cli.setup_jax()
   bc = config.bench
-  lm_model, lm_config, params = benchmark.random_decoder(config)
+  lm_model, lm_config, params = measure.random_decoder(config)
   lm_prompts = prompts.tolist()
   model.eval()
   times = timing.alternating_seconds({
-      'lm': lambda: benchmark.greedy_generate(config, lm_model, lm_config,
+      'lm': lambda: measure.greedy_generate(config, lm_model, lm_config,
                                               params, lm_prompts),
       'torch': lambda: model.generate(prompts, bc.new_tokens)},
                                      rounds=bc.decode_repeats)

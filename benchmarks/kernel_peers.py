@@ -1,8 +1,8 @@
 r"""The kernels of a config's train step, timed in lm's JAX and in PyTorch.
 
-  python -m experiments.kernel_peers --config=configs/bench/gpt_cpu.py
+  python -m benchmarks.kernel_peers --config=configs/bench/gpt_cpu.py
 
-experiments/benchmark.py and experiments/torch_peer.py time whole steps;
+benchmarks/benchmark.py and benchmarks/torch_peer.py time whole steps;
 this says where a difference between them comes from. It times, alone and
 on the same inputs in both frameworks, each matrix product one train step
 of the config's decoder runs (every dense layer's forward product and its

@@ -1,6 +1,6 @@
 r"""lm's OpenAI server against llama.cpp's, driven by the same client script.
 
-  python -m experiments.serve_benchmark \
+  python -m benchmarks.serve_benchmark \
       --lm=fp32=workdirs/smollm2,int8=workdirs/smollm2_int8 \
       --llama_cpp_python=/path/to/venv/bin/python \
       [--gguf=$(python -m experiments.weights smollm2)] \
@@ -13,7 +13,7 @@ queued, not interrupted). Compilation
 (lm's --warm_up) and a first request come before any timing. Then at each
 number of --clients (threads of the `openai` client, each sending
 --requests_per_client greedy, streamed requests of --max_tokens new tokens,
-lm/evaluate/http_load.py) it measures aggregate tokens/s and the median
+benchmarks/http_load.py) it measures aggregate tokens/s and the median
 and 95th percentile time to first token. Prints a JSON line per server and
 client count, then a summary of the ratios the serving issue asks about;
 --plot draws both measures against the number of clients.
@@ -32,9 +32,9 @@ import urllib.request
 
 from absl import flags
 
+from benchmarks import http_load
 from experiments import cli
 from lm.convert import packaged
-from lm.evaluate import http_load
 from lm.io import paths
 
 _LM = flags.DEFINE_list('lm', [], 'NAME=WORKDIR pairs: lm workdirs to '

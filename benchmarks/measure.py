@@ -2,7 +2,7 @@
 
 Random tokens (not the data pipeline) feed a model of random weights, so
 that what is timed is the compiled step and nothing else, as the PyTorch
-peer of experiments/torch_peer.py is timed. Every figure is a median over
+peer of benchmarks/torch_peer.py is timed. Every figure is a median over
 repeated calls after compiling ones, synchronized on the result.
 """
 

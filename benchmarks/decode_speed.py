@@ -1,6 +1,6 @@
 r"""Compiled vs op-by-op decoding speed of a config's model (random init).
 
-  python -m experiments.decode_speed --config=configs/default.py
+  python -m benchmarks.decode_speed --config=configs/default.py
 
 Greedy-decodes one prompt with the compiled prefill + while-loop decoder
 (median of 3 calls after a compiling one) and with the same code op by op

@@ -1,10 +1,10 @@
 r"""Training and generation speed of a config's model, as one JSON line.
 
-  python -m experiments.benchmark --config=configs/bench/gpt_cpu.py
-  python -m experiments.benchmark --config=configs/bench/gpt_cpu.py \
+  python -m benchmarks.benchmark --config=configs/bench/gpt_cpu.py
+  python -m benchmarks.benchmark --config=configs/bench/gpt_cpu.py \
       --sweep --sweep_out=docs/sweep.jsonl --plot=docs/sweep.png
 
-Random weights and random tokens; see lm/evaluate/benchmark.py for what is
+Random weights and random tokens; see benchmarks/measure.py for what is
 timed.
 The line holds the median train-step time and train_tokens_per_s over
 config.bench.steps steps after config.bench.warmup_steps, model FLOPs per
@@ -28,9 +28,9 @@ from absl import flags
 import jax
 from ml_collections import config_flags
 
-from experiments import allocator
+from benchmarks import measure
 from experiments import cli
-from lm.evaluate import benchmark
+from lm.kernels import allocator
 from lm.model import params as model_params
 from lm.model import registry
 from lm.model.config import ModelConfig
@@ -82,14 +82,14 @@ def sweep(config, peak):
       yield {'sweep': 'seq_len', 'attention': attention,
              'seq_len': seq_len, 'batch_size': _SWEEP_BATCH.value,
              'num_layers': point.model.num_layers,
-             **benchmark.measure_train(point, peak)}
+             **measure.measure_train(point, peak)}
   for num_layers in _ints(_LAYER_COUNTS):
     point = base.copy_and_resolve_references()
     point.model.num_layers = num_layers
     yield {'sweep': 'num_layers', 'attention': point.model.attention,
            'seq_len': point.data.seq_len,
            'batch_size': point.data.batch_size, 'num_layers': num_layers,
-           **benchmark.measure_train(point, peak)}
+           **measure.measure_train(point, peak)}
 
 
 def plot(points, path):
@@ -174,12 +174,12 @@ def main(argv):
             'batch_size': config.data.batch_size,
             'seq_len': config.data.seq_len, **allocator.malloc_settings()}
   if _ONLY.value != 'decode':
-    result.update(benchmark.measure_train(config, peak))
+    result.update(measure.measure_train(config, peak))
   if _ONLY.value != 'train' and decode_batches:
-    result['decode'] = [benchmark.measure_decode(config, batch)
+    result['decode'] = [measure.measure_decode(config, batch)
                         for batch in decode_batches]
   elif _ONLY.value != 'train':
-    result.update(benchmark.measure_decode(config))
+    result.update(measure.measure_decode(config))
   print(json.dumps(result), flush=True)
 
 

@@ -1,6 +1,6 @@
 r"""Builds the data of the lm-eval tasks in evals/lm_eval/ from offline files.
 
-  python -m experiments.lm_eval_tasks --output=/tmp/tasks
+  python -m tools.lm_eval_tasks --output=/tmp/tasks
   cp /tmp/tasks/*.jsonl evals/lm_eval/
 
 Country capitals come from the PyPI package `countryinfo` (installed by

@@ -1,5 +1,5 @@
-"""Metrics the train and eval steps sum over batches, and what is reported
-from the sums.
+"""The model's forward pass on a batch, the metrics the train and eval steps
+sum over batches, and what is reported from the sums.
 
 Language modelling (loss, perplexity, bits per byte, token accuracy) and
 classification (accuracy, macro and per-class precision/recall/F1, the
@@ -17,6 +17,30 @@ import jax.numpy as jnp
 import numpy as np
 
 from lm.kernels.argmax import argmax
+from lm.model import params as model_params
+
+
+def forward(model, params, batch, **kwargs):
+  """The model's outputs on a batch, and the auxiliary values its layers
+  sowed in the 'aux' collection (lm/model/moe.py: router losses, expert
+  load)."""
+  return model.apply({'params': params},
+                     **model_params.model_inputs(model, batch),
+                     mutable=['aux'], **kwargs)
+
+
+def batch_sums(model, params, batch, token_bytes_V=None, **kwargs):
+  """Metric sums of one batch: what the eval step computes."""
+  return output_sums(forward(model, params, batch, **kwargs)[0], batch,
+                     token_bytes_V)
+
+
+def output_sums(outputs, batch, token_bytes_V=None):
+  """Per target token for the language-modelling objectives, per sequence
+  for classification (batches with a 'label')."""
+  if 'label' in batch:
+    return classification_sums(outputs, batch['label'], batch['weights'])
+  return lm_sums(outputs, batch['targets'], batch['weights'], token_bytes_V)
 
 
 def token_nll(logits_BLV, targets_BL):

@@ -1,4 +1,5 @@
-"""Scripts restart once with a memory allocator that keeps freed memory.
+"""On the CPU, scripts restart once with a memory allocator that keeps
+freed memory.
 
 XLA:CPU allocates a step's temporary buffers anew at every call. glibc's
 malloc hands blocks that large to mmap and back to the kernel when they are
@@ -14,15 +15,16 @@ of preference:
   (Keeping freed memory in glibc instead, mallopt's mmap_max=0, fragmented
   its heap.)
 
-Both are read when a process starts, so the script's process re-executes
-itself with them, before JAX is imported (from experiments/__init__.py,
-only for `python -m experiments.NAME`), and only where JAX will run on the
-CPU: a GPU or TPU backend allocates device memory its own way. A process
+Both are read when a process starts, so a script's process re-executes
+itself with them: `restart_with_allocator`, called in one place,
+experiments/cli.py's `run` (a script's entry point, never on import), and
+only where JAX will run on the CPU: a GPU or TPU backend allocates device
+memory its own way. A process
 whose LD_PRELOAD the user set (tcmalloc on a TPU VM, say) stays as it is.
 LM_ALLOCATOR=glibc skips mimalloc, LM_ALLOCATOR=system changes nothing; a
 process that already preloads mimalloc or sets glibc.malloc.hugetlb stays as
-it is. `describe` says what a process runs with. experiments/benchmark.py
-and experiments/torch_peer.py record what their process ran with;
+it is. `describe` says what a process runs with. benchmarks/benchmark.py
+and benchmarks/torch_peer.py record what their process ran with;
 docs/performance.md has the measurements.
 """
 
@@ -143,15 +145,6 @@ def restart_with_allocator() -> None:
               dict(os.environ, **added))
   except OSError:
     pass  # Runs on with the system's malloc, only slower.
-
-
-def runs_as_script(orig_argv: list[str]) -> bool:
-  """Whether the command line is `python [options] -m experiments.NAME ...`."""
-  if '-m' not in orig_argv[1:]:
-    return False
-  index = orig_argv.index('-m', 1)
-  return (index + 1 < len(orig_argv) and
-          orig_argv[index + 1].startswith('experiments.'))
 
 
 def loaded_allocator() -> str:
