@@ -86,6 +86,7 @@ def scores_in(text: str) -> bool:
   return bool(re.search(rf'x{SEQ_LEN}x{SEQ_LEN}x', text))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('on, attention', [
     ('gpu', 'pallas'), ('tpu', 'auto'), ('tpu', 'pallas')])
 def test_the_train_step_runs_attention_in_a_fused_kernel(on, attention):
@@ -154,6 +155,7 @@ def test_kernels_that_cannot_serve_say_why_and_give_way():
   assert kernel == 'query_blocks' and 'GPUs and TPUs' in note
 
 
+@pytest.mark.slow
 def test_logits_are_float32_from_bfloat16_compute():
   config = ModelConfig.from_config(llama_config('auto').model)
   model = registry.build_model(config)

@@ -56,6 +56,7 @@ def lstm_model(**overrides):
   return model, model_params.init_params(model, jax.random.PRNGKey(0))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('pooling, bidirectional', [
     ('mean', True), ('last', True), ('first', True), ('last', False)])
 def test_lstm_ignores_right_padding(pooling, bidirectional):
@@ -84,6 +85,7 @@ def test_lstm_must_be_a_classifier():
     lstm_model(num_classes=0)
 
 
+@pytest.mark.slow
 def test_lstm_baseline_trains_through_the_same_harness(tiny, tmp_path):
   config = finetune_test.classifier_config(
       tiny, family='lstm', num_layers=1, pooling='mean')

@@ -22,6 +22,7 @@ def _reference(q, k, v, positions, causal, mask, bias):
       q, k, v, bias=bias, mask=None if allowed is None else allowed[:, None])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('causal', [True, False])
 @pytest.mark.parametrize('with_mask_and_bias', [False, True])
 def test_values_and_gradients_equal_dot_product_attention(causal,
@@ -60,6 +61,7 @@ def test_values_and_gradients_equal_dot_product_attention(causal,
     # Relative position biases, padding masks and cross-attention.
     ('encoder_decoder', dict(position='relative', norm='rmsnorm')),
 ])
+@pytest.mark.slow
 def test_models_compute_the_same_logits_in_blocks(family, extra):
   config = ModelConfig(family=family, **_SMALL, **extra)
   model = registry.build_model(config)
@@ -88,6 +90,7 @@ def _train_step_temp_bytes(attention: str, seq_len: int) -> int:
       ).temp_size_in_bytes
 
 
+@pytest.mark.slow
 def test_blockwise_memory_grows_linearly_with_length():
   # Doubling the length: the [L, L] scores of every head make the fused
   # step's temporaries about 4x; blocks of 64 make them about 2x.

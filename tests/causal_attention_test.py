@@ -51,6 +51,7 @@ def test_query_blocks_are_at_least_64_queries_and_at_most_4():
     (2, 1, None),  # GQA with T5's relative bias, shared by the batch.
     (3, BATCH, 150),  # A bias per row, and padded keys.
 ])
+@pytest.mark.slow
 def test_blocks_equal_whole_attention_and_its_gradients(
     kv_heads, bias_batch, padding_from):
   q, k, v, bias, d_out = _inputs(kv_heads, bias_batch)

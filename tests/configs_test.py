@@ -26,6 +26,7 @@ PUBLISHED_PARAMS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('get_config, preset, expected', PUBLISHED_PARAMS)
 def test_preset_parameter_count_equals_published_model(get_config, preset,
                                                        expected):
@@ -125,6 +126,7 @@ def test_override_of_wrong_type_is_rejected():
     'configs/sentiment.py:lstm', 'configs/sentiment.py:lstm_seed',
     'configs/topics.py', 'configs/moe.py',
     'configs/bench/gpt_cpu.py', 'configs/bench/llama_gpu.py'])
+@pytest.mark.slow
 def test_every_config_builds_a_valid_model(path):
   config = parse([f'--config={path}'])
   model_config = ModelConfig.from_config(config.model)

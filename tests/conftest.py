@@ -17,9 +17,8 @@ if 'xla_backend_optimization_level' not in os.environ.get('XLA_FLAGS', ''):
   os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                              ' --xla_backend_optimization_level=1').strip()
 # Two test processes (pytest -n 2) and the scripts they start share the
-# cache: a size limit turns on JAX's file lock around its reads and writes,
-# so no process reads an entry another is still writing.
-os.environ.setdefault('JAX_COMPILATION_CACHE_MAX_SIZE', str(8 << 30))
+# cache; an entry read while another process still writes it is a warning
+# and a compile, not an error (jax/_src/compiler.py).
 # Scripts the tests start keep the system malloc: restarting each with
 # mimalloc (lm/kernels/allocator.py) costs a second of startup and buys
 # nothing on tiny models. The test of the restart sets it back.

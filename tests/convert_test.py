@@ -129,6 +129,7 @@ def tiny_llama():
   return model.eval()
 
 
+@pytest.mark.slow
 def test_gguf_import_matches_the_model_it_was_written_from(tiny_llama,
                                                            tmp_path):
   write_tiny_llama_gguf(tmp_path / 'tiny.gguf', tiny_llama)
@@ -176,6 +177,7 @@ def gpt2_dir(tmp_path_factory):
   return directory, model
 
 
+@pytest.mark.slow
 def test_gpt2_import_tokenizes_and_predicts_like_transformers(gpt2_dir,
                                                               tmp_path):
   directory, model = gpt2_dir
@@ -223,6 +225,7 @@ def test_import_never_writes_into_a_directory_that_holds_files(gpt2_dir,
 # ---------------------------------------------------------------- export ----
 
 
+@pytest.mark.slow
 def test_a_model_trained_here_exports_to_transformers_and_back(tiny,
                                                                 tmp_path):
   tiny.model.update(num_kv_heads=0)  # GPT-2 has no grouped-query attention
@@ -242,6 +245,7 @@ def test_a_model_trained_here_exports_to_transformers_and_back(tiny,
                jax.tree.map(np.asarray, original))
 
 
+@pytest.mark.slow
 def test_export_names_what_keeps_a_model_out_of_every_layout(tiny, tmp_path):
   tiny.train.update(num_steps=3, eval_every=3, checkpoint_every=3)
   loop.train_and_evaluate(tiny, str(tmp_path / 'gqa'))  # learned + GQA
@@ -250,6 +254,7 @@ def test_export_names_what_keeps_a_model_out_of_every_layout(tiny, tmp_path):
   assert not os.path.exists(tmp_path / 'hf')
 
 
+@pytest.mark.slow
 def test_a_bert_trained_here_exports_to_transformers(tiny, tmp_path):
   tiny.model.update(family='encoder', norm_position='post', embed_norm=True,
                     num_kv_heads=0, type_vocab_size=2, vocab_size=261)

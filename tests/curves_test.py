@@ -14,6 +14,7 @@ from lm.evaluate import curves
 from lm.train import loop
 
 
+@pytest.mark.slow
 def test_the_plot_compares_the_validation_curves_of_two_runs(
     float_workdir, tiny, tmp_path):
   tiny.train.update(num_steps=10, eval_every=5, log_every=5,
@@ -44,6 +45,7 @@ def test_a_file_cut_short_is_read_to_its_last_whole_record(float_workdir,
   assert sum(map(len, cut.values())) == sum(map(len, whole.values())) - 1
 
 
+@pytest.mark.slow
 def test_tensorboard_holds_scalars_samples_and_histograms(tiny, tmp_path):
   tiny.train.update(num_steps=10, eval_every=5, log_every=5,
                     checkpoint_every=10, histograms=True)

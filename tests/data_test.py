@@ -180,6 +180,7 @@ def test_train_batches_are_shuffled_windows_of_text(lm_data):
   assert text.isprintable() or '\n' in text
 
 
+@pytest.mark.slow
 def test_tweet_sentiment_splits_are_disjoint_and_labelled(tmp_path):
   builder = datasets.get_builder('tweet_sentiment', str(tmp_path))
   texts = {}

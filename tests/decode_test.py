@@ -17,6 +17,7 @@ from lm.model.config import ModelConfig
 from tests.models_test import VARIANTS, make
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('variant', sorted(VARIANTS))
 def test_prefill_then_cached_steps_equal_full_forward(variant):
   """Ragged rows: row 0 has a 5-token prompt, row 1 a 2-token prompt."""
@@ -125,6 +126,7 @@ def test_a_prefill_in_chunks_equals_one_in_a_piece(chunk):
     np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_op_by_op_decoding_writes_what_the_compiled_loop_does():
   model, params = make(**VARIANTS['llama_gqa'])
   kwargs = dict(rng=jax.random.PRNGKey(3), eos_id=None, sampling=(
@@ -153,6 +155,7 @@ class _Letters:
     return ''.join(chr(ord('a') + t % 26) for t in tokens)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('jit', [True, False])
 def test_streamed_pieces_are_the_continuation_token_by_token(jit):
   model, params = make()
@@ -275,6 +278,7 @@ def full_forward_logprobs(forward, params, source, prefix):
   return jax.nn.log_softmax(logits[0, len(prefix)])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('position', ['sinusoidal', 'relative'])
 def test_cached_beam_of_one_equals_full_forward_greedy(position):
   model, params = seq2seq_model(position)

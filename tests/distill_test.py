@@ -28,6 +28,7 @@ def test_soft_loss_is_zero_for_the_teacher_itself_and_positive_otherwise():
   assert not np.any(np.asarray(grad))
 
 
+@pytest.mark.slow
 def test_a_student_learns_from_its_teacher(float_workdir, data_dir, tmp_path):
   """With alpha=1 the student only sees the teacher: its soft loss falls."""
   config = tiny_config(data_dir)

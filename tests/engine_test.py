@@ -103,6 +103,7 @@ def test_requests_that_cannot_fit_are_refused(tiny):
       _ask(engine, prompt, max_tokens, **settings)
 
 
+@pytest.mark.slow
 def test_rows_sample_under_their_own_settings():
   logits = jnp.array([[0.0, 3.0, 1.0, 2.0]] * 4)
   keys = jax.vmap(jax.random.key)(jnp.arange(4, dtype=jnp.uint32))
@@ -152,6 +153,7 @@ def test_new_prompt_lengths_compile_nothing_after_warm_up(tiny):
   assert [p._cache_size() for p in programs] == warm  # pylint: disable=protected-access
 
 
+@pytest.mark.slow
 def test_warm_up_compiles_what_traffic_then_needs(tiny):
   model, params, _ = tiny
   # A context and slot count no other test uses: nothing is compiled yet.

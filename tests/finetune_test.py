@@ -29,6 +29,7 @@ def classifier_config(config, **model):
   return config
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('model', [dict(ENCODER, pooling='first'),
                                    dict(pooling='last')])
 def test_classifier_trains_and_reports_f1(tiny, tmp_path, model):
@@ -42,6 +43,7 @@ def test_classifier_trains_and_reports_f1(tiny, tmp_path, model):
   assert any('val_macro_f1=' in line for line in lines)
 
 
+@pytest.mark.slow
 def test_init_from_copies_the_backbone_and_adds_a_head(tiny, tmp_path):
   pretrain = tiny.copy_and_resolve_references()
   pretrain.model.update(vocab_size=261, **ENCODER)
@@ -66,6 +68,7 @@ def test_init_from_copies_the_backbone_and_adds_a_head(tiny, tmp_path):
   assert any(line.startswith('Initialized from') for line in lines)
 
 
+@pytest.mark.slow
 def test_init_from_another_architecture_is_refused(tiny, tmp_path):
   tiny.train.update(num_steps=3, eval_every=3, checkpoint_every=3)
   loop.train_and_evaluate(tiny, str(tmp_path / 'lm'))  # d_model 32
@@ -82,6 +85,7 @@ def test_wrong_number_of_classes_is_refused(tiny, tmp_path):
     loop.train_and_evaluate(config, str(tmp_path))
 
 
+@pytest.mark.slow
 def test_padding_does_not_change_the_class_logits(tiny):
   """The pooled vector ignores pad tokens, for every pooling."""
   from lm.model import params as model_params  # pylint: disable=g-import-not-at-top
@@ -115,6 +119,7 @@ def _dp_config(tiny, **privacy):
   return config
 
 
+@pytest.mark.slow
 def test_dp_sgd_step_is_the_mean_of_clipped_per_example_gradients(tiny):
   """Without noise, the step is minus the mean over the batch of each
   example's gradient (of the trainable parameters) clipped to l2_clip:
@@ -160,6 +165,7 @@ def test_dp_sgd_step_is_the_mean_of_clipped_per_example_gradients(tiny):
       assert not np.any(move)
 
 
+@pytest.mark.slow
 def test_dp_sgd_per_example_memory_grows_with_the_microbatch(tiny):
   """The compiled step's scratch memory holds `microbatch` per-example
   gradients, not the batch's."""
@@ -180,6 +186,7 @@ def test_bad_microbatch_is_refused(tiny):
     Trainer(_dp_config(tiny, microbatch=3))
 
 
+@pytest.mark.slow
 def test_dp_sgd_run_reports_epsilon(tiny, tmp_path):
   config = classifier_config(tiny, **ENCODER)
   config.train.update(num_steps=6, eval_every=6, checkpoint_every=6)
@@ -215,6 +222,7 @@ def test_bad_privacy_settings_are_refused(tiny):
     Trainer(tiny)
 
 
+@pytest.mark.slow
 def test_init_from_a_family_that_cannot_serve_the_task(tiny, tmp_path):
   decoder = tiny.copy_and_resolve_references()
   decoder.train.update(num_steps=3, eval_every=3, checkpoint_every=3)

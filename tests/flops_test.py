@@ -39,6 +39,7 @@ def test_an_untied_head_and_experts_count_what_a_token_uses():
   assert moe == tied + router + 2 * mlp
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('family', ['decoder', 'encoder'])
 def test_the_formula_matches_xla_cost_analysis(family):
   c = ModelConfig(family=family, vocab_size=512, d_model=128,
@@ -119,6 +120,7 @@ def test_a_measured_peak_rises_to_a_faster_step():
   assert datasheet.mfu(150e9) == 1.5  # A datasheet is not moved.
 
 
+@pytest.mark.slow
 def test_training_never_logs_mfu_above_one(tiny, tmp_path, monkeypatch):
   # A peak measured while something else had the machine.
   monkeypatch.setattr(flops, 'peak_flops',

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from lm.model import attention
 from lm.model import layers
@@ -49,6 +50,7 @@ def test_swiglu_has_gate_and_up_projections():
                              rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_grouped_query_attention_equals_repeated_heads():
   """GQA with K kv heads == MHA whose kv weights repeat each kv head."""
   gqa = attention.Attention(num_heads=4, num_kv_heads=2, head_dim=8,

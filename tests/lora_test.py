@@ -16,6 +16,7 @@ from lm.train import loop
 from tests.conftest import tiny_config
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('scan', [False, True])
 def test_merged_model_computes_what_the_adapters_do(scan):
   config = ModelConfig(
@@ -47,6 +48,7 @@ def test_merged_model_computes_what_the_adapters_do(scan):
                          with_adapters, atol=1e-3)
 
 
+@pytest.mark.slow
 def test_lora_fine_tuning_updates_only_the_adapters(float_workdir, data_dir,
                                                      tmp_path):
   config = tiny_config(data_dir)

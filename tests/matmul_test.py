@@ -14,6 +14,7 @@ from lm.kernels import matmul
 
 # An output narrower than x takes the "tn" weight gradient, a wider one the
 # transposed x.
+@pytest.mark.slow
 @pytest.mark.parametrize('out', [8, 32])
 @pytest.mark.parametrize('shape, dtype', [((6, 16), jnp.float32),
                                           ((2, 3, 16), jnp.float32),

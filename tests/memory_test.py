@@ -26,6 +26,7 @@ def stack_layers(params, num_layers):
   return stacked
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('family', ['decoder', 'encoder_decoder'])
 def test_scanned_layers_compute_what_the_loop_does(family):
   config = ModelConfig(family=family, **_SMALL)
@@ -49,6 +50,7 @@ def test_scanned_layers_compute_what_the_loop_does(family):
       atol=1e-5)
 
 
+@pytest.mark.slow
 def test_scanned_layers_decode_with_the_kv_cache():
   loop = registry.build_model(ModelConfig(**_SMALL))
   scanned = registry.build_model(ModelConfig(scan_layers=True, **_SMALL))
@@ -61,6 +63,7 @@ def test_scanned_layers_decode_with_the_kv_cache():
                                                       **kwargs)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('remat', ['full', 'dots'])
 def test_remat_gives_the_same_gradients(remat):
   tokens = jax.random.randint(jax.random.key(1), (2, 16), 0, 64)
@@ -87,6 +90,7 @@ def test_remat_gives_the_same_gradients(remat):
                                                 scan_layers=True))
 
 
+@pytest.mark.slow
 def test_scan_and_full_remat_lower_the_compiled_peak_memory(tiny):
   tiny.model.update(num_layers=12, d_model=64, d_ff=256)
   tiny.data.update(seq_len=64, batch_size=16)
@@ -98,6 +102,7 @@ def test_scan_and_full_remat_lower_the_compiled_peak_memory(tiny):
   assert with_remat['argument_bytes'] == without['argument_bytes']
 
 
+@pytest.mark.slow
 def test_accumulating_micro_batches_equals_one_big_batch(tiny):
   tiny.data.batch_size = 32
   tiny.optim.warmup_steps = 0

@@ -43,6 +43,7 @@ class TestShapes(chex.TestCase):
     chex.assert_tree_all_finite(logits)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('variant', sorted(VARIANTS))
 def test_output_at_t_does_not_depend_on_inputs_after_t(variant):
   model, params = make(**VARIANTS[variant])
@@ -61,6 +62,7 @@ def test_output_at_t_does_not_depend_on_inputs_after_t(variant):
   assert np.all(norms[:t + 1] > 0), norms
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('variant', sorted(VARIANTS))
 def test_every_parameter_has_one_logical_axis_per_dimension(variant):
   config = ModelConfig(**{**TINY, **VARIANTS[variant]})
@@ -91,6 +93,7 @@ def test_tied_model_has_no_separate_head():
   assert 'head' not in tied and 'head' in untied
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_keeps_float32_params():
   model, params = make(dtype='bfloat16')
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
@@ -125,6 +128,7 @@ def test_unknown_model_key_is_named():
     ModelConfig.from_config({**TINY, 'num_layer': 3})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('variant', ['llama_gqa', 't5_decoder'])
 def test_causal_query_blocks_equal_whole_attention(variant):
   # 200 tokens go in 3 query blocks (of 64 queries at least: 66, 67, 67),

@@ -26,6 +26,7 @@ def _apply(layer, x_BLD):
   return nn.unbox(params), y_BLD, aux['aux']
 
 
+@pytest.mark.slow
 def test_each_token_mixes_its_top_experts_by_renormalized_router_weights():
   x_BLD = jax.random.normal(jax.random.key(1), (2, 5, 8))
   layer = _layer()
@@ -43,6 +44,7 @@ def test_each_token_mixes_its_top_experts_by_renormalized_router_weights():
                                  atol=1e-5)
 
 
+@pytest.mark.slow
 def test_tokens_past_an_experts_capacity_skip_it():
   # One expert per token and room for one token per expert: of each
   # sequence's tokens, only the first to reach each expert gets an output.
@@ -59,6 +61,7 @@ def test_tokens_past_an_experts_capacity_skip_it():
   np.testing.assert_allclose(np.sum(aux['expert_load'][0]), 1.0, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_balanced_routing_has_load_balancing_loss_one():
   x_BLD = jax.random.normal(jax.random.key(3), (2, 6, 8))
   layer = _layer(aux_loss_weight=1.0, z_loss_weight=0.0)
@@ -68,6 +71,7 @@ def test_balanced_routing_has_load_balancing_loss_one():
   np.testing.assert_allclose(aux['aux']['router_loss'][0], 1.0, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_moe_model_trains_with_falling_loss_and_reports_expert_load(tiny):
   tiny.model.update(num_experts=4, experts_per_token=2, moe_every=2)
   tiny.train.update(num_steps=30)

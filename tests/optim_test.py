@@ -43,6 +43,7 @@ def test_frozen_parameters_stay_exactly_and_keep_no_optimizer_state(tiny):
   assert moments == 2 * trainable
 
 
+@pytest.mark.slow
 def test_a_learning_rate_scale_scales_the_update(tiny):
   tiny.optim.warmup_steps = 0
   initial, plain, _ = _steps(tiny, 1)
@@ -102,6 +103,7 @@ def test_bad_settings_are_one_clear_error(tiny, setting, message):
     Trainer(tiny)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name, rate', [
     ('adamw', 3e-3), ('adam', 3e-3), ('sgd', 0.3), ('adafactor', 0.3),
     ('lion', 1e-3), ('muon', 3e-3)])
@@ -140,6 +142,7 @@ def _compiled_products(trainer):
   return sum(line.count(' dot(') for line in text.splitlines())
 
 
+@pytest.mark.slow
 def test_frozen_parameters_form_no_gradient(tiny):
   """Freezing the lower block leaves its weight gradients uncomputed: the
   compiled step has fewer products (each frozen kernel's dW), and its

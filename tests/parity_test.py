@@ -109,6 +109,7 @@ def _lm_and_hf_outputs(name, model):
         tokens.shape, bool)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', sorted(_hf_models()))
 def test_logits_match_transformers(name, hf_models):
   ours, theirs, valid = _lm_and_hf_outputs(name, hf_models[name])

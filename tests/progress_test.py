@@ -6,6 +6,8 @@ import io
 import re
 import time
 
+import pytest
+
 from lm import progress
 from lm.perf import flops
 from lm.train import loop
@@ -54,6 +56,7 @@ def test_the_line_reports_rates_from_finished_steps():
   assert line.texts[-1] == 'step 21/100 | loss 2.0000'
 
 
+@pytest.mark.slow
 def test_a_training_run_draws_the_line_between_its_log_lines(tiny, tmp_path):
   terminal = FakeTerminal()
   lines = []

@@ -78,6 +78,7 @@ def test_bad_prune_settings_are_refused(kwargs, match):
     prune.PruneConfig(**kwargs).validate()
 
 
+@pytest.mark.slow
 def test_gradual_pruning_in_training_leaves_exact_zeros(data_dir, tmp_path):
   config = tiny_config(data_dir)
   config.prune.update(pattern='2:4', start_step=2,
@@ -113,6 +114,7 @@ def test_one_shot_pruning_of_params():
                                                  targets='nothing'), {})
 
 
+@pytest.mark.slow
 def test_a_pruned_workdir_keeps_its_pattern_in_its_config(float_workdir,
                                                           tmp_path):
   output = str(tmp_path / 'pruned')

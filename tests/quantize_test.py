@@ -83,6 +83,7 @@ CONFIGS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name, bits', [
     ('gpt2', 'int8'), ('llama_untied', 'int4'), ('t5', 'int4'),
     ('bert_classifier', 'int8')])
@@ -113,6 +114,7 @@ def test_a_quantized_model_computes_with_what_its_integers_hold(name, bits):
       'int8': 0.05, 'int4': 0.5}[bits] * spread
 
 
+@pytest.mark.slow
 def test_the_int8_kv_cache_decodes_like_the_float_one():
   config = ModelConfig(vocab_size=64, d_model=32, num_layers=2,
                               num_heads=4, d_ff=64, position='rotary')
@@ -152,6 +154,7 @@ def test_int4_group_sizes_that_do_not_tile_are_refused():
     model_params.abstract_params(model)
 
 
+@pytest.mark.slow
 def test_a_quantized_workdir_is_smaller_and_scores_close(float_workdir,
                                                          tmp_path):
   defaults = base.get_base_config()
@@ -184,3 +187,20 @@ def test_training_a_quantized_config_is_refused(data_dir, tmp_path):
   with pytest.raises(UsageError, match='inference format'):
     loop.train_and_evaluate(config, str(tmp_path))
   assert not os.listdir(tmp_path)
+
+
+def test_the_report_counts_packed_int4_weights_and_skips_scales():
+  from lm.evaluate import compression_report  # pylint: disable=g-import-not-at-top
+  params = {'dense': {'kernel': np.array([[0.0, 1.0], [2.0, 0.0]]),
+                      'kernel_scale': np.ones(2)},
+            'packed': {'kernel': np.array([0x10, 0x00, 0x32], np.uint8)}}
+  assert compression_report.count_weights(params) == (4 + 6, 2 + 3)
+  rows = [{'params_bytes': 2**20, 'array_bytes': 2**21, 'weights': 10,
+           'nonzero': 5, 'bits_per_byte': 2.0, 'decode_tokens_per_s': 100.0},
+          {'params_bytes': 2**19, 'array_bytes': 2**19, 'weights': 10,
+           'nonzero': 10, 'bits_per_byte': 2.1}]
+  table = compression_report.markdown(rows, ['fp32', 'int8'])
+  assert '| fp32 | 1.00 MiB | 2.00 MiB | 10 (50%) | 2.0000 | +0.00% | 100 |' \
+      in table
+  assert '| int8 | 0.50 MiB | 0.50 MiB | 10 (100%) | 2.1000 | +5.00% | nan |' \
+      in table

@@ -147,6 +147,7 @@ def _config_of(family: str) -> ModelConfig:
                      **extra.get(family, {}))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('family', registry.names() + ['parallel_decoder'])
 def test_every_registered_family_builds_and_runs_through_the_registry(
     family):
@@ -162,6 +163,7 @@ def test_every_registered_family_builds_and_runs_through_the_registry(
   assert flops.train_flops_per_token(config, 8) > 0
 
 
+@pytest.mark.slow
 def test_a_family_registered_in_one_place_trains_decodes_and_converts(
     data_dir, tmp_path):
   config = tiny_config(data_dir)

@@ -24,6 +24,7 @@ def build(**overrides):
   return model, model_params.init_params(model, jax.random.key(0))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('groups', [1, 2])
 def test_shared_blocks_compute_what_copies_of_them_do(groups):
   shared, shared_params = build(share_layers=groups)
@@ -44,11 +45,13 @@ def test_shared_blocks_compute_what_copies_of_them_do(groups):
       plain_params)
 
 
+@pytest.mark.slow
 def test_shared_blocks_keep_one_kv_cache_per_layer():
   decode_test.assert_greedy_decoding_matches_full_forward(
       *build(share_layers=1), steps=5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('family', ['decoder', 'encoder', 'encoder_decoder'])
 def test_factorized_embeddings_are_smaller_and_run(family):
   model, params = build(family=family, embed_dim=8, share_layers=2,

@@ -186,6 +186,7 @@ def test_fixture_dataset_splits_whole_files(summaries_dir):
   assert all(n % 2 == 0 for n in counts.values())  # both functions of a file
 
 
+@pytest.mark.slow
 def test_text_task_trains_and_scores_generated_text(tiny, tmp_path,
                                                     summaries_dir):
   config = text_config(tiny, summaries_dir[0], 'instruct')
@@ -202,6 +203,7 @@ def test_text_task_trains_and_scores_generated_text(tiny, tmp_path,
   assert 'rougeL' in score.markdown_table(result)
 
 
+@pytest.mark.slow
 def test_beam_summaries_are_never_empty_and_score_at_least_greedy(
     tiny, tmp_path, summaries_dir):
   """A fixed small encoder-decoder, trained on the fixture's summaries: beam
@@ -233,6 +235,7 @@ def test_beam_summaries_are_never_empty_and_score_at_least_greedy(
       trainer, params, [sources[0]], trainer.config.evaluate)[0]
 
 
+@pytest.mark.slow
 def test_a_decoder_is_scored_zero_shot_on_another_task(
     float_workdir, summaries_dir, tiny, tmp_path):
   """evaluate --task: the workdir's model and tokenizer on another config's

@@ -35,6 +35,7 @@ def params_at(config, workdir, step):
   return checkpointer.restore_params(abstract_params(config), step)
 
 
+@pytest.mark.slow
 def test_loss_falls_on_a_tiny_fixture(tiny, tmp_path):
   tiny.train.profile_steps = 3
   lines = []
@@ -55,6 +56,7 @@ def test_loss_falls_on_a_tiny_fixture(tiny, tmp_path):
   assert traces
 
 
+@pytest.mark.slow
 def test_eval_steps_scores_the_first_batches_of_the_split(tiny):
   tiny.train.eval_steps = 2
   trainer = Trainer(tiny)
@@ -97,6 +99,7 @@ def test_stop_and_resume_equals_an_uninterrupted_run(tiny, tmp_path):
                params_at(tiny, resumed_dir, 10))
 
 
+@pytest.mark.slow
 def test_more_steps_continue_a_finished_run(tiny, tmp_path):
   loop.train_and_evaluate(tiny, str(tmp_path), stop_at_step=10)
   tiny.train.num_steps = 12
@@ -106,6 +109,7 @@ def test_more_steps_continue_a_finished_run(tiny, tmp_path):
   assert final_params(tiny, str(tmp_path))[1] == 12
 
 
+@pytest.mark.slow
 def test_resuming_with_another_model_is_refused(tiny, tmp_path):
   loop.train_and_evaluate(tiny, str(tmp_path), stop_at_step=10)
   tiny.model.d_model = 48
@@ -127,6 +131,7 @@ def _first_and_last_eval(config, workdir):
   return loss(evals[0]), loss(evals[-1])
 
 
+@pytest.mark.slow
 def test_masked_lm_pretraining_lowers_validation_loss(tiny, tmp_path):
   tiny.model.update(family='encoder', norm_position='post', embed_norm=True,
                     num_kv_heads=0, vocab_size=261)  # + [MASK]
@@ -137,6 +142,7 @@ def test_masked_lm_pretraining_lowers_validation_loss(tiny, tmp_path):
   assert last < 0.7 * np.log(tiny.model.vocab_size), (first, last)
 
 
+@pytest.mark.slow
 def test_span_corruption_pretraining_lowers_validation_loss(tiny, tmp_path):
   tiny.model.update(family='encoder_decoder', norm='rmsnorm',
                     position='relative', use_bias=False, scale_queries=False,

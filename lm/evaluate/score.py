@@ -1,11 +1,12 @@
 """Scores a trained model on a split of its task.
 
 Classifiers and language models are scored from their logits (the sums of
-lm/evaluate/evaluator.py's eval step), with no optimizer or train step. Text-to-text tasks are also scored on text
-the model writes: beam search (or greedy) for encoder-decoder models, greedy
-continuation of the prompt for decoders, then the dataset's metrics (BLEU
-and chrF for translation, ROUGE for summarization, exact match and token F1
-for QA) against the references.
+lm/evaluate/evaluator.py's eval step), with no optimizer or train step.
+Text-to-text tasks are also scored on text the model writes: beam search
+(or greedy) for encoder-decoder models, greedy continuation of the prompt
+for decoders, then the dataset's metrics (BLEU and chrF for translation,
+ROUGE for summarization, exact match and token F1 for QA) against the
+references.
 """
 
 import json

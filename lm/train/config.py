@@ -24,8 +24,7 @@ from lm.model.config import ModelConfig
 from lm.train import optim
 from lm.train import privacy
 
-# train.* keys that count something and must be positive. (Keys added to lm
-# later are absent from older workdirs' configs; their defaults are fine.)
+# train.* keys that count something and must be positive.
 _POSITIVE_TRAIN_KEYS = ('num_steps', 'log_every', 'eval_every',
                         'checkpoint_every', 'keep_checkpoints',
                         'max_nonfinite_steps', 'grad_accum_steps')
@@ -52,12 +51,12 @@ def validate(config: ml_collections.ConfigDict,
 
 def _validate_train_section(train_config) -> None:
   for key in _POSITIVE_TRAIN_KEYS:
-    if train_config.get(key, 1) <= 0:
+    if train_config[key] <= 0:
       raise UsageError(f'train.{key} must be positive, got '
                        f'{train_config[key]}')
   for key, zero_means in (('profile_steps', 'no profile'),
                           ('eval_steps', 'the whole split')):
-    if train_config.get(key, 0) < 0:
+    if train_config[key] < 0:
       raise UsageError(f'train.{key} must be >= 0 (0: {zero_means}), got '
                        f'{train_config[key]}')
 

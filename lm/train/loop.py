@@ -49,12 +49,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   `stop_at_step` ends the run early, as a preemption would, after saving a
   checkpoint at that step; the schedule still targets `train.num_steps`.
   """
-  if config.model.get('quant', 'none') != 'none':
+  if config.model.quant != 'none':
     raise UsageError(
         f"model.quant={config.model.quant!r} is an inference format that "
         "experiments/compress.py writes; train with model.quant='none' and "
         'quantize the trained workdir')
-  if 'float16' in (config.model.get('dtype'), config.model.get('param_dtype')):
+  if 'float16' in (config.model.dtype, config.model.param_dtype):
     raise UsageError(
         "model.dtype='float16' trains only with loss scaling, which lm does "
         "not do; use 'bfloat16' (float32's range at half the memory)")
@@ -171,11 +171,11 @@ def _loop(trainer: trainer_lib.Trainer, config: ml_collections.ConfigDict,
   flops_per_token = trainer.flops_per_token()
   peak = flops.Peak.for_run(trainer.model_config.dtype)
   profile = None
-  if train_config.get('profile_steps'):
+  if train_config.profile_steps:
     profile = perf_profile.Profile(os.path.join(workdir, layout.PROFILE),
                                    step + 2, train_config.profile_steps)
   meter = progress_line.Throughput(step, tokens_per_step, num_steps)
-  skipped = _SkippedSteps(train_config.get('max_nonfinite_steps', 10),
+  skipped = _SkippedSteps(train_config.max_nonfinite_steps,
                           checkpointer, log)
   tracker = progress and progress_line.Tracker(
       progress, train_config.num_steps, tokens_per_step, flops_per_token,
@@ -270,7 +270,7 @@ def _evaluate(trainer: trainer_lib.Trainer, state: steps.TrainState,
     writer.texts('samples', texts, step)
     for text in texts:
       log(f'--- sample at step {step} ---\n{text}')
-  if trainer.config.train.get('histograms', False):
+  if trainer.config.train.histograms:
     writer.histograms(state.params, step)
   spent = trainer.privacy_spent(step)
   if spent:

@@ -2,8 +2,9 @@
 
 `train_step` is one optimizer update of a `TrainState` on a batch (with
 gradient accumulation, per-example gradients for DP-SGD, or a teacher's
-soft targets); lm/train/trainer.py compiles it for a mesh. The forward pass
-and the metric sums it shares with evaluation are lm/evaluate/batch_metrics.py's.
+soft targets); lm/train/trainer.py compiles it for a mesh. The forward
+pass and the metric sums it shares with evaluation are
+lm/evaluate/batch_metrics.py's.
 """
 
 from typing import Any

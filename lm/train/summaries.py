@@ -73,7 +73,7 @@ def eval_sampler(config: ml_collections.ConfigDict, model_config,
   language model, no prompts, config.sample.at_eval off, or several
   processes, where experiments/generate.py samples afterwards)."""
   sample_config = config.sample
-  if not (sample_config.get('at_eval', False) and sample_config.prompts
+  if not (sample_config.at_eval and sample_config.prompts
           and config.data.objective == 'causal'
           and registry.get(model_config.family).generates
           and not model_config.num_classes and jax.process_count() == 1):
