@@ -22,6 +22,8 @@ def require(extra: str, *modules: str) -> None:
   import importlib.util  # pylint: disable=g-import-not-at-top
   missing = [m for m in modules if importlib.util.find_spec(m) is None]
   if missing:
-    raise UsageError(f'{", ".join(missing)} is not installed; it comes with '
-                     f"lm's {extra!r} extra: pip install -e '.[{extra}]' "
-                     '(or make setup, which installs every extra)')
+    raise UsageError(
+        f'{" and ".join(missing)} {"is" if len(missing) == 1 else "are"} not '
+        f"installed: lm's {extra!r} extra brings "
+        f"{'it' if len(missing) == 1 else 'them'} (pip install -e "
+        f"'.[{extra}]', or make setup, which installs every extra)")

@@ -161,3 +161,14 @@ def test_text_too_long_to_embed_is_refused_not_cut():
                      'takes at most 8'):
     embed_texts(config, None, tokenizers.ByteTokenizer(),
                 ['short', 'eleven char'])
+
+
+def test_a_missing_extra_is_named_with_the_command_that_installs_it():
+  from lm import errors  # pylint: disable=g-import-not-at-top
+  errors.require('serve', 'json')  # Installed: nothing to say.
+  with pytest.raises(UsageError, match=r"^lm_no_such_module is not installed: "
+                     r"lm's 'plots' extra brings it \(pip install -e "
+                     r"'\.\[plots\]'"):
+    errors.require('plots', 'lm_no_such_module')
+  with pytest.raises(UsageError, match='lm_a and lm_b are not installed'):
+    errors.require('serve', 'lm_a', 'lm_b')
