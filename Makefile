@@ -33,11 +33,9 @@ $(VENV)/.installed: $(VENV)/.core
 train: $(VENV)/.core
 	$(BIN)/python -m experiments.train --config=configs/default.py --workdir=$(WORKDIR)
 
-# The whole suite (what CI runs) in two test processes, each taking whole
-# files, so that a file's shared fixtures (a trained workdir, a running
-# server) are built once.
+# The whole suite (what CI runs), in two test processes.
 test: setup
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=25
+	$(BIN)/python -m pytest -q -n 2 --durations=25
 
 # The fast tier: every module of lm/ imported and exercised, no training
 # runs or script processes; minutes, for before every commit.

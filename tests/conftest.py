@@ -1,6 +1,5 @@
 """Shared test setup: CPU, compilation cache, a tiny config, one dataset build."""
 
-import collections
 import os
 import sys
 
@@ -108,18 +107,6 @@ def _runs_the_whole_fast_tier(config) -> bool:
 
 def pytest_configure(config):
   config.lm_modules = set()
-
-
-def pytest_collection_modifyitems(config, items):
-  """Files of slow tests alone run first, then those with more slow tests
-  (each file's own order kept): with `pytest -n 2 --dist loadfile` the long
-  files start early, and no test process waits idle at the end."""
-  del config
-  tests = collections.Counter(item.path for item in items)
-  slow = collections.Counter(item.path for item in items
-                             if item.get_closest_marker('slow'))
-  items.sort(key=lambda item: (slow[item.path] < tests[item.path],
-                               -slow[item.path]))
 
 
 @pytest.hookimpl(optionalhook=True)
