@@ -36,7 +36,7 @@ def validate_model_and_data(config: ml_collections.ConfigDict
 def check_model_fits_data(model_config: ModelConfig,
                           config: ml_collections.ConfigDict) -> None:
   """The family trains with the objective, and the sequences fit the model
-  (what needs the data itself, the Trainer checks once it is built)."""
+  (what needs the data itself, load_data checks once it is built)."""
   objective = config.data.objective
   family = registry.get(model_config.family)
   if objective not in family.objectives:
