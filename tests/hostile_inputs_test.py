@@ -172,3 +172,19 @@ def test_a_missing_extra_is_named_with_the_command_that_installs_it():
     errors.require('plots', 'lm_no_such_module')
   with pytest.raises(UsageError, match='lm_a and lm_b are not installed'):
     errors.require('serve', 'lm_a', 'lm_b')
+
+
+def test_files_are_replaced_whole_and_never_written_through_a_link(tmp_path):
+  from lm.io import files  # pylint: disable=g-import-not-at-top
+  path = tmp_path / 'eval.json'
+  files.write_atomic(str(path), 'old')
+  files.write_atomic(str(path), b'new')
+  assert path.read_text() == 'new'
+  assert os.listdir(tmp_path) == ['eval.json']  # No temporary left behind.
+  target = tmp_path / 'elsewhere.txt'
+  target.write_text('mine')
+  link = tmp_path / 'link.json'
+  link.symlink_to(target)
+  with pytest.raises(UsageError, match='is a symbolic link'):
+    files.write_atomic(str(link), 'written through')
+  assert target.read_text() == 'mine' and link.is_symlink()

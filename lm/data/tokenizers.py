@@ -22,6 +22,7 @@ import tokenizers as hf_tokenizers
 
 from lm.data import chat_template as templates
 from lm.errors import UsageError
+from lm.io import files
 from lm.io import json_files
 from lm.io import layout
 from lm.io import paths
@@ -68,7 +69,7 @@ class ByteTokenizer:
     return counts
 
   def save(self, directory: str) -> None:
-    _atomic_write(os.path.join(directory, layout.JSON_TOKENIZER),
+    files.write_atomic(os.path.join(directory, layout.JSON_TOKENIZER),
                   json.dumps({'kind': 'byte'}).encode())
 
 
@@ -107,7 +108,7 @@ class SentencePieceTokenizer:
     return counts
 
   def save(self, directory: str) -> None:
-    _atomic_write(os.path.join(directory, layout.SENTENCEPIECE_TOKENIZER),
+    files.write_atomic(os.path.join(directory, layout.SENTENCEPIECE_TOKENIZER),
                   self.model_proto)
 
 
@@ -189,14 +190,14 @@ class HfTokenizer:
     return counts
 
   def save(self, directory: str) -> None:
-    _atomic_write(os.path.join(directory, layout.JSON_TOKENIZER),
+    files.write_atomic(os.path.join(directory, layout.JSON_TOKENIZER),
                   self.tokenizer.to_str().encode())
     token = self.token_name
     settings = {'pad_token': token(self.pad_id),
                 'bos_token': token(self.bos_id),
                 'eos_token': token(self.eos_id),
                 'chat_template': self.chat_template}
-    _atomic_write(os.path.join(directory, layout.HF_TOKENIZER_CONFIG),
+    files.write_atomic(os.path.join(directory, layout.HF_TOKENIZER_CONFIG),
                   json.dumps(settings, indent=2).encode())
 
   @classmethod
@@ -294,10 +295,3 @@ def _load_tokenizer(directory: str) -> Tokenizer:
                    f'{directory}; is it a workdir written by training or '
                    'experiments/convert.py?')
 
-
-def _atomic_write(path: str, data: bytes) -> None:
-  """Writes to a temporary name and renames, so readers never see half a file."""
-  tmp = f'{path}.tmp{os.getpid()}'
-  with open(tmp, 'wb') as f:
-    f.write(data)
-  os.replace(tmp, path)

@@ -23,6 +23,7 @@ import re
 
 from lm.data import country_qa
 from lm.data import wordnet
+from lm.io import files
 
 CHOICES = 4
 QUESTIONS = 100
@@ -67,9 +68,8 @@ def wordnet_definitions(wordnet_dir: str = wordnet.WORDNET_DIR,
 
 
 def write_jsonl(rows: list[dict], path: str) -> None:
-  with open(path, 'w', encoding='utf-8') as f:
-    for row in rows:
-      f.write(json.dumps(row, ensure_ascii=False) + '\n')
+  files.write_atomic(path, ''.join(json.dumps(row, ensure_ascii=False) + '\n'
+                                   for row in rows))
 
 
 def build(output_dir: str, countryinfo_dir: str,

@@ -30,6 +30,7 @@ from lm.infer import generate
 from lm.infer import sampling
 from lm.io import checkpoint
 from lm.io import config_file
+from lm.io import files
 from lm.io import layout
 from lm.model import params as model_params
 from lm.model import registry
@@ -158,9 +159,7 @@ def evaluate_workdir(workdir: str, split: str, eval_overrides: dict,
     line.close()
   path = layout.eval_path(workdir, config.data.name, split)
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path + '.tmp', 'w') as f:
-    json.dump(result, f, indent=2, ensure_ascii=False)
-  os.replace(path + '.tmp', path)
+  files.write_atomic(path, json.dumps(result, indent=2, ensure_ascii=False))
   result['path'] = path
   return result
 

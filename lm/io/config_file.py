@@ -6,16 +6,15 @@ import os
 import ml_collections
 
 from lm.errors import UsageError
+from lm.io import files
 from lm.io import json_files
 from lm.io import layout
 from lm.io import paths
 
 
 def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  path = layout.config_path(workdir)
-  with open(path + '.tmp', 'w') as f:
-    f.write(config.to_json_best_effort(indent=2))
-  os.replace(path + '.tmp', path)
+  files.write_atomic(layout.config_path(workdir),
+                     config.to_json_best_effort(indent=2))
 
 
 # The config's sections (configs/base.py); its other keys are plain values.

@@ -16,6 +16,7 @@ import json
 import os
 
 from lm.errors import UsageError
+from lm.io import files
 from lm.io import json_files
 from lm.io import layout
 
@@ -60,11 +61,7 @@ def forget(step_dir: str) -> None:
 
 
 def _write_json(path: str, value) -> None:
-  with open(path + '.tmp', 'w') as f:
-    json.dump(value, f, indent=0, sort_keys=True)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(path + '.tmp', path)
+  files.write_atomic(path, json.dumps(value, indent=0, sort_keys=True))
 
 
 def _sealed_steps(step_dir: str) -> list[str] | None:

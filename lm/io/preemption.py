@@ -15,6 +15,7 @@ import signal
 import threading
 import time
 
+from lm.io import files
 from lm.io import layout
 
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -57,11 +58,9 @@ class Watch:
 
 
 def write_marker(workdir: str, step: int, signal_name: str) -> None:
-  path = os.path.join(workdir, layout.PREEMPTED)
-  with open(path + '.tmp', 'w') as f:
-    json.dump({'step': step, 'signal': signal_name,
-               'time': time.strftime('%Y-%m-%dT%H:%M:%S%z')}, f)
-  os.replace(path + '.tmp', path)
+  files.write_atomic(os.path.join(workdir, layout.PREEMPTED), json.dumps(
+      {'step': step, 'signal': signal_name,
+       'time': time.strftime('%Y-%m-%dT%H:%M:%S%z')}))
 
 
 def take_marker(workdir: str) -> dict | None:

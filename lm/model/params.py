@@ -88,7 +88,7 @@ def describe(boxed_params: Any) -> dict[str, ParamInfo]:
     stacked = STACK in parts
     matrix = None
     if isinstance(leaf, Kernel) and (layers or stacked):
-      batch = len(_leading(leaf.names))
+      batch = _batch_axes(leaf.names)
       middle = batch + leaf.inputs
       matrix = (tuple(range(batch, middle)),
                 tuple(range(middle, len(leaf.names))))
@@ -98,12 +98,13 @@ def describe(boxed_params: Any) -> dict[str, ParamInfo]:
   return described
 
 
-def _leading(names) -> tuple[str, ...]:
-  """The leading batch axes of a matrix: a stack's layers, MoE experts."""
+def _batch_axes(names) -> int:
+  """How many leading axes of a matrix index copies of it (a stack's
+  layers, MoE experts)."""
   count = 0
   while count < len(names) and names[count] in BATCH_AXES:
     count += 1
-  return tuple(names[:count])
+  return count
 
 
 def name_pattern(pattern: str, key: str) -> re.Pattern:
