@@ -23,6 +23,7 @@ import flax.traverse_util
 import numpy as np
 
 from lm.errors import UsageError
+from lm.io import files
 
 # Dense kernels and embedding tables (not pruned, but shared and coded).
 TARGETS = r'.*(kernel|embedding)'
@@ -146,8 +147,7 @@ def encode(params: Any, targets: str = TARGETS, bits: int = 5,
                                         np.uint8), **arrays)
   data = buffer.getvalue()
   if path:
-    with open(path, 'wb') as f:
-      f.write(data)
+    files.write_atomic(path, data)
   float_bytes = sum(np.asarray(v).size * 4 for v in flat.values())
   # The whole file against float32 params, and the coded tensors alone
   # (their arrays' bytes, without the file's per-array headers).
