@@ -100,6 +100,7 @@ def test_finetune_real_model(data_dir, tmp_path):
       f'imported = {str(tmp_path / "minilm")!r}\n'
       f'workdir = {str(tmp_path / "lora")!r}\n'
       'num_steps = 2\n'
+      'eval_batches = 2\n'
       f'overrides = {overrides!r}\n'))
   assert len(outputs(notebook, 'image/png')) == 1  # before vs after
   printed = ''.join(outputs(notebook, 'stream'))

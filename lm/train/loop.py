@@ -41,13 +41,17 @@ from lm.train import trainer as trainer_lib
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        log: Callable[[str], None] = lambda line: None,
                        stop_at_step: int | None = None,
-                       progress=None) -> dict[str, float]:
+                       progress=None,
+                       trainer: trainer_lib.Trainer | None = None
+                       ) -> dict[str, float]:
   """Trains (resuming if possible) and returns the final validation metrics.
 
   `log` gets each line a run reports. `progress` (lm/progress.py's
   `for_output()`) shows a live line of step, loss, tokens/s, MFU and ETA.
   `stop_at_step` ends the run early, as a preemption would, after saving a
   checkpoint at that step; the schedule still targets `train.num_steps`.
+  `trainer`, one already built from this same `config` (a notebook's), is
+  used with its data and compiled steps instead of building another.
   """
   if config.model.quant != 'none':
     raise UsageError(
@@ -62,7 +66,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     paths.existing_directory(workdir)
   else:
     paths.new_directory(workdir, 'workdir')
-  trainer = trainer_lib.Trainer(config)
+  if trainer is None:
+    trainer = trainer_lib.Trainer(config)
+  elif trainer.config is not config:
+    raise UsageError('train_and_evaluate(config, trainer=...) needs the '
+                     'Trainer built from that config: Trainer(config)')
   primary = jax.process_index() == 0
   if not primary:  # One process speaks for all; every one checkpoints.
     log, progress = lambda line: None, None
