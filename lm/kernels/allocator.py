@@ -110,17 +110,22 @@ def installed_distributions() -> list[str]:
           importlib.metadata.distributions()]
 
 
+def keeps_its_malloc(environ) -> bool:
+  """Whether the environment settles it: LM_ALLOCATOR=system, or a preload
+  of the user's own."""
+  return environ.get('LM_ALLOCATOR', '') == 'system' or bool(
+      environ.get('LD_PRELOAD'))
+
+
 def settings_to_add(environ, mimalloc: str | None, libc: tuple[str, str],
                     thp: str, platform_name: str | None = None
                     ) -> dict[str, str]:
   """The environment variables to restart with ({} to stay as is), given the
   environment, mimalloc_library(), platform.libc_ver(), thp_mode() and the
   accelerator() JAX will use (None: the CPU)."""
-  choice = environ.get('LM_ALLOCATOR', '')
-  if (choice == 'system' or environ.get('LD_PRELOAD')
-      or platform_name is not None):
+  if keeps_its_malloc(environ) or platform_name is not None:
     return {}
-  if mimalloc and choice != 'glibc':
+  if mimalloc and environ.get('LM_ALLOCATOR', '') != 'glibc':
     added = {'LD_PRELOAD': mimalloc}
     added.update({name: value for name, value in MIMALLOC_OPTIONS.items()
                   if name not in environ})
@@ -131,7 +136,9 @@ def settings_to_add(environ, mimalloc: str | None, libc: tuple[str, str],
 
 def restart_with_allocator() -> None:
   """Re-executes this process with the allocator settings, where they help."""
-  if sys.platform != 'linux':
+  # Reading every installed package's metadata (to find an accelerator)
+  # takes a tenth of a second or more: not when the environment settles it.
+  if sys.platform != 'linux' or keeps_its_malloc(os.environ):
     return
   added = settings_to_add(os.environ, mimalloc_library(), platform.libc_ver(),
                           thp_mode(), accelerator(os.environ,
