@@ -6,6 +6,7 @@ from dp_accounting.pld import pld_privacy_accountant
 from dp_accounting.rdp import rdp_privacy_accountant
 import flax.traverse_util
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -134,12 +135,13 @@ def test_dp_sgd_step_is_the_mean_of_clipped_per_example_gradients(tiny):
 
   def example_loss(params, example):
     sums = batch_metrics.batch_sums(trainer.model, params, example)
-    return sums['nll'] / np.maximum(np.sum(example['weights']), 1.0)
+    return sums['nll'] / jnp.maximum(jnp.sum(example['weights']), 1.0)
 
   expected = jax.tree.map(np.zeros_like, start.params)
+  example_grad = jax.jit(jax.grad(example_loss))  # one compile for all
   for i in range(len(batch['weights'])):
     example = jax.tree.map(lambda x: x[i:i + 1], batch)
-    grads = jax.grad(example_loss)(start.params, example)
+    grads = example_grad(start.params, example)
     grads = jax.tree_util.tree_map_with_path(
         lambda path, g: 0 * g if frozen(model_params.param_name(path)) else g,
         grads)
