@@ -31,7 +31,8 @@ def flat_overrides(config) -> dict:
   """{'section.key': value} of the config's plain values, the sections a
   test shrinks (a notebook's `overrides` parameter takes these)."""
   return {f'{section}.{key}': value
-          for section in ('model', 'data', 'optim', 'train', 'sample')
+          for section in ('model', 'data', 'optim', 'train', 'sample',
+                          'evaluate')
           for key, value in config[section].items()
           if not isinstance(value, (tuple, ml_collections.ConfigDict))}
 

@@ -62,6 +62,9 @@ def tiny_config(data_dir: str):
   # Samples at evaluations compile decoding; the tests that check them
   # turn them on.
   config.sample.update(max_new_tokens=8, at_eval=False)
+  # Scoring a workdir (experiments/evaluate.py, compress --report) reads
+  # the batches an evaluation in training reads, not the whole split.
+  config.evaluate.update(max_batches=config.train.eval_steps)
   return config
 
 
