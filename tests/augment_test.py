@@ -64,10 +64,10 @@ def test_rates_outside_zero_one_are_refused(tiny):
 def test_pipeline_augments_training_only_and_reproducibly(tiny):
   tiny.data.update(name='tweet_sentiment', objective='classify', seq_len=48,
                    batch_size=16, eval_batch_size=256)
-  plain = build.make(tiny.data)
+  plain = build.make(tiny.data, build.tokenizer(tiny.data))
   tiny.data.augment.update(delete=0.3, token_mask=0.1)
-  augmented = build.make(tiny.data)
-  again = build.make(tiny.data)
+  augmented = build.make(tiny.data, build.tokenizer(tiny.data))
+  again = build.make(tiny.data, build.tokenizer(tiny.data))
   assert augmented.train_examples == plain.train_examples
   first = augmented.train[0]
   assert not np.array_equal(first['inputs'], plain.train[0]['inputs'])

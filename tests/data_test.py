@@ -156,7 +156,8 @@ def test_span_corruption_splits_a_window_into_sentinel_pairs():
 @pytest.fixture(scope='module')
 def lm_data(data_dir):
   from tests.conftest import tiny_config  # pylint: disable=g-import-not-at-top
-  return build.make(tiny_config(data_dir).data)
+  data = tiny_config(data_dir).data
+  return build.make(data, build.tokenizer(data))
 
 
 def test_iterator_state_restores_the_same_next_batches(lm_data):

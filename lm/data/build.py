@@ -16,20 +16,19 @@ from lm.data import text_pairs
 from lm.errors import UsageError
 
 
-def make(config: ml_collections.ConfigDict, process_index: int = 0,
-         process_count: int = 1):
+def tokenizer(config: ml_collections.ConfigDict):
+  """The tokenizer data.tokenizer names for `config` (a `data` section):
+  bytes, a directory's, or a SentencePiece model trained on the dataset's
+  train split (and cached) on first use."""
+  builder = datasets.get_builder(config.name, config.data_dir or None)
+  return datasets.get_tokenizer(config.tokenizer, builder, config.vocab_size)
+
+
+def make(config: ml_collections.ConfigDict, tokenizer,
+         process_index: int = 0, process_count: int = 1):
   """This process's share of the data `config` (a `data` section) names,
-  encoded with the tokenizer data.tokenizer names."""
-  builder = _checked_builder(config)
-  tokenizer = datasets.get_tokenizer(config.tokenizer, builder,
-                                     config.vocab_size)
-  return _make(config, builder, tokenizer, process_index, process_count)
-
-
-def make_with_tokenizer(config: ml_collections.ConfigDict, tokenizer,
-                        process_index: int = 0, process_count: int = 1):
-  """`make` with a tokenizer the caller holds (scoring reads the workdir's
-  own, which data.tokenizer may only name)."""
+  encoded with `tokenizer` (training's is `tokenizer(config)`; scoring
+  reads the workdir's own)."""
   return _make(config, _checked_builder(config), tokenizer, process_index,
                process_count)
 

@@ -8,6 +8,7 @@ lm/train/trainer.py holds one for its validation.
 
 import functools
 import itertools
+from typing import Any, Callable
 
 import jax
 from jax.experimental import multihost_utils
@@ -61,19 +62,18 @@ def check_model_fits_data(model_config: ModelConfig,
 
 
 def load_data(config: ml_collections.ConfigDict, model_config: ModelConfig,
-              tokenizer=None):
-  """This process's share of the run's data (lm/data/build.py), after
-  checking that the model fits it; `tokenizer` replaces the one
-  data.tokenizer names (scoring passes the workdir's own)."""
+              make_tokenizer: Callable[[], Any]):
+  """This process's share of the run's data (lm/data/build.py), encoded
+  with the tokenizer `make_tokenizer()` returns (training's builds the one
+  data.tokenizer names; scoring reads the workdir's own), after checking
+  that the model fits it."""
   # Imported here: the data stack (grain, tensorflow-datasets) is not
   # installed where the benchmark runs.
   from lm.data import build  # pylint: disable=g-import-not-at-top
 
   def make():
-    shard = (jax.process_index(), jax.process_count())
-    if tokenizer is None:
-      return build.make(config.data, *shard)
-    return build.make_with_tokenizer(config.data, tokenizer, *shard)
+    return build.make(config.data, make_tokenizer(), jax.process_index(),
+                      jax.process_count())
 
   # The first process builds (and caches) datasets and tokenizers before
   # the others read them, so that no two write the same files.

@@ -9,6 +9,7 @@ ROUGE for summarization, exact match and token F1 for QA) against the
 references.
 """
 
+import functools
 import json
 import os
 from typing import Any
@@ -121,8 +122,9 @@ def evaluate_workdir(workdir: str, split: str, eval_overrides: dict,
   # The checkpoint is read (and checked) before the data is built.
   params, step = checkpoint.load_params(
       workdir, model_params.abstract_params(model))
-  data = evaluator_lib.load_data(config, model_config,
-                                 tokenizers.load_tokenizer(workdir))
+  data = evaluator_lib.load_data(
+      config, model_config, functools.partial(tokenizers.load_tokenizer,
+                                              workdir))
   evaluator = evaluator_lib.Evaluator(config, model_config, model, mesh, data)
   sums = evaluator.sums(params, split, eval_config.max_batches,
                         _counter(line))

@@ -86,7 +86,12 @@ class Trainer:
   def load_data(self):
     """Builds the data (checking that the model fits it) and the
     evaluator of its validation batches."""
-    data = evaluator_lib.load_data(self.config, self.model_config)
+    # Imported here: the data stack is not installed where the benchmark
+    # runs (with_data=False).
+    from lm.data import build  # pylint: disable=g-import-not-at-top
+    data = evaluator_lib.load_data(
+        self.config, self.model_config,
+        functools.partial(build.tokenizer, self.config.data))
     self.evaluator = evaluator_lib.Evaluator(
         self.config, self.model_config, self.model, self.mesh, data)
 
