@@ -9,6 +9,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',
                       os.path.join(ROOT, '.cache', 'jax'))
+# Programs that compile in half a second or more are cached, in the scripts
+# and notebook kernels the tests start too (JAX's default is a second).
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.5')
 # The suite's time goes to compiling tiny models, not to running them: at
 # LLVM optimization level 1 instead of 2, XLA compiles them about a sixth
 # faster. Subprocesses the tests start inherit it. An XLA_FLAGS that sets
@@ -30,7 +33,9 @@ import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 jax.config.update('jax_compilation_cache_dir',
                   os.environ['JAX_COMPILATION_CACHE_DIR'])
-jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
+jax.config.update(
+    'jax_persistent_cache_min_compile_time_secs',
+    float(os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS']))
 
 
 @pytest.fixture(scope='session')
