@@ -117,6 +117,15 @@ def test_resuming_with_another_model_is_refused(tiny, tmp_path):
     loop.train_and_evaluate(tiny, str(tmp_path))
 
 
+def test_a_trainer_of_another_config_is_refused(tiny, tmp_path):
+  """train_and_evaluate reuses a Trainer only of the config it trains."""
+  trainer = Trainer(tiny)
+  other = tiny.copy_and_resolve_references()
+  with pytest.raises(UsageError, match='the Trainer built from that config'):
+    loop.train_and_evaluate(other, str(tmp_path / 'run'), trainer=trainer)
+  assert not os.path.exists(tmp_path / 'run')  # Refused before writing.
+
+
 def test_tokenizer_larger_than_model_vocab_is_refused(tiny, tmp_path):
   tiny.model.vocab_size = 100
   with pytest.raises(UsageError, match='vocab_size'):

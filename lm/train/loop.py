@@ -62,15 +62,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     raise UsageError(
         "model.dtype='float16' trains only with loss scaling, which lm does "
         "not do; use 'bfloat16' (float32's range at half the memory)")
+  if trainer is not None and trainer.config is not config:
+    raise UsageError('train_and_evaluate(config, trainer=...) needs the '
+                     'Trainer built from that config: Trainer(config)')
   if os.path.exists(workdir):
     paths.existing_directory(workdir)
   else:
     paths.new_directory(workdir, 'workdir')
   if trainer is None:
     trainer = trainer_lib.Trainer(config)
-  elif trainer.config is not config:
-    raise UsageError('train_and_evaluate(config, trainer=...) needs the '
-                     'Trainer built from that config: Trainer(config)')
   primary = jax.process_index() == 0
   if not primary:  # One process speaks for all; every one checkpoints.
     log, progress = lambda line: None, None
