@@ -72,7 +72,7 @@ class ByteTokenizer:
 
   def save(self, directory: str) -> None:
     files.write_atomic(os.path.join(directory, layout.JSON_TOKENIZER),
-                  json.dumps({'kind': 'byte'}).encode())
+                       json.dumps({'kind': 'byte'}))
 
 
 class SentencePieceTokenizer:
@@ -110,8 +110,9 @@ class SentencePieceTokenizer:
     return counts
 
   def save(self, directory: str) -> None:
-    files.write_atomic(os.path.join(directory, layout.SENTENCEPIECE_TOKENIZER),
-                  self.model_proto)
+    files.write_atomic(
+        os.path.join(directory, layout.SENTENCEPIECE_TOKENIZER),
+        self.model_proto)
 
 
 def train_sentencepiece(texts: Iterable[str], vocab_size: int,
@@ -193,14 +194,14 @@ class HfTokenizer:
 
   def save(self, directory: str) -> None:
     files.write_atomic(os.path.join(directory, layout.JSON_TOKENIZER),
-                  self.tokenizer.to_str().encode())
+                       self.tokenizer.to_str())
     token = self.token_name
     settings = {'pad_token': token(self.pad_id),
                 'bos_token': token(self.bos_id),
                 'eos_token': token(self.eos_id),
                 'chat_template': self.chat_template}
     files.write_atomic(os.path.join(directory, layout.HF_TOKENIZER_CONFIG),
-                  json.dumps(settings, indent=2).encode())
+                       json.dumps(settings, indent=2))
 
   @classmethod
   def load(cls, directory: str) -> 'HfTokenizer':
