@@ -1,8 +1,11 @@
 """What a run writes to TensorBoard, read back; the plot comparing runs."""
 
 import glob
+import importlib.util
 import os
 import shutil
+import subprocess
+import sys
 
 import flax.traverse_util
 import numpy as np
@@ -12,6 +15,8 @@ import pytest
 from lm import restore
 from lm.evaluate import curves
 from lm.train import loop
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.slow
@@ -73,3 +78,25 @@ def test_tensorboard_holds_scalars_samples_and_histograms(tiny, tmp_path):
   for name, value in flat.items():
     assert events.histograms[f'params/{name}'] == [(5, np.size(value)),
                                                    (10, np.size(value))]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec('torch') is None,
+                    reason='torch is not installed, so nothing hides it')
+def test_tensorboard_files_are_written_and_read_without_importing_torch(
+    tmp_path):
+  # tensorboardX imports torch (3 s) when it can; lm/io/tensorboardx.py
+  # keeps it from doing so in a process that has not loaded torch itself.
+  code = ('import sys\n'
+          'from lm.evaluate import curves\n'
+          'from lm.train import summaries\n'
+          'writer = summaries.Writer(sys.argv[1])\n'
+          "writer.scalars('train', {'loss': 2.5}, 3)\n"
+          'writer.close()\n'
+          "assert 'torch' not in sys.modules, 'torch was imported'\n"
+          "print(curves.read_scalars(sys.argv[1])['train/loss'])\n")
+  result = subprocess.run([sys.executable, '-c', code, str(tmp_path)],
+                          cwd=ROOT, capture_output=True, text=True,
+                          check=False)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert result.stdout.strip() == '[(3, 2.5)]'

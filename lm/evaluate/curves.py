@@ -12,11 +12,12 @@ import glob
 import os
 import struct
 
-from tensorboardX.proto import event_pb2
-
 from lm import errors
 from lm.errors import UsageError
 from lm.io import layout
+from lm.io import tensorboardx
+
+event_pb2 = tensorboardx.load().proto.event_pb2
 
 _HEADER = 12  # uint64 length + uint32 CRC of it
 _FOOTER = 4  # uint32 CRC of the data

@@ -19,11 +19,11 @@ from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 import optax
-import tensorboardX
 
 from lm.infer import generate
 from lm.infer import sampling
 from lm.io import layout
+from lm.io import tensorboardx
 from lm.model import registry
 
 
@@ -32,7 +32,7 @@ class Writer:
   one process speaks for all, it writes nothing."""
 
   def __init__(self, workdir: str, primary: bool = True):
-    self._writer = (tensorboardX.SummaryWriter(
+    self._writer = (tensorboardx.load().SummaryWriter(
         os.path.join(workdir, layout.TENSORBOARD)) if primary else None)
 
   def scalars(self, prefix: str, values: dict[str, float], step: int):
