@@ -160,6 +160,21 @@ def lm_data(data_dir):
   return build.make(data, build.tokenizer(data))
 
 
+def test_scoring_builds_the_validation_batches_without_reading_train(
+    lm_data, data_dir, monkeypatch):
+  read = []
+  documents = datasets.documents
+  monkeypatch.setattr(datasets, 'documents', lambda builder, split: (
+      read.append(split), documents(builder, split))[1])
+  from tests.conftest import tiny_config  # pylint: disable=g-import-not-at-top
+  data = tiny_config(data_dir).data
+  evaluation = build.make(data, lm_data.tokenizer, evaluation_only=True)
+  assert read == ['validation'] and evaluation.train is None
+  for want, got in zip(lm_data.validation, evaluation.validation):
+    np.testing.assert_array_equal(got['inputs'], want['inputs'])
+    np.testing.assert_array_equal(got['weights'], want['weights'])
+
+
 def test_iterator_state_restores_the_same_next_batches(lm_data):
   it = iter(lm_data.train.to_iter_dataset())
   for _ in range(3):

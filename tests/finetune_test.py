@@ -1,5 +1,8 @@
 """Classification fine-tuning, from scratch and from another workdir."""
 
+import json
+import os
+
 import chex
 from dp_accounting import dp_event
 from dp_accounting.pld import pld_privacy_accountant
@@ -11,6 +14,7 @@ import numpy as np
 import pytest
 
 from lm import restore
+from lm.data import datasets
 from lm.errors import UsageError
 from lm.evaluate import batch_metrics
 from lm.evaluate import score
@@ -189,18 +193,28 @@ def test_bad_microbatch_is_refused(tiny):
 
 
 @pytest.mark.slow
-def test_dp_sgd_run_reports_epsilon(tiny, tmp_path):
+def test_dp_sgd_run_reports_epsilon(tiny, tmp_path, monkeypatch):
   config = classifier_config(tiny, **ENCODER)
   config.train.update(num_steps=6, eval_every=6, checkpoint_every=6)
   config.privacy.update(dp_sgd=True, noise_multiplier=1.1, l2_clip=1.0)
   lines = []
   loop.train_and_evaluate(config, str(tmp_path), log=lines.append)
   assert any(line.startswith('DP-SGD at step 6: epsilon=') for line in lines)
+  # Scored from the evaluation split alone: the sampling rate's count of
+  # train examples is the one training recorded.
+  read = []
+  documents = datasets.documents
+  monkeypatch.setattr(datasets, 'documents', lambda builder, split: (
+      read.append(split), documents(builder, split))[1])
   result = score.evaluate_workdir(str(tmp_path), 'validation', {})
+  monkeypatch.undo()
+  assert read and 'train' not in read
   spent = result['privacy']
   assert spent['steps'] == 6 and 0 < spent['epsilon'] < 100
   trainer = Trainer(config)
   assert spent['delta'] == 1 / trainer.data.train_examples
+  with open(tmp_path / 'train_data.json') as f:
+    assert json.load(f)['train_examples'] == trainer.data.train_examples
   # More steps, or less noise, spend more.
   # The same figure from dp-accounting's own RDP accountant for the run's
   # settings, and no lower than its tighter PLD accountant's.
@@ -216,6 +230,12 @@ def test_dp_sgd_run_reports_epsilon(tiny, tmp_path):
   config.privacy.noise_multiplier = 0.8
   assert Trainer(config).privacy_spent(6)['epsilon'] > spent['epsilon']
   assert 'DP-SGD: epsilon' in score.markdown_table(result)
+  # A workdir written before the count was recorded: epsilon is unknown,
+  # and the result says why.
+  os.remove(tmp_path / 'train_data.json')
+  result = score.evaluate_workdir(str(tmp_path), 'validation', {})
+  assert 'train_data.json' in result['privacy']['unknown']
+  assert 'DP-SGD: epsilon unknown' in score.markdown_table(result)
 
 
 def test_bad_privacy_settings_are_refused(tiny):

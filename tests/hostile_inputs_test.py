@@ -21,6 +21,7 @@ from lm.infer.embeddings import embed_texts
 from lm.io import config_file
 from lm.io import outputs
 from lm.io import paths
+from lm.io import train_data_file
 from lm.model import registry
 from lm.model.config import ModelConfig
 
@@ -126,6 +127,15 @@ def test_a_config_json_of_the_wrong_shape_is_one_error(tmp_path, text):
   (tmp_path / 'config.json').write_text(text)
   with pytest.raises(UsageError, match='no model section'):
     config_file.load_config(str(tmp_path))
+
+
+@pytest.mark.parametrize('text', ['[3]', '{}', '{"train_examples": "9"}',
+                                  '{"train_examples": 0}',
+                                  '{"train_examples": true}'])
+def test_a_damaged_train_data_record_is_one_error(tmp_path, text):
+  (tmp_path / 'train_data.json').write_text(text)
+  with pytest.raises(UsageError, match='train'):
+    train_data_file.train_examples(str(tmp_path))
 
 
 def test_sampling_settings_out_of_range_are_refused():

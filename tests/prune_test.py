@@ -10,6 +10,7 @@ from lm.compress import prune
 from lm.compress import workdirs
 from lm.errors import UsageError
 from lm.io import config_file
+from lm.io import train_data_file
 from lm.model import params as model_params
 from lm.model import registry
 from lm.model.config import ModelConfig
@@ -122,6 +123,10 @@ def test_a_pruned_workdir_keeps_its_pattern_in_its_config(float_workdir,
   restored = restore.workdir(output)
   assert prune.sparsity_of(restored.params, TWO_OF_FOUR) == 0.5
   assert config_file.load_config(output).prune.pattern == '2:4'
+  # The count of train examples goes along (DP-SGD scores read it).
+  assert train_data_file.train_examples(output) == (
+      train_data_file.train_examples(float_workdir))
+  assert train_data_file.train_examples(output) > 0
   dense = restore.workdir(float_workdir).params['block_0']['mlp']['wo']
   kept = restored.params['block_0']['mlp']['wo']['kernel'] != 0
   np.testing.assert_array_equal(restored.params['block_0']['mlp']['wo'][

@@ -22,6 +22,7 @@ from lm.io import config_file
 from lm.io import layout
 from lm.io import outputs
 from lm.io import paths
+from lm.io import train_data_file
 from lm.model import params as model_params
 from lm.model import registry
 from lm.model.config import ModelConfig
@@ -40,6 +41,11 @@ def _write(source: str, output: str, restored: restore.Restored,
   tokenizer = config.data.tokenizer
   if os.path.isdir(tokenizer) and os.path.samefile(tokenizer, source):
     config.data.tokenizer = os.path.abspath(output)
+  # A DP-SGD run's privacy is reported from its train examples' count.
+  count = train_data_file.train_examples(source)
+  if count is not None:
+    extra_files = {**(extra_files or {}), layout.TRAIN_DATA:
+                   train_data_file.encode(config.data.name, count).encode()}
   outputs.write_params_workdir(output, config, jax.device_get(params),
                                restored.tokenizer, restored.step, extra_files)
 

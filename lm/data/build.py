@@ -25,35 +25,29 @@ def tokenizer(config: ml_collections.ConfigDict):
 
 
 def make(config: ml_collections.ConfigDict, tokenizer,
-         process_index: int = 0, process_count: int = 1):
+         process_index: int = 0, process_count: int = 1,
+         evaluation_only: bool = False):
   """This process's share of the data `config` (a `data` section) names,
-  encoded with `tokenizer` (training's is `tokenizer(config)`; scoring
-  reads the workdir's own)."""
-  return _make(config, _checked_builder(config), tokenizer, process_index,
-               process_count)
-
-
-def _checked_builder(config: ml_collections.ConfigDict):
-  """The dataset's builder (built offline and cached on first use), after
-  checking that it holds what the objective reads."""
-  builder = datasets.get_builder(config.name, config.data_dir or None)
+  encoded with `tokenizer` (training's is `tokenizer(config)`).
+  `evaluation_only`: the evaluation splits alone, for scoring a trained
+  model with its own tokenizer; the train split is neither read nor
+  encoded (`train` is None)."""
   if config.objective == 'classify':
-    classification.check_labelled(builder, config.name)
+    maker = (classification.make_classification_evaluation
+             if evaluation_only else classification.make_classification_data)
   elif config.objective in data_config.TEXT_PAIR_OBJECTIVES:
-    text_pairs.check_pairs(builder, config.name, config.objective)
-  return builder
+    maker = (text_pairs.make_text_pair_evaluation
+             if evaluation_only else text_pairs.make_text_pair_data)
+  else:
+    maker = (pipeline.make_lm_evaluation
+             if evaluation_only else pipeline.make_lm_data)
+  return maker(config, _builder(config), tokenizer,
+               process_index=process_index, process_count=process_count)
 
 
-def _make(config, builder, tokenizer, process_index: int,
-          process_count: int):
-  shard = {'process_index': process_index, 'process_count': process_count}
-  if config.objective == 'classify':
-    return classification.make_classification_data(config, builder,
-                                                   tokenizer, **shard)
-  if config.objective in data_config.TEXT_PAIR_OBJECTIVES:
-    return text_pairs.make_text_pair_data(config, builder, tokenizer,
-                                          **shard)
-  return pipeline.make_lm_data(config, builder, tokenizer, **shard)
+def _builder(config: ml_collections.ConfigDict):
+  """The dataset's builder, built offline and cached on first use."""
+  return datasets.get_builder(config.name, config.data_dir or None)
 
 
 def extra_ids(data) -> int:

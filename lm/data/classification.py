@@ -8,6 +8,7 @@ evaluation batch is padded with rows of weight 0.
 """
 
 import dataclasses
+import functools
 
 import grain
 import numpy as np
@@ -25,10 +26,12 @@ SPLITS = ('train', 'validation', 'test')
 class ClassificationData:
   tokenizer: tokenizers.Tokenizer
   class_names: list[str]
-  train: grain.MapDataset  # infinite, shuffled, batched
   evaluation: dict[str, grain.MapDataset]  # validation/test: one pass
   token_bytes: np.ndarray
-  train_examples: int  # in this process's shard
+  # None where only the evaluation was built
+  # (make_classification_evaluation).
+  train: grain.MapDataset | None = None  # infinite, shuffled, batched
+  train_examples: int = 0
 
 
 def encode_example(text: str, label: int, tokenizer, seq_len: int,
@@ -58,38 +61,54 @@ def check_labelled(builder, name: str) -> None:
                      "such as 'tweet_sentiment'")
 
 
+def make_classification_evaluation(data_config, builder,
+                                   tokenizer: tokenizers.Tokenizer, *,
+                                   process_index: int = 0,
+                                   process_count: int = 1
+                                   ) -> ClassificationData:
+  """The evaluation splits' batches of `builder`'s dataset, encoded with
+  `tokenizer` (lm/data/build.py resolves both); the train split is not
+  read."""
+  check_labelled(builder, data_config.name)
+  evaluation = pipeline.encoded_evaluation(
+      builder, SPLITS[1:], functools.partial(
+          _encode_row, tokenizer=tokenizer, seq_len=data_config.seq_len),
+      data_config.eval_batch_size, process_index, process_count)
+  return ClassificationData(tokenizer,
+                            list(builder.info.features['label'].names),
+                            evaluation, tokenizer.token_bytes())
+
+
 def make_classification_data(data_config, builder,
                              tokenizer: tokenizers.Tokenizer, *,
                              process_index: int = 0, process_count: int = 1
                              ) -> ClassificationData:
-  """The batches of `builder`'s dataset (check_labelled first), encoded
-  with `tokenizer` (lm/data/build.py resolves both)."""
-  label = builder.info.features['label']
-  seq_len = data_config.seq_len
+  """make_classification_evaluation's, with the train split's batches
+  (augmented as data.augment says)."""
+  data = make_classification_evaluation(
+      data_config, builder, tokenizer, process_index=process_index,
+      process_count=process_count)
+  seq_len, seed = data_config.seq_len, data_config.shuffle_seed
   augmenter = augment.Augmenter.from_config(data_config.augment)
-
-  def examples(split):
-    source = datasets.documents(builder, split)
-    return grain.MapDataset.source(source)
-
-  def encoded(split):
-    return examples(split).map(
-        lambda ex: encode_example(ex['text'].decode('utf-8'),
-                                  int(ex['label']), tokenizer, seq_len))
-
+  examples = grain.MapDataset.source(datasets.documents(builder, 'train'))
   if augmenter.enabled:
     # Perturbed anew each epoch, reproducibly (grain's per-element rng).
-    train = examples('train').shuffle(data_config.shuffle_seed).repeat(
-    ).random_map(lambda ex, rng: encode_example(
-        ex['text'].decode('utf-8'), int(ex['label']), tokenizer, seq_len,
-        augmenter, rng), seed=data_config.shuffle_seed)
+    train = examples.shuffle(seed).repeat().random_map(
+        lambda ex, rng: _encode_row(ex, tokenizer, seq_len, augmenter, rng),
+        seed=seed)
   else:
-    train = encoded('train').shuffle(data_config.shuffle_seed).repeat()
+    train = examples.map(functools.partial(
+        _encode_row, tokenizer=tokenizer, seq_len=seq_len)).shuffle(
+            seed).repeat()
   train = pipeline.train_batches(train, data_config.batch_size,
                                  process_index, process_count)
-  evaluation = {
-      split: pipeline.eval_batches(encoded(split), data_config.eval_batch_size,
-                                   process_index, process_count)
-      for split in SPLITS[1:] if split in builder.info.splits}
-  return ClassificationData(tokenizer, list(label.names), train, evaluation,
-                            tokenizer.token_bytes(), len(examples('train')))
+  return dataclasses.replace(data, train=train, train_examples=len(examples))
+
+
+def _encode_row(example, tokenizer, seq_len: int,
+                augmenter: augment.Augmenter | None = None,
+                rng: np.random.Generator | None = None
+                ) -> dict[str, np.ndarray]:
+  return encode_example(example['text'].decode('utf-8'),
+                        int(example['label']), tokenizer, seq_len, augmenter,
+                        rng)

@@ -29,39 +29,65 @@ class LmData:
 
   tokenizer: tokenizers.Tokenizer
   objective: objectives.Objective
-  train: grain.MapDataset  # infinite, shuffled, batched
   validation: grain.MapDataset  # one pass, batched, last batch padded
   token_bytes: np.ndarray  # [tokenizer vocab] UTF-8 bytes per token id
-  train_examples: int  # windows in the train split
+  # None where only the evaluation was built (make_lm_evaluation).
+  train: grain.MapDataset | None = None  # infinite, shuffled, batched
+  train_examples: int = 0  # windows in the train split
 
 
-def make_lm_data(data_config, builder, tokenizer: tokenizers.Tokenizer, *,
-                 process_index: int = 0, process_count: int = 1) -> LmData:
-  """The pipelines of `builder`'s corpus, encoded with `tokenizer`
-  (lm/data/build.py resolves both)."""
+def make_lm_evaluation(data_config, builder, tokenizer: tokenizers.Tokenizer,
+                       *, process_index: int = 0, process_count: int = 1
+                       ) -> LmData:
+  """The validation batches of `builder`'s corpus, encoded with `tokenizer`
+  (lm/data/build.py resolves both); the train split is not read."""
   if data_config.seq_len <= 0 or data_config.batch_size <= 0:
     raise UsageError('data.seq_len and data.batch_size must be positive, got '
                      f'{data_config.seq_len} and {data_config.batch_size}')
   objective = objectives.Objective.from_config(data_config, tokenizer)
-  splits = {}
-  for split in ('train', 'validation'):
-    tokens = tokenize_and_join(datasets.documents(builder, split), tokenizer)
-    windows = Windows(tokens, data_config.seq_len, objective.window_len)
-    if not len(windows):
-      raise UsageError(f'the {split} split has only {len(tokens)} tokens, '
-                       f'too few for data.seq_len={data_config.seq_len}')
-    splits[split] = grain.MapDataset.source(windows)
-  train = train_batches(
-      splits['train'].shuffle(data_config.shuffle_seed).repeat()
-      .random_map(objective.example, seed=data_config.shuffle_seed),
-      data_config.batch_size, process_index, process_count)
+  windows = _windows(builder, 'validation', tokenizer, data_config.seq_len,
+                     objective.window_len)
   # Validation corruption is the same at every evaluation (fixed seed).
   validation = eval_batches(
-      splits['validation'].random_map(objective.example,
-                                      seed=data_config.shuffle_seed),
+      windows.random_map(objective.example, seed=data_config.shuffle_seed),
       data_config.eval_batch_size, process_index, process_count)
-  return LmData(tokenizer, objective, train, validation,
-                tokenizer.token_bytes(), len(splits['train']))
+  return LmData(tokenizer, objective, validation, tokenizer.token_bytes())
+
+
+def make_lm_data(data_config, builder, tokenizer: tokenizers.Tokenizer, *,
+                 process_index: int = 0, process_count: int = 1) -> LmData:
+  """make_lm_evaluation's, with the train split's batches."""
+  data = make_lm_evaluation(data_config, builder, tokenizer,
+                            process_index=process_index,
+                            process_count=process_count)
+  windows = _windows(builder, 'train', tokenizer, data_config.seq_len,
+                     data.objective.window_len)
+  train = train_batches(
+      windows.shuffle(data_config.shuffle_seed).repeat()
+      .random_map(data.objective.example, seed=data_config.shuffle_seed),
+      data_config.batch_size, process_index, process_count)
+  return dataclasses.replace(data, train=train, train_examples=len(windows))
+
+
+def _windows(builder, split: str, tokenizer: tokenizers.Tokenizer,
+             seq_len: int, length: int) -> grain.MapDataset:
+  tokens = tokenize_and_join(datasets.documents(builder, split), tokenizer)
+  windows = Windows(tokens, seq_len, length)
+  if not len(windows):
+    raise UsageError(f'the {split} split has only {len(tokens)} tokens, '
+                     f'too few for data.seq_len={seq_len}')
+  return grain.MapDataset.source(windows)
+
+
+def encoded_evaluation(builder, splits: tuple[str, ...], encode,
+                       batch_size: int, process_index: int = 0,
+                       process_count: int = 1) -> dict[str, grain.MapDataset]:
+  """Each of `splits` that `builder`'s dataset has: its rows, `encode`d one
+  by one (row -> example), in eval_batches."""
+  return {split: eval_batches(
+      grain.MapDataset.source(datasets.documents(builder, split)).map(encode),
+      batch_size, process_index, process_count)
+          for split in splits if split in builder.info.splits}
 
 
 def train_batches(examples: grain.MapDataset, batch_size: int,

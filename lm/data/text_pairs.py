@@ -36,14 +36,15 @@ from lm.errors import UsageError
 class TextPairData:
   tokenizer: tokenizers.Tokenizer
   objective: str
-  train: grain.MapDataset
   evaluation: dict[str, grain.MapDataset]
   token_bytes: np.ndarray
   metrics: tuple[str, ...]  # what generation is scored by (lm/evaluate/text_metrics.py)
-  raw_examples: dict  # split -> random-access source of the raw examples
+  raw_examples: dict  # evaluation split -> random access to its raw examples
   encode_source: Callable[[str], list[int]]  # source text -> model input ids
-  train_examples: int  # in this process's shard
   target_len: int  # the most target tokens trained on, and generated
+  # None where only the evaluation was built (make_text_pair_evaluation).
+  train: grain.MapDataset | None = None
+  train_examples: int = 0
 
   def pairs(self, split: str) -> list[tuple[str, str]]:
     return [(ex['source'].decode('utf-8'), ex['target'].decode('utf-8'))
@@ -106,52 +107,70 @@ def check_pairs(builder, name: str, objective: str) -> None:
         f'{sorted(datasets.TEXT_PAIR_DATASETS)}')
 
 
+class _Encoding:
+  """Text pairs as `objective`'s examples, with `tokenizer`."""
+
+  def __init__(self, data_config, tokenizer: tokenizers.Tokenizer):
+    self.data_config, self.tokenizer = data_config, tokenizer
+    self.target_len = config.target_len(data_config)
+
+  def source_ids(self, text: str) -> list[int]:
+    """The source's tokens, before truncation, or the decoder prompt's,
+    which leave room for target_len tokens within the model's seq_len."""
+    if self.data_config.objective == 'seq2seq':
+      return self.tokenizer.encode(text)
+    return prompt_ids(self.tokenizer.encode, self.data_config.prompt, text,
+                      self.data_config.seq_len - self.target_len)
+
+  def encode_source(self, text: str) -> list[int]:
+    if self.data_config.objective == 'seq2seq':
+      return (self.source_ids(text)[:self.data_config.seq_len - 1]
+              + [self.tokenizer.eos_id])
+    return self.source_ids(text)
+
+  def example(self, row) -> dict[str, np.ndarray]:
+    ids = self.source_ids(row['source'].decode('utf-8'))
+    target = self.tokenizer.encode(row['target'].decode('utf-8'))
+    special = {'eos_id': self.tokenizer.eos_id,
+               'pad_id': self.tokenizer.pad_id,
+               'seq_len': self.data_config.seq_len,
+               'target_len': self.target_len}
+    if self.data_config.objective == 'seq2seq':
+      return seq2seq_example(ids, target, bos_id=self.tokenizer.bos_id,
+                             **special)
+    return instruct_example(ids, target, **special)
+
+
+def make_text_pair_evaluation(data_config, builder,
+                              tokenizer: tokenizers.Tokenizer, *,
+                              process_index: int = 0, process_count: int = 1
+                              ) -> TextPairData:
+  """The evaluation splits' batches of `builder`'s pairs, encoded with
+  `tokenizer` (lm/data/build.py resolves both); the train split is not
+  read."""
+  check_pairs(builder, data_config.name, data_config.objective)
+  encoding = _Encoding(data_config, tokenizer)
+  splits = tuple(split for split in sources.SPLITS if split != 'train')
+  evaluation = pipeline.encoded_evaluation(
+      builder, splits, encoding.example, data_config.eval_batch_size,
+      process_index, process_count)
+  raw = {split: datasets.documents(builder, split) for split in evaluation}
+  return TextPairData(tokenizer, data_config.objective, evaluation,
+                      tokenizer.token_bytes(), type(builder).METRICS, raw,
+                      encoding.encode_source, encoding.target_len)
+
+
 def make_text_pair_data(data_config, builder,
                         tokenizer: tokenizers.Tokenizer, *,
                         process_index: int = 0, process_count: int = 1
                         ) -> TextPairData:
-  """The batches of `builder`'s pairs (check_pairs first), encoded with
-  `tokenizer` (lm/data/build.py resolves both)."""
-  target_len = config.target_len(data_config)
-  seq_len, objective = data_config.seq_len, data_config.objective
-
-  def source_ids(text: str) -> list[int]:
-    """The source's tokens, before truncation, or the decoder prompt's,
-    which leave room for target_len tokens within the model's seq_len."""
-    if objective == 'seq2seq':
-      return tokenizer.encode(text)
-    return prompt_ids(tokenizer.encode, data_config.prompt, text,
-                      seq_len - target_len)
-
-  def encode_source(text: str) -> list[int]:
-    if objective == 'seq2seq':
-      return source_ids(text)[:seq_len - 1] + [tokenizer.eos_id]
-    return source_ids(text)
-
-  def encode(example):
-    ids = source_ids(example['source'].decode('utf-8'))
-    target = tokenizer.encode(example['target'].decode('utf-8'))
-    if objective == 'seq2seq':
-      return seq2seq_example(
-          ids, target, bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id,
-          pad_id=tokenizer.pad_id, seq_len=seq_len, target_len=target_len)
-    return instruct_example(ids, target, eos_id=tokenizer.eos_id,
-                            pad_id=tokenizer.pad_id, seq_len=seq_len,
-                            target_len=target_len)
-
-  raw = {split: datasets.documents(builder, split)
-         for split in sources.SPLITS if split in builder.info.splits}
-
-  def encoded(split):
-    return grain.MapDataset.source(raw[split]).map(encode)
-
+  """make_text_pair_evaluation's, with the train split's batches."""
+  data = make_text_pair_evaluation(data_config, builder, tokenizer,
+                                   process_index=process_index,
+                                   process_count=process_count)
+  examples = grain.MapDataset.source(datasets.documents(builder, 'train'))
   train = pipeline.train_batches(
-      encoded('train').shuffle(data_config.shuffle_seed).repeat(),
+      examples.map(_Encoding(data_config, tokenizer).example).shuffle(
+          data_config.shuffle_seed).repeat(),
       data_config.batch_size, process_index, process_count)
-  evaluation = {
-      split: pipeline.eval_batches(encoded(split), data_config.eval_batch_size,
-                                   process_index, process_count)
-      for split in raw if split != 'train'}
-  return TextPairData(tokenizer, objective, train, evaluation,
-                      tokenizer.token_bytes(), type(builder).METRICS, raw,
-                      encode_source, len(encoded('train')), target_len)
+  return dataclasses.replace(data, train=train, train_examples=len(examples))

@@ -64,9 +64,8 @@ def check_model_fits_data(model_config: ModelConfig,
 def load_data(config: ml_collections.ConfigDict, model_config: ModelConfig,
               make_tokenizer: Callable[[], Any]):
   """This process's share of the run's data (lm/data/build.py), encoded
-  with the tokenizer `make_tokenizer()` returns (training's builds the one
-  data.tokenizer names; scoring reads the workdir's own), after checking
-  that the model fits it."""
+  with the tokenizer `make_tokenizer()` builds (data.tokenizer's), after
+  checking that the model fits it: what training reads."""
   # Imported here: the data stack (grain, tensorflow-datasets) is not
   # installed where the benchmark runs.
   from lm.data import build  # pylint: disable=g-import-not-at-top
@@ -75,13 +74,38 @@ def load_data(config: ml_collections.ConfigDict, model_config: ModelConfig,
     return build.make(config.data, make_tokenizer(), jax.process_index(),
                       jax.process_count())
 
-  # The first process builds (and caches) datasets and tokenizers before
-  # the others read them, so that no two write the same files.
+  return _checked(config, model_config, _first_process_first(make))
+
+
+def load_evaluation_data(config: ml_collections.ConfigDict,
+                         model_config: ModelConfig,
+                         make_tokenizer: Callable[[], Any]):
+  """`load_data`'s evaluation splits alone, encoded with the tokenizer
+  `make_tokenizer()` reads (the workdir's own): what scoring reads. The
+  train split is neither read nor encoded."""
+  from lm.data import build  # pylint: disable=g-import-not-at-top
+
+  def make():
+    return build.make(config.data, make_tokenizer(), jax.process_index(),
+                      jax.process_count(), evaluation_only=True)
+
+  return _checked(config, model_config, _first_process_first(make))
+
+
+def _first_process_first(make: Callable[[], Any]):
+  """make() on every process, the first before the others: it builds (and
+  caches) datasets and tokenizers that they then read, so that no two
+  processes write the same files."""
   data = make() if jax.process_index() == 0 else None
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices('lm: data built')
   if jax.process_index() != 0:
     data = make()
+  return data
+
+
+def _checked(config, model_config: ModelConfig, data):
+  from lm.data import build  # pylint: disable=g-import-not-at-top
   if config.data.objective == 'classify':
     _check_classes(config, model_config, data.class_names)
   _check_vocab(config, model_config, data.tokenizer.vocab_size,

@@ -30,11 +30,16 @@ def spent(privacy_config, *, steps: int, batch_size: int,
 
 
 def of_run(config: ml_collections.ConfigDict, steps: int,
-           train_examples: int) -> dict | None:
+           train_examples: int | None) -> dict | None:
   """What the run `config` has spent after `steps`; None where it is not
-  private."""
+  private. `train_examples` None (a workdir that predates their record,
+  lm/io/train_data_file.py) leaves epsilon unknown, and says why."""
   if not config.privacy.dp_sgd:
     return None
+  if train_examples is None:
+    return {'unknown': 'the workdir predates the record of its train '
+                       'examples (train_data.json), which the sampling '
+                       'rate needs'}
   return spent(config.privacy, steps=steps,
                batch_size=config.data.batch_size,
                train_examples=train_examples)

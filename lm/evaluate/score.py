@@ -33,6 +33,7 @@ from lm.io import checkpoint
 from lm.io import config_file
 from lm.io import files
 from lm.io import layout
+from lm.io import train_data_file
 from lm.model import params as model_params
 from lm.model import registry
 from lm.model.config import ModelConfig
@@ -102,9 +103,9 @@ def evaluate_workdir(workdir: str, split: str, eval_overrides: dict,
   `eval_batch_size` replaces the config's data.eval_batch_size.
   Writes <workdir>/eval/<dataset>_<split>.json and returns what it wrote.
   """
-  config = config_file.load_config(workdir, defaults)
+  own = config = config_file.load_config(workdir, defaults)
   if task is not None:
-    config = _on_task(config, task, workdir)
+    config = _on_task(own, task, workdir)
   eval_config = config.evaluate
   eval_config.update({k: v for k, v in eval_overrides.items()
                       if v is not None})
@@ -115,14 +116,14 @@ def evaluate_workdir(workdir: str, split: str, eval_overrides: dict,
   # this data.
   model_config = ModelConfig.from_config(config.model)
   evaluator_lib.check_model_fits_data(model_config, config)
+  model = registry.build_model(model_config)
   mesh = sharding.make_mesh(config.mesh.shape)
   sharding.check_batch(config.data.eval_batch_size, mesh,
                        'data.eval_batch_size', jax.process_count())
-  model = registry.build_model(model_config)
   # The checkpoint is read (and checked) before the data is built.
   params, step = checkpoint.load_params(
       workdir, model_params.abstract_params(model))
-  data = evaluator_lib.load_data(
+  data = evaluator_lib.load_evaluation_data(
       config, model_config, functools.partial(tokenizers.load_tokenizer,
                                               workdir))
   evaluator = evaluator_lib.Evaluator(config, model_config, model, mesh, data)
@@ -135,9 +136,9 @@ def evaluate_workdir(workdir: str, split: str, eval_overrides: dict,
         batch_metrics.rint_counts(sums['confusion']), data.class_names)
     result.update(per_class=report['per_class'],
                   confusion_matrix=report['confusion_matrix'])
-  spent = privacy_spent.of_run(config, step, data.train_examples)
-  if spent:
-    result['privacy'] = spent
+  if own.privacy.dp_sgd:  # What training the workdir's params has spent.
+    result['privacy'] = privacy_spent.of_run(
+        own, step, train_data_file.train_examples(workdir))
   if isinstance(data, text_pairs.TextPairData):
     pairs = data.pairs(split)
     if eval_config.max_examples > 0:
@@ -193,7 +194,9 @@ def markdown_table(result: dict) -> str:
     lines.append(f'class {name}: precision {row["precision"]:.4f} recall '
                  f'{row["recall"]:.4f} f1 {row["f1"]:.4f} support '
                  f'{row["support"]}')
-  if 'privacy' in result:
+  if 'unknown' in result.get('privacy', {}):
+    lines.append(f'DP-SGD: epsilon unknown: {result["privacy"]["unknown"]}')
+  elif 'privacy' in result:
     lines.append('DP-SGD: epsilon {epsilon:.3f}, delta {delta:.2e} after '
                  '{steps} steps (noise multiplier {noise_multiplier}, clip '
                  '{l2_clip})'.format(**result['privacy']))

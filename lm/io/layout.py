@@ -11,6 +11,7 @@
   tokenizer.model | tokenizer.json (+ tokenizer_config.json)   the tokenizer
   deep_compression.npz     a Deep-Compressed workdir's encoded params
   preempted.json           where a run stopped on a signal
+  train_data.json          how many train examples the run read (TRAIN_DATA)
   .lock                    held by the run that trains in the workdir
 """
 
@@ -30,6 +31,7 @@ JSON_TOKENIZER = 'tokenizer.json'
 HF_TOKENIZER_CONFIG = 'tokenizer_config.json'
 DEEP_COMPRESSION = 'deep_compression.npz'
 PREEMPTED = 'preempted.json'
+TRAIN_DATA = 'train_data.json'
 LOCK = '.lock'
 
 

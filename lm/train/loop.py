@@ -29,6 +29,7 @@ from lm.io import config_file
 from lm.io import layout
 from lm.io import paths
 from lm.io import preemption
+from lm.io import train_data_file
 from lm.io.lock import WorkdirLock
 from lm.model.config import COMPUTE_KEYS
 from lm.perf import flops
@@ -115,6 +116,8 @@ def _train(trainer: trainer_lib.Trainer, config: ml_collections.ConfigDict,
     if primary:
       config_file.save_config(config, workdir)
       trainer.data.tokenizer.save(workdir)
+      train_data_file.save(workdir, config.data.name,
+                           trainer.data.train_examples)
     with contextlib.closing(summaries.Writer(workdir, primary)) as writer:
       return _loop(trainer, config, workdir, state, train_iter, checkpointer,
                    writer, watch, log, stop_at_step, progress)
