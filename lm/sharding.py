@@ -20,6 +20,7 @@ whole rather than failing: small models run on big meshes.
 """
 
 import contextlib
+import dataclasses
 import math
 from typing import Any, Sequence
 
@@ -29,6 +30,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from lm import sections
 from lm.errors import UsageError
 
 AXES = ('data', 'fsdp', 'tensor', 'expert')
@@ -58,6 +60,19 @@ RULES = (
     ('layers', None),
     ('capacity', None),
 )
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig(sections.Section):
+  """Devices as a data x fsdp x tensor x expert mesh; -1 takes the devices
+  the other axes leave, so the default is data parallelism over every
+  device."""
+
+  NAME = 'mesh'
+  shape: tuple[int, ...] = (-1, 1, 1, 1)
+
+  def validate(self) -> None:
+    check_mesh_shape(self.shape)
 
 
 def check_mesh_shape(shape: Sequence[int]) -> tuple[int, ...]:

@@ -58,7 +58,7 @@ def test_token_mask_spares_bos_and_eos():
 def test_rates_outside_zero_one_are_refused(tiny):
   tiny.data.augment.swap = 1.5
   with pytest.raises(UsageError, match=r'data.augment.swap must be in \[0, 1\)'):
-    data_config.validate(tiny.data)
+    data_config.DataConfig.from_config(tiny.data)
 
 
 def test_pipeline_augments_training_only_and_reproducibly(tiny):

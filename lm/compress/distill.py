@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from lm import restore
+from lm import sections
 from lm.errors import UsageError
 from lm.model import registry
 from lm.model.config import ModelConfig
@@ -31,12 +32,21 @@ class Distill:
   alpha: float
 
 
-def validate(distill_config) -> None:
-  """The distill section: raises UsageError naming the key and the fix."""
-  c = distill_config
-  if c.temperature <= 0 or not 0 <= c.alpha <= 1:
-    raise UsageError(f'distill.temperature must be > 0 and distill.alpha in '
-                     f'[0, 1]; got {c.temperature} and {c.alpha}')
+@dataclasses.dataclass(frozen=True)
+class DistillConfig(sections.Section):
+  """Distillation: a teacher workdir with the student's vocabulary ('':
+  none); loss (1 - alpha) * hard + alpha * T^2 * KL at temperature T."""
+
+  NAME = 'distill'
+  teacher: str = ''
+  temperature: float = 2.0
+  alpha: float = 0.5
+
+  def validate(self) -> None:
+    """Raises UsageError naming the key and the fix."""
+    if self.temperature <= 0 or not 0 <= self.alpha <= 1:
+      raise UsageError(f'distill.temperature must be > 0 and distill.alpha '
+                       f'in [0, 1]; got {self.temperature} and {self.alpha}')
 
 
 def load_teacher(distill_config, student: ModelConfig

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from lm import sections
 from lm.errors import UsageError
 from lm.model import params as model_params
 from lm.model import quantized
@@ -36,19 +37,19 @@ from lm.model.config import ModelConfig
 
 
 @dataclasses.dataclass(frozen=True)
-class PruneConfig:
+class PruneConfig(sections.Section):
+  """Magnitude pruning during training: 'unstructured' or
+  'N:M' (e.g. '2:4'), reaching `sparsity` (unstructured) on a cubic
+  schedule from start_step to end_step, masks updated every `every` steps,
+  in the kernels whose names match `targets`."""
+
+  NAME = 'prune'
   pattern: str = 'none'
   sparsity: float = 0.5
   start_step: int = 0
   end_step: int = 0
   every: int = 10
   targets: str = r'.*kernel'
-
-  @classmethod
-  def from_config(cls, prune_config) -> 'PruneConfig':
-    c = cls(**dict(prune_config))
-    c.validate()
-    return c
 
   @property
   def n_of_m(self) -> tuple[int, int] | None:

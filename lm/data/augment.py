@@ -24,18 +24,29 @@ import re
 
 import numpy as np
 
+from lm import sections
 from lm.errors import UsageError
 
 RATES = ('synonym', 'delete', 'swap', 'token_mask')
 _WORD = re.compile(r'^(\W*)(\w+)(\W*)$')
 
 
-def check_rates(augment_config) -> None:
-  """data.augment's rates (for lm/data/config.py)."""
-  for name in RATES:
-    rate = augment_config[name]
-    if not 0.0 <= rate < 1.0:
-      raise UsageError(f'data.augment.{name} must be in [0, 1), got {rate}')
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig(sections.Section):
+  """Training-time augmentation of classification text: each operation's
+  rate, in [0, 1) (0 turns it off)."""
+
+  NAME = 'data.augment'
+  synonym: float = 0.0
+  delete: float = 0.0
+  swap: float = 0.0
+  token_mask: float = 0.0
+
+  def validate(self) -> None:
+    for name in RATES:
+      rate = getattr(self, name)
+      if not 0.0 <= rate < 1.0:
+        raise UsageError(f'data.augment.{name} must be in [0, 1), got {rate}')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,7 +59,7 @@ class Augmenter:
 
   @classmethod
   def from_config(cls, augment_config, synonyms_fn=None) -> 'Augmenter':
-    """The data.augment section's operations (checked by `check_rates`)."""
+    """The data.augment section's operations (checked by AugmentConfig)."""
     rates = {name: float(augment_config[name]) for name in RATES}
     synonyms = None
     if rates['synonym']:

@@ -1,8 +1,10 @@
 """The `data` section of a config, checked once before any data is read."""
 
+import dataclasses
 import os
 
-from lm.data import augment
+from lm import sections
+from lm.data.augment import AugmentConfig
 from lm.data import objectives
 from lm.errors import UsageError
 
@@ -18,26 +20,56 @@ TEXT_PAIR_OBJECTIVES = ('seq2seq', 'instruct')
 OBJECTIVES = objectives.OBJECTIVES + ('classify',) + TEXT_PAIR_OBJECTIVES
 
 
-def validate(data_config) -> None:
-  """Raises UsageError naming the key that is wrong and the fix."""
-  if data_config.name not in DATASETS:
-    raise UsageError(f'unknown dataset {data_config.name!r} (data.name); '
-                     f'known: {sorted(DATASETS)}')
-  tokenizer = data_config.tokenizer
-  if tokenizer not in ('byte', 'sentencepiece') and not os.path.isdir(
-      tokenizer):
-    raise UsageError(f"data.tokenizer={tokenizer!r} is not 'byte', "
-                     "'sentencepiece' or a directory holding a tokenizer")
-  if data_config.objective not in OBJECTIVES:
-    raise UsageError(f'data.objective={data_config.objective!r} is not one '
-                     f'of {list(OBJECTIVES)}')
-  for key in ('seq_len', 'batch_size', 'eval_batch_size', 'vocab_size'):
-    if data_config[key] <= 0:
-      raise UsageError(f'data.{key} must be positive, got {data_config[key]}')
-  objectives.check_settings(data_config)
-  augment.check_rates(data_config.augment)
-  if data_config.objective in TEXT_PAIR_OBJECTIVES:
-    target_len(data_config)
+@dataclasses.dataclass(frozen=True)
+class DataConfig(sections.Section):
+  """What a run reads (lm/data/build.py): a dataset, its tokenizer, the
+  batches, and the objective that turns text into examples."""
+
+  NAME = 'data'
+  name: str = 'shakespeare'  # one of the datasets lm/data/datasets.py builds
+  data_dir: str = ''  # '' means the tfds default (~/tensorflow_datasets)
+  # 'sentencepiece', 'byte', or a directory holding a tokenizer
+  tokenizer: str = 'sentencepiece'
+  vocab_size: int = 2048  # SentencePiece vocabulary trained on the train split
+  seq_len: int = 256  # tokens per example (the encoder's, for seq2seq)
+  batch_size: int = 32  # examples per train step, over every device
+  eval_batch_size: int = 32
+  shuffle_seed: int = 0  # the order of train examples and their corruption
+  # lm/data/objectives.py: 'causal' (decoder), 'masked' (encoder) or 'span'
+  # (encoder_decoder), with their corruption rates; or 'classify'
+  # (lm/data/classification.py) for a labelled dataset; or 'seq2seq'
+  # (encoder_decoder) / 'instruct' (decoder) for a dataset of text pairs
+  # (lm/data/text_pairs.py), whose targets have up to target_len tokens
+  # (0: seq_len) and whose decoder prompt is `prompt`.
+  objective: str = 'causal'
+  mask_rate: float = 0.15
+  noise_density: float = 0.15
+  mean_span_length: float = 3.0
+  target_len: int = 0
+  prompt: str = '{source}\n'
+  # Training-time augmentation of classification text, rates in [0, 1)
+  # (lm/data/augment.py); 0 turns an operation off.
+  augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
+
+  def validate(self) -> None:
+    """Raises UsageError naming the key that is wrong and the fix."""
+    if self.name not in DATASETS:
+      raise UsageError(f'unknown dataset {self.name!r} (data.name); '
+                       f'known: {sorted(DATASETS)}')
+    if self.tokenizer not in ('byte', 'sentencepiece') and not os.path.isdir(
+        self.tokenizer):
+      raise UsageError(f"data.tokenizer={self.tokenizer!r} is not 'byte', "
+                       "'sentencepiece' or a directory holding a tokenizer")
+    if self.objective not in OBJECTIVES:
+      raise UsageError(f'data.objective={self.objective!r} is not one '
+                       f'of {list(OBJECTIVES)}')
+    for key in ('seq_len', 'batch_size', 'eval_batch_size', 'vocab_size'):
+      if getattr(self, key) <= 0:
+        raise UsageError(f'data.{key} must be positive, got '
+                         f'{getattr(self, key)}')
+    objectives.check_settings(self)
+    if self.objective in TEXT_PAIR_OBJECTIVES:
+      target_len(self)
 
 
 def longest_sequence(data_config) -> int:

@@ -28,8 +28,8 @@ def validate_model_and_data(config: ml_collections.ConfigDict
   """The sections that scoring a trained model reads (model, data, mesh),
   and that the model fits the data; returns the parsed model section."""
   model_config = ModelConfig.from_config(config.model)
-  data_config.validate(config.data)
-  sharding.check_mesh_shape(config.mesh.shape)
+  data_config.DataConfig.from_config(config.data)
+  sharding.MeshConfig.from_config(config.mesh)
   check_model_fits_data(model_config, config)
   return model_config
 

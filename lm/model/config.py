@@ -11,8 +11,8 @@ import math
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 
+from lm import sections
 from lm.errors import UsageError
 from lm.kernels import attention as attention_kernels
 from lm.model import layers
@@ -54,7 +54,7 @@ HEAD_KEYS = ('num_classes', 'pooling', 'pooler', 'mlm_head', 'dropout_rate',
 
 
 @dataclasses.dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(sections.Section):
   """Architecture hyperparameters; `num_kv_heads` < `num_heads` gives GQA/MQA.
 
   family: a registered family (lm/model/registry.py): 'decoder' (GPT-2,
@@ -65,6 +65,7 @@ class ModelConfig:
   Keys that only some families use say so.
   """
 
+  NAME = 'model'
   family: str = 'decoder'  # GPT, Llama; 'encoder': BERT; 'encoder_decoder': T5
   vocab_size: int = 2048  # token embeddings (and output classes of an LM)
   d_model: int = 256  # the residual stream's width
@@ -195,23 +196,6 @@ class ModelConfig:
     every model is refused longer prompts than it was configured for (a
     rotary model's memory grows with them)."""
     return self.max_len
-
-  @classmethod
-  def from_config(cls, model_config: ml_collections.ConfigDict | dict
-                 ) -> 'ModelConfig':
-    """Parses and validates a config's `model` section (UsageError names the
-    key)."""
-    values = dict(model_config)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-      raise UsageError(f'unknown model config key(s) {unknown}; '
-                       f'known keys are {sorted(known)}')
-    if 'lora_targets' in values:  # a list when read from JSON
-      values['lora_targets'] = tuple(values['lora_targets'])
-    config = cls(**values)
-    config.validate()
-    return config
 
   def validate(self):
     """Raises UsageError naming the first key that is wrong, and the fix;

@@ -33,6 +33,7 @@ with regular expressions that must match the whole name:
                rate
 """
 
+import dataclasses
 import math
 
 import jax
@@ -40,6 +41,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from lm import sections
 from lm.compress import lora
 from lm.compress import prune
 from lm.errors import UsageError
@@ -50,33 +52,63 @@ from lm.model.params import ParamInfo
 from lm.train import privacy
 
 
+@dataclasses.dataclass(frozen=True)
+class OptimConfig(sections.Section):
+  """The optimizer: its update rule, learning-rate schedule, decay,
+  clipping, and the parameters it treats apart by name."""
+
+  NAME = 'optim'
+  # adamw, adam, sgd, adafactor, lion or muon (lm/train/optim.py).
+  name: str = 'adamw'
+  # Linear warmup to the peak rate, cosine decay to min_lr_ratio of it;
+  # the moments' decay rates (adam, adamw, lion), weight decay (matrices
+  # only) and global gradient-norm clipping.
+  learning_rate: float = 3e-3
+  warmup_steps: int = 100
+  min_lr_ratio: float = 0.1
+  b1: float = 0.9
+  b2: float = 0.95
+  eps: float = 1e-8
+  weight_decay: float = 0.1
+  clip_norm: float = 1.0
+  # sgd only: heavy-ball momentum (0: plain SGD), Nesterov's form.
+  momentum: float = 0.9
+  nesterov: bool = False
+  # By parameter name: regexes of frozen parameters, (regex, factor)
+  # learning-rate scales, layer-wise decay (1: off).
+  freeze: tuple[str, ...] = ()
+  lr_scale: tuple[tuple[str, float], ...] = ()
+  layer_decay: float = 1.0
+
+  def validate(self) -> None:
+    """Raises UsageError naming the key that is wrong and the fix."""
+    if self.name not in OPTIMIZERS:
+      raise UsageError(f'optim.name={self.name!r} is not an optimizer lm '
+                       f'knows; use one of {", ".join(OPTIMIZERS)}')
+    if not 0 <= self.momentum < 1:
+      raise UsageError(f'optim.momentum must be in [0, 1), got '
+                       f'{self.momentum}')
+    if not 0 < self.learning_rate < math.inf:
+      raise UsageError('optim.learning_rate must be a positive finite '
+                       f'number, got {self.learning_rate!r}')
+    if not 0 < self.layer_decay <= 1:
+      raise UsageError(f'optim.layer_decay must be in (0, 1], got '
+                       f'{self.layer_decay}')
+    for pattern, factor in self.lr_scale:
+      model_params.name_pattern(pattern, 'optim.lr_scale')
+      if factor < 0:
+        raise UsageError(f'optim.lr_scale factor for {pattern!r} must be '
+                         f'>= 0, got {factor}')
+    for pattern in self.freeze:
+      model_params.name_pattern(pattern, 'optim.freeze')
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
-  """The optim section (and its schedule over train.num_steps): raises
-  UsageError naming the key that is wrong and the fix."""
-  settings = config.optim
-  if settings.name not in OPTIMIZERS:
-    raise UsageError(f'optim.name={settings.name!r} is not an optimizer lm '
-                     f'knows; use one of {", ".join(OPTIMIZERS)}')
-  if not 0 <= settings.momentum < 1:
-    raise UsageError(f'optim.momentum must be in [0, 1), got '
-                     f'{settings.momentum}')
-  rate = settings.learning_rate
-  if not (isinstance(rate, (int, float)) and 0 < rate < math.inf):
-    raise UsageError(f'optim.learning_rate must be a positive finite number, '
-                     f'got {rate!r}')
+  """The optim section, and its schedule over train.num_steps."""
+  settings = OptimConfig.from_config(config.optim)
   if not 0 <= settings.warmup_steps < config.train.num_steps:
     raise UsageError(f'optim.warmup_steps={settings.warmup_steps} must be in '
                      f'[0, train.num_steps={config.train.num_steps})')
-  if not 0 < settings.layer_decay <= 1:
-    raise UsageError(f'optim.layer_decay must be in (0, 1], got '
-                     f'{settings.layer_decay}')
-  for pattern, factor in settings.lr_scale:
-    model_params.name_pattern(pattern, 'optim.lr_scale')
-    if factor < 0:
-      raise UsageError(f'optim.lr_scale factor for {pattern!r} must be >= 0, '
-                       f'got {factor}')
-  for pattern in settings.freeze:
-    model_params.name_pattern(pattern, 'optim.freeze')
 
 
 def make_schedule(optim_config, num_steps: int) -> optax.Schedule:

@@ -14,25 +14,46 @@ What a run has spent is lm/evaluate/privacy_spent.py's (scoring reports it
 without building a trainer).
 """
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import optax
 
+from lm import sections
 from lm.errors import UsageError
 
 
+@dataclasses.dataclass(frozen=True)
+class PrivacyConfig(sections.Section):
+  """DP-SGD: per-example clipping to l2_clip, Gaussian noise of
+  noise_multiplier * l2_clip; delta 0 means 1 / train examples.
+  Per-example gradients are formed `microbatch` examples at a time (0: the
+  whole batch), which bounds their memory."""
+
+  NAME = 'privacy'
+  dp_sgd: bool = False
+  l2_clip: float = 1.0
+  noise_multiplier: float = 1.0
+  delta: float = 0.0
+  microbatch: int = 8
+
+  def validate(self) -> None:
+    if not self.dp_sgd:
+      return
+    if self.l2_clip <= 0 or self.noise_multiplier < 0:
+      raise UsageError('privacy.l2_clip must be > 0 and '
+                       'privacy.noise_multiplier >= 0, got '
+                       f'{self.l2_clip} and {self.noise_multiplier}')
+    if not 0 <= self.delta < 1:
+      raise UsageError(f'privacy.delta must be in [0, 1), got {self.delta}')
+
+
 def validate(privacy_config, batch_size: int) -> None:
-  settings = privacy_config
-  if not settings.dp_sgd:
-    return
-  if settings.l2_clip <= 0 or settings.noise_multiplier < 0:
-    raise UsageError('privacy.l2_clip must be > 0 and privacy.noise_multiplier '
-                     f'>= 0, got {settings.l2_clip} and '
-                     f'{settings.noise_multiplier}')
-  if not 0 <= settings.delta < 1:
-    raise UsageError(f'privacy.delta must be in [0, 1), got {settings.delta}')
-  if settings.microbatch < 0 or (settings.microbatch and
-                                 batch_size % settings.microbatch):
+  """The privacy section, and its microbatches of data.batch_size."""
+  settings = PrivacyConfig.from_config(privacy_config)
+  if settings.dp_sgd and (settings.microbatch < 0 or (
+      settings.microbatch and batch_size % settings.microbatch)):
     raise UsageError(
         f'privacy.microbatch={settings.microbatch} must divide '
         f'data.batch_size={batch_size} (0: the whole batch at once)')

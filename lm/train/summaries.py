@@ -10,6 +10,7 @@ Tags (lm/evaluate/curves.py reads them back, and so does TensorBoard):
   params/*     weight histograms (each evaluation, with train.histograms)
 """
 
+import dataclasses
 import os
 from typing import Any, Callable
 
@@ -20,11 +21,40 @@ import ml_collections
 import numpy as np
 import optax
 
+from lm import sections
+from lm.errors import UsageError
 from lm.infer import generate
 from lm.infer import sampling
 from lm.io import layout
 from lm.io import tensorboardx
 from lm.model import registry
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleConfig(sections.Section):
+  """Samples of a causal language model at each evaluation (with
+  at_eval): printed, and written to TensorBoard as text (samples/<i>)."""
+
+  NAME = 'sample'
+  prompts: tuple[str, ...] = ('ROMEO:\n', 'JULIET:\n')
+  max_new_tokens: int = 96
+  temperature: float = 0.8
+  top_k: int = 40
+  top_p: float = 1.0
+  seed: int = 0
+  at_eval: bool = True
+
+  def validate(self) -> None:
+    try:
+      self.settings().validate()
+      sampling.check_seed(self.seed)
+    except UsageError as e:
+      raise UsageError(f'sample.{e}') from None
+
+  def settings(self) -> sampling.SamplingConfig:
+    return sampling.SamplingConfig(
+        max_new_tokens=self.max_new_tokens, temperature=self.temperature,
+        top_k=self.top_k, top_p=self.top_p)
 
 
 class Writer:
@@ -72,16 +102,13 @@ def eval_sampler(config: ml_collections.ConfigDict, model_config,
   whose evaluations show samples; None for one whose do not (not a causal
   language model, no prompts, config.sample.at_eval off, or several
   processes, where experiments/generate.py samples afterwards)."""
-  sample_config = config.sample
+  sample_config = SampleConfig.from_config(config.sample)
   if not (sample_config.at_eval and sample_config.prompts
           and config.data.objective == 'causal'
           and registry.get(model_config.family).generates
           and not model_config.num_classes and jax.process_count() == 1):
     return None
-  settings = sampling.SamplingConfig(
-      max_new_tokens=sample_config.max_new_tokens,
-      temperature=sample_config.temperature, top_k=sample_config.top_k,
-      top_p=sample_config.top_p)
+  settings = sample_config.settings()
   prompts = list(sample_config.prompts)
 
   def sample(params) -> list[str]:
