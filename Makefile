@@ -35,12 +35,12 @@ train: $(VENV)/.core
 
 # The whole suite (what CI runs), in two test processes.
 test: setup
-	$(BIN)/python -m pytest -q -n 2 --durations=25
+	$(BIN)/python -m pytest -q -n 2 --dist worksteal --durations=25
 
 # The fast tier: every module of lm/ imported and exercised, no training
 # runs or script processes; minutes, for before every commit.
 test-fast: setup
-	$(BIN)/python -m pytest -q -n 2 -m 'not slow' --durations=10
+	$(BIN)/python -m pytest -q -n 2 --dist worksteal -m 'not slow' --durations=10
 
 # The GPU benchmark (configs/bench/llama_gpu.py, one JSON line). A Python
 # that already runs JAX on a GPU is used as it is, with the wheels of .whl/

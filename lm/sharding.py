@@ -105,11 +105,13 @@ def mesh_shape(shape: Sequence[int], device_count: int) -> tuple[int, ...]:
   return tuple(device_count // known if s == -1 else s for s in shape)
 
 
-def make_mesh(shape: Sequence[int]) -> jax.sharding.Mesh:
-  """A mesh over the first devices (all of them, across processes, unless
-  the shape asks for fewer); Auto axes, which Linen's logical partitioning
-  needs."""
-  devices = jax.devices()
+def make_mesh(shape: Sequence[int], devices: Sequence[Any] | None = None
+              ) -> jax.sharding.Mesh:
+  """A mesh over the first `devices` (default: jax.devices(), across
+  processes; all of them unless the shape asks for fewer); Auto axes,
+  which Linen's logical partitioning needs. Devices of a topology compiled
+  for ahead of time (lm/kernels/tpu_compiler.py) serve as well."""
+  devices = list(jax.devices() if devices is None else devices)
   resolved = mesh_shape(shape, len(devices))
   size = math.prod(resolved)
   if size < len(devices) and jax.process_count() > 1:

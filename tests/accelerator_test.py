@@ -17,10 +17,12 @@ import pytest
 
 from configs import base
 from lm import sharding
+from lm.errors import UsageError
 from lm.infer import generate
 from lm.infer import sampling
 from lm.kernels import attention as attention_kernels
 from lm.kernels import platform
+from lm.kernels import tpu_compiler
 from lm.model import params as model_params
 from lm.model import registry
 from lm.model.config import ModelConfig
@@ -195,3 +197,16 @@ def test_training_refuses_float16():
   config.model.dtype = 'float16'
   with pytest.raises(UsageError, match="use 'bfloat16'"):
     loop.train_and_evaluate(config, '/nonexistent/never/written')
+
+
+def test_compiling_for_a_tpu_slice_without_the_compiler_says_how_to_get_it(
+    monkeypatch):
+  find_spec = tpu_compiler.importlib.util.find_spec
+  monkeypatch.setattr(tpu_compiler.importlib.util, 'find_spec',
+                      lambda name: None if name == 'libtpu'
+                      else find_spec(name))
+  with pytest.raises(UsageError, match=r"needs the TPU compiler.*"
+                     r"pip install .*'\.\[tpu-compile\]'"):
+    tpu_compiler.topology('v5e:2x2')
+  with pytest.raises(UsageError, match="'v5e:2x2', 'v5e:4x4'"):
+    tpu_compiler.topology('v5e')

@@ -117,6 +117,21 @@ def pytest_configure(config):
   config.lm_modules = set()
 
 
+# The longest tests (subprocesses that compile many programs, notebooks)
+# start first, so that the two test processes end together rather than
+# one running a long test alone at the end.
+_FIRST = ('multidevice_test.py', 'multihost_test.py', 'colabs_test.py',
+          'readme_test.py', 'real_weights_test.py', 'serve_test.py')
+
+
+def pytest_collection_modifyitems(config, items):
+  del config
+  def rank(item):
+    name = os.path.basename(str(item.path))
+    return _FIRST.index(name) if name in _FIRST else len(_FIRST)
+  items.sort(key=rank)  # Stable: each file's tests keep their order.
+
+
 @pytest.hookimpl(optionalhook=True)
 def pytest_testnodedown(node, error):  # xdist: a test process finished.
   del error

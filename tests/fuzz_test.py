@@ -194,6 +194,14 @@ def _cases(files, workdir, data_dir):
               ['prompt_len', 'max_new_tokens'], [],
               ['prompt_len=0', 'prompt_len=-1', 'max_new_tokens=0',
                'max_new_tokens=-2']),
+      'experiments.compile': [
+          [], ['--config=configs/default.py'],
+          ['--config=configs/default.py', '--topology=nope'],
+          ['--config=configs/default.py', '--topology=v9:2x2'],
+          ['--config=configs/default.py', '--topology=v5e:2x2',
+           '--programs=serve'],
+          ['--config=configs/default.py', '--topology=v5e:2x2',
+           '--programs=']],
       'experiments.memory': _config_cases(
           ['--config=configs/default.py', '--variants=loop:none'], files)[:20]
                             + [['--config=configs/default.py',

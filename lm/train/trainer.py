@@ -33,13 +33,15 @@ class Trainer:
   """Model, optimizer, compiled steps and the data of one config."""
 
   def __init__(self, config: ml_collections.ConfigDict,
-               with_data: bool = True):
+               with_data: bool = True, devices=None):
     """`with_data=False` builds the model and compiled steps alone, for
     batches made elsewhere (benchmarks/benchmark.py's random tokens), or
-    for `load_data` later."""
+    for `load_data` later. `devices`: the mesh's (default jax.devices()),
+    e.g. a TPU topology's to compile for on a CPU
+    (experiments/compile.py)."""
     self.config = config
     self.model_config = run_config.validate(config)
-    self.mesh = self._make_mesh(config)
+    self.mesh = self._make_mesh(config, devices)
     self.model = registry.build_model(self.model_config)
     self.evaluator = None
     if with_data:
@@ -99,9 +101,9 @@ class Trainer:
   def data(self):
     return self.evaluator.data
 
-  def _make_mesh(self, config):
+  def _make_mesh(self, config, devices):
     """The mesh, after checking that the batches split over it."""
-    mesh = sharding.make_mesh(config.mesh.shape)
+    mesh = sharding.make_mesh(config.mesh.shape, devices)
     processes = jax.process_count()
     accum = config.train.grad_accum_steps
     sharding.check_batch(config.data.batch_size // accum, mesh,
