@@ -12,7 +12,9 @@ bench.prompt_len + bench.new_tokens tokens). Nothing runs. One JSON line
 per program: each chip's bytes (XLA's memory analysis: arguments, outputs,
 temporaries, their peak) against its HBM, whether it fits and by how much,
 XLA's FLOPs, the attention kernel in the compiled program, and the compile
-time. Causal decoders only (the benchmark's random-token batches).
+time; a program too large for a chip gets `"fits": false` and the
+compiler's statement of what it needed. Causal decoders only (causal-LM
+batches of data.batch_size x data.seq_len tokens).
 """
 
 import json
@@ -125,7 +127,18 @@ def main(argv):
   jax.config.update('jax_enable_compilation_cache', False)
   config = cli.get_config(_CONFIG, check_devices=False)
   for program in _PROGRAMS.value:
-    compiled, seconds, chips = _COMPILERS[program](config, topology)
+    try:
+      compiled, seconds, chips = _COMPILERS[program](config, topology)
+    except jax.errors.JaxRuntimeError as e:
+      # The compiler refuses a program larger than a chip's memory, saying
+      # by how much: that is this program's line.
+      if 'RESOURCE_EXHAUSTED' not in str(e):
+        raise
+      print(json.dumps({'program': program, 'topology': topology.name,
+                        'device_kind': topology.device_kind, 'fits': False,
+                        'compiler': str(e).splitlines()[0][:500]}),
+            flush=True)
+      continue
     print(json.dumps(_line(program, topology, compiled, seconds, chips)),
           flush=True)
 
