@@ -23,11 +23,19 @@ import time
 from absl import flags
 import jax
 import jax.numpy as jnp
+from jax.sharding import SingleDeviceSharding
 from ml_collections import config_flags
 
 from experiments import cli
+from lm.infer import generate
+from lm.infer import sampling
 from lm.kernels import platform
 from lm.kernels import tpu_compiler
+from lm.model import params as model_params
+from lm.model import registry
+from lm.model.config import ModelConfig
+from lm.perf import memory
+from lm.train.trainer import Trainer
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Config file, e.g. configs/bench/llama_gpu.py[:preset].')
@@ -40,8 +48,6 @@ _PROGRAMS = flags.DEFINE_list('programs', ['train', 'decode'],
 
 def _line(program: str, topology: tpu_compiler.Topology, compiled,
           seconds: float, chips: int) -> dict:
-  # Imported here: lm.perf pulls in the model stack after flags parse.
-  from lm.perf import memory  # pylint: disable=g-import-not-at-top
   sizes = memory.memory_sizes(compiled)
   cost = compiled.cost_analysis()
   cost = (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}
@@ -61,7 +67,6 @@ def _line(program: str, topology: tpu_compiler.Topology, compiled,
 
 def compile_train(config, topology: tpu_compiler.Topology):
   """(compiled train step, seconds, chips of its mesh)."""
-  from lm.train.trainer import Trainer  # pylint: disable=g-import-not-at-top
   if config.data.objective != 'causal':
     cli.fail('experiments.compile builds causal-LM batches; this config has '
              f'data.objective={config.data.objective!r}')
@@ -79,14 +84,6 @@ def compile_train(config, topology: tpu_compiler.Topology):
 
 def compile_decode(config, topology: tpu_compiler.Topology):
   """(compiled prefill + decode loop on one chip, seconds, 1)."""
-  # pylint: disable=g-import-not-at-top
-  from jax.sharding import SingleDeviceSharding
-  from lm.infer import generate
-  from lm.infer import sampling
-  from lm.model import params as model_params
-  from lm.model import registry
-  from lm.model.config import ModelConfig
-  # pylint: enable=g-import-not-at-top
   bench = config.bench
   model = registry.build_model(ModelConfig.from_config(config.model))
   chip = SingleDeviceSharding(topology.devices[0])

@@ -47,6 +47,18 @@ class Section:
   def validate(self) -> None:
     """The owner's checks of the values (their types are checked)."""
 
+  def require(self, keys: tuple[str, ...], minimum: int,
+              zero_means: str = '') -> None:
+    """UsageError naming the first of `keys` below `minimum` (1: positive;
+    0 with `zero_means`: what 0 asks for)."""
+    for key in keys:
+      value = getattr(self, key)
+      if value < minimum:
+        bound = 'positive' if minimum == 1 else f'>= {minimum}'
+        note = f' (0: {zero_means})' if zero_means else ''
+        raise UsageError(f'{self.NAME}.{key} must be {bound}{note}, got '
+                         f'{value}')
+
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
 

@@ -20,8 +20,8 @@ def tokenizer(config: ml_collections.ConfigDict):
   """The tokenizer data.tokenizer names for `config` (a `data` section):
   bytes, a directory's, or a SentencePiece model trained on the dataset's
   train split (and cached) on first use."""
-  builder = datasets.get_builder(config.name, config.data_dir or None)
-  return datasets.get_tokenizer(config.tokenizer, builder, config.vocab_size)
+  return datasets.get_tokenizer(config.tokenizer, _builder(config),
+                                config.vocab_size)
 
 
 def make(config: ml_collections.ConfigDict, tokenizer,

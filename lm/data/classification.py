@@ -31,7 +31,7 @@ class ClassificationData:
   # None where only the evaluation was built
   # (make_classification_evaluation).
   train: grain.MapDataset | None = None  # infinite, shuffled, batched
-  train_examples: int = 0
+  train_examples: int = 0  # rows of the train split
 
 
 def encode_example(text: str, label: int, tokenizer, seq_len: int,

@@ -63,10 +63,8 @@ class DataConfig(sections.Section):
     if self.objective not in OBJECTIVES:
       raise UsageError(f'data.objective={self.objective!r} is not one '
                        f'of {list(OBJECTIVES)}')
-    for key in ('seq_len', 'batch_size', 'eval_batch_size', 'vocab_size'):
-      if getattr(self, key) <= 0:
-        raise UsageError(f'data.{key} must be positive, got '
-                         f'{getattr(self, key)}')
+    self.require(('seq_len', 'batch_size', 'eval_batch_size', 'vocab_size'),
+                 1)
     objectives.check_settings(self)
     if self.objective in TEXT_PAIR_OBJECTIVES:
       target_len(self)

@@ -43,8 +43,8 @@ class TextPairData:
   encode_source: Callable[[str], list[int]]  # source text -> model input ids
   target_len: int  # the most target tokens trained on, and generated
   # None where only the evaluation was built (make_text_pair_evaluation).
-  train: grain.MapDataset | None = None
-  train_examples: int = 0
+  train: grain.MapDataset | None = None  # infinite, shuffled, batched
+  train_examples: int = 0  # pairs of the train split
 
   def pairs(self, split: str) -> list[tuple[str, str]]:
     return [(ex['source'].decode('utf-8'), ex['target'].decode('utf-8'))
@@ -148,16 +148,8 @@ def make_text_pair_evaluation(data_config, builder,
   """The evaluation splits' batches of `builder`'s pairs, encoded with
   `tokenizer` (lm/data/build.py resolves both); the train split is not
   read."""
-  check_pairs(builder, data_config.name, data_config.objective)
-  encoding = _Encoding(data_config, tokenizer)
-  splits = tuple(split for split in sources.SPLITS if split != 'train')
-  evaluation = pipeline.encoded_evaluation(
-      builder, splits, encoding.example, data_config.eval_batch_size,
-      process_index, process_count)
-  raw = {split: datasets.documents(builder, split) for split in evaluation}
-  return TextPairData(tokenizer, data_config.objective, evaluation,
-                      tokenizer.token_bytes(), type(builder).METRICS, raw,
-                      encoding.encode_source, encoding.target_len)
+  return _evaluation(data_config, builder, _Encoding(data_config, tokenizer),
+                     process_index, process_count)
 
 
 def make_text_pair_data(data_config, builder,
@@ -165,12 +157,26 @@ def make_text_pair_data(data_config, builder,
                         process_index: int = 0, process_count: int = 1
                         ) -> TextPairData:
   """make_text_pair_evaluation's, with the train split's batches."""
-  data = make_text_pair_evaluation(data_config, builder, tokenizer,
-                                   process_index=process_index,
-                                   process_count=process_count)
+  encoding = _Encoding(data_config, tokenizer)
+  data = _evaluation(data_config, builder, encoding, process_index,
+                     process_count)
   examples = grain.MapDataset.source(datasets.documents(builder, 'train'))
   train = pipeline.train_batches(
-      examples.map(_Encoding(data_config, tokenizer).example).shuffle(
+      examples.map(encoding.example).shuffle(
           data_config.shuffle_seed).repeat(),
       data_config.batch_size, process_index, process_count)
   return dataclasses.replace(data, train=train, train_examples=len(examples))
+
+
+def _evaluation(data_config, builder, encoding: _Encoding,
+                process_index: int, process_count: int) -> TextPairData:
+  check_pairs(builder, data_config.name, data_config.objective)
+  splits = tuple(split for split in sources.SPLITS if split != 'train')
+  evaluation = pipeline.encoded_evaluation(
+      builder, splits, encoding.example, data_config.eval_batch_size,
+      process_index, process_count)
+  raw = {split: datasets.documents(builder, split) for split in evaluation}
+  return TextPairData(encoding.tokenizer, data_config.objective, evaluation,
+                      encoding.tokenizer.token_bytes(),
+                      type(builder).METRICS, raw, encoding.encode_source,
+                      encoding.target_len)

@@ -5,7 +5,6 @@ that a run's config is checked where that stack is not installed."""
 import dataclasses
 
 from lm import sections
-from lm.errors import UsageError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,11 +22,5 @@ class EvaluateConfig(sections.Section):
   max_batches: int = 0
 
   def validate(self) -> None:
-    for key in ('beam_size', 'batch_size'):
-      if getattr(self, key) < 1:
-        raise UsageError(f'evaluate.{key} must be >= 1, got '
-                         f'{getattr(self, key)}')
-    for key in ('max_examples', 'max_batches'):
-      if getattr(self, key) < 0:
-        raise UsageError(f'evaluate.{key} must be >= 0 (0: all), got '
-                         f'{getattr(self, key)}')
+    self.require(('beam_size', 'batch_size'), 1)
+    self.require(('max_examples', 'max_batches'), 0, 'all')

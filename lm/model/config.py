@@ -205,11 +205,8 @@ class ModelConfig(sections.Section):
       if getattr(self, key) not in choices:
         raise UsageError(f'model.{key}={getattr(self, key)!r} is not one of '
                          f'{list(choices)}')
-    for key in ('vocab_size', 'd_model', 'num_layers', 'num_heads', 'd_ff',
-                'max_len', 'attention_block'):
-      if getattr(self, key) <= 0:
-        raise UsageError(f'model.{key} must be positive, got '
-                         f'{getattr(self, key)}')
+    self.require(('vocab_size', 'd_model', 'num_layers', 'num_heads', 'd_ff',
+                  'max_len', 'attention_block'), 1)
     # Token ids and positions are int32.
     for key in ('vocab_size', 'd_model', 'num_layers', 'num_heads', 'd_ff',
                 'max_len', 'head_dim', 'num_kv_heads', 'num_decoder_layers'):
@@ -229,10 +226,7 @@ class ModelConfig(sections.Section):
     if self.position == 'rotary' and self.head_width % 2:
       raise UsageError('rotary positions need an even head width, got '
                        f'{self.head_width}')
-    for key in ('num_decoder_layers', 'type_vocab_size', 'num_classes'):
-      if getattr(self, key) < 0:
-        raise UsageError(f'model.{key} must be >= 0, got '
-                         f'{getattr(self, key)}')
+    self.require(('num_decoder_layers', 'type_vocab_size', 'num_classes'), 0)
     if self.position == 'relative' and (
         self.relative_buckets < 4 or self.relative_max_distance
         <= self.relative_buckets // 2):

@@ -3,7 +3,6 @@
 import dataclasses
 
 from lm import sections
-from lm.errors import UsageError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,11 +20,6 @@ class BenchConfig(sections.Section):
   decode_repeats: int = 5
 
   def validate(self) -> None:
-    for key in ('steps', 'decode_batch', 'prompt_len', 'new_tokens',
-                'decode_repeats'):
-      if getattr(self, key) < 1:
-        raise UsageError(f'bench.{key} must be >= 1, got '
-                         f'{getattr(self, key)}')
-    if self.warmup_steps < 0:
-      raise UsageError(f'bench.warmup_steps must be >= 0, got '
-                       f'{self.warmup_steps}')
+    self.require(('steps', 'decode_batch', 'prompt_len', 'new_tokens',
+                  'decode_repeats'), 1)
+    self.require(('warmup_steps',), 0, 'none')

@@ -59,17 +59,11 @@ class TrainConfig(sections.Section):
   histograms: bool = False
 
   def validate(self) -> None:
-    for key in ('num_steps', 'log_every', 'eval_every', 'checkpoint_every',
-                'keep_checkpoints', 'max_nonfinite_steps',
-                'grad_accum_steps'):
-      if getattr(self, key) <= 0:
-        raise UsageError(f'train.{key} must be positive, got '
-                         f'{getattr(self, key)}')
-    for key, zero_means in (('profile_steps', 'no profile'),
-                            ('eval_steps', 'the whole split')):
-      if getattr(self, key) < 0:
-        raise UsageError(f'train.{key} must be >= 0 (0: {zero_means}), got '
-                         f'{getattr(self, key)}')
+    self.require(('num_steps', 'log_every', 'eval_every', 'checkpoint_every',
+                  'keep_checkpoints', 'max_nonfinite_steps',
+                  'grad_accum_steps'), 1)
+    self.require(('profile_steps',), 0, 'no profile')
+    self.require(('eval_steps',), 0, 'the whole split')
 
 
 def validate(config: ml_collections.ConfigDict,
