@@ -197,14 +197,15 @@ def test_train_batches_are_shuffled_windows_of_text(lm_data):
 
 
 @pytest.mark.slow
-def test_tweet_sentiment_splits_are_disjoint_and_labelled(tmp_path):
-  builder = datasets.get_builder('tweet_sentiment', str(tmp_path))
+def test_tweet_sentiment_splits_are_disjoint_and_labelled(data_dir):
+  # Built in the session's data_dir, which the classifier tests read too.
+  builder = datasets.get_builder('tweet_sentiment', data_dir)
   texts = {}
   for split in ('train', 'validation', 'test'):
     source = datasets.documents(builder, split)
-    texts[split] = {source[i]['text'] for i in range(len(source))}
-    labels = {int(source[i]['label']) for i in range(len(source))}
-    assert labels == {0, 1, 2}
+    examples = [source[i] for i in range(len(source))]  # Each read once.
+    texts[split] = {example['text'] for example in examples}
+    assert {int(example['label']) for example in examples} == {0, 1, 2}
   assert not texts['train'] & texts['test']
   assert not texts['train'] & texts['validation']
   total = sum(len(t) for t in texts.values())

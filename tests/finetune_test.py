@@ -74,12 +74,11 @@ def test_init_from_copies_the_backbone_and_adds_a_head(tiny, tmp_path):
 
 
 @pytest.mark.slow
-def test_init_from_another_architecture_is_refused(tiny, tmp_path):
-  tiny.train.update(num_steps=3, eval_every=3, checkpoint_every=3)
-  loop.train_and_evaluate(tiny, str(tmp_path / 'lm'))  # d_model 32
+def test_init_from_another_architecture_is_refused(tiny, tmp_path,
+                                                   float_workdir):
   config = classifier_config(tiny, pooling='last', d_model=48)
-  config.init_from = str(tmp_path / 'lm')
-  with pytest.raises(UsageError, match='model.d_model=32'):
+  config.init_from = float_workdir  # A decoder of d_model 64.
+  with pytest.raises(UsageError, match='model.d_model=64'):
     loop.train_and_evaluate(config, str(tmp_path / 'cls'))
 
 
@@ -245,12 +244,9 @@ def test_bad_privacy_settings_are_refused(tiny):
 
 
 @pytest.mark.slow
-def test_init_from_a_family_that_cannot_serve_the_task(tiny, tmp_path):
-  decoder = tiny.copy_and_resolve_references()
-  decoder.train.update(num_steps=3, eval_every=3, checkpoint_every=3)
-  loop.train_and_evaluate(decoder, str(tmp_path / 'gpt'))
+def test_init_from_a_family_that_cannot_serve_the_task(tiny, float_workdir):
   config = classifier_config(tiny, **ENCODER)
-  config.init_from = str(tmp_path / 'gpt')
+  config.init_from = float_workdir
   with pytest.raises(UsageError, match='holds a decoder model, which cannot '
                      'serve this task'):
     Trainer(config).init_from(config.init_from)
