@@ -1,7 +1,8 @@
 r"""Serves a decoder workdir over the OpenAI API, with continuous batching.
 
   python -m experiments.serve --workdir=workdirs/smollm2 [--port=8000]
-      [--slots=8 --context=2048 --api_key=KEY --host=127.0.0.1]
+      [--slots=8 --context=2048 --api_key=KEY --host=127.0.0.1
+       --allowed_hosts=NAME,... --cors_origins=https://PAGE,...]
 
 Then any OpenAI client talks to it, e.g.
   from openai import OpenAI
@@ -14,7 +15,9 @@ joins between steps. SIGTERM (or Ctrl-C) stops accepting, lets running
 requests finish, and exits 0.
 """
 
+import contextlib
 import os
+import resource
 import signal
 
 from absl import flags
@@ -42,6 +45,14 @@ _WARM_UP = flags.DEFINE_integer(
     'warm_up', 0, 'Before serving, compile what requests of up to this many '
     'tokens need (0: compile on first use); with the compilation cache, '
     'later starts reuse it.', lower_bound=0)
+_ALLOWED_HOSTS = flags.DEFINE_list(
+    'allowed_hosts', [], 'Host names the server answers to besides its '
+    "address (and, on loopback, localhost); '*' for any. A web page reached "
+    'through any other name (DNS rebinding) is refused.')
+_CORS_ORIGINS = flags.DEFINE_list(
+    'cors_origins', [], 'Web page origins (https://example.org) whose '
+    'scripts may call the server; by default cross-origin requests are '
+    'refused.')
 _NAME = flags.DEFINE_string('model_name', None, 'The model id clients '
                             'name; default: the workdir folder\'s name.')
 
@@ -65,7 +76,15 @@ def main(argv):
           f'of up to {min(_WARM_UP.value, engine.context)} tokens.',
           flush=True)
   name = _NAME.value or os.path.basename(os.path.normpath(_WORKDIR.value))
-  server = openai_api.Server(engine, name, _API_KEY.value)
+  server = openai_api.Server(engine, name, _API_KEY.value, _HOST.value,
+                             _ALLOWED_HOSTS.value, _CORS_ORIGINS.value)
+  # Each connection holds a file descriptor: the soft limit (often 1,024)
+  # goes up to the hard one, so that many idle connections cannot take
+  # every descriptor from the clients being served. (Linux refuses an
+  # unlimited one; the soft limit then stays.)
+  _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+  with contextlib.suppress(ValueError, OSError):
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
   print(f'Serving {name} (step {restored.step}, {engine.slots} slots of '
         f'{engine.context} tokens) at http://{_HOST.value}:{_PORT.value}/v1',
         flush=True)
@@ -74,7 +93,8 @@ def main(argv):
   for stop in (signal.SIGTERM, signal.SIGINT):
     signal.signal(stop, lambda *_: None)
   uvicorn.run(server.app, host=_HOST.value, port=_PORT.value,
-              log_level='warning', timeout_graceful_shutdown=60)
+              log_level='warning', timeout_graceful_shutdown=60,
+              timeout_keep_alive=5)
   print('Stopped.', flush=True)
 
 

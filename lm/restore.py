@@ -28,6 +28,7 @@ def workdir(path: str) -> Restored:
   holds."""
   model_config = ModelConfig.from_config(config_file.load_config(path).model)
   tokenizer = tokenizers.load_tokenizer(path)
+  tokenizers.check_fits(tokenizer, model_config.vocab_size, path)
   params, step = checkpoint.load_params(
       path, model_params.abstract_params(registry.build_model(model_config)))
   return Restored(model_config, params, step, tokenizer)

@@ -199,7 +199,7 @@ def test_a_tokenizer_that_does_not_fit_the_weights_is_refused(tmp_path):
   model.save_pretrained(tmp_path / 'small')
   for name in ('encoder.json', 'vocab.bpe'):
     shutil.copy(os.path.join(GPT2_BPE_DIR, name), tmp_path / 'small')
-  with pytest.raises(UsageError, match='50257 tokens but the weights embed '
+  with pytest.raises(UsageError, match='50257 tokens but the model embeds '
                      'only 99'):
     import_into(tmp_path / 'small', tmp_path / 'wd')
   assert not os.path.exists(tmp_path / 'wd')

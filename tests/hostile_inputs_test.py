@@ -19,6 +19,8 @@ from lm.infer import generate
 from lm.infer import sampling
 from lm.infer.embeddings import embed_texts
 from lm.io import config_file
+from lm.io import layout
+from lm.io.lock import WorkdirLock
 from lm.io import outputs
 from lm.io import paths
 from lm.io import train_data_file
@@ -62,6 +64,31 @@ def test_a_result_appears_whole_or_not_at_all(tmp_path):
   with outputs.building(str(tmp_path / 'out')) as staging:
     open(os.path.join(staging, 'whole'), 'w').close()
   assert os.listdir(tmp_path / 'out') == ['whole']
+
+
+def test_only_lm_s_own_leftover_partial_folders_are_deleted(tmp_path):
+  staging = tmp_path / f'out.partial-{os.getpid()}'
+  staging.mkdir()
+  (staging / 'thesis.tex').write_text('years of work')
+  (tmp_path / 'elsewhere').mkdir()
+  for planted in ('folder', 'link'):
+    if planted == 'link':
+      staging.rename(tmp_path / 'elsewhere' / 'kept')
+      staging.symlink_to(tmp_path / 'elsewhere' / 'kept')
+    with pytest.raises(UsageError, match='not made by lm'):
+      with outputs.building(str(tmp_path / 'out')):
+        pass
+  assert (tmp_path / 'elsewhere' / 'kept' / 'thesis.tex').read_text() == (
+      'years of work')
+  # A partial folder lm left (its marker inside) is cleared and rebuilt.
+  staging.unlink()
+  staging.mkdir()
+  (staging / layout.PARTIAL).write_text('')
+  (staging / 'stale').write_text('')
+  with outputs.building(str(tmp_path / 'out')) as building:
+    open(os.path.join(building, 'fresh'), 'w').close()
+  assert os.listdir(tmp_path / 'out') == ['fresh']
+  assert not os.path.lexists(staging)
 
 
 def test_a_pipe_is_not_read_as_a_source(tmp_path):
@@ -145,9 +172,10 @@ def test_sampling_settings_out_of_range_are_refused():
       (sampling.SamplingConfig(top_k=300), 'exceeds the vocabulary')):
     with pytest.raises(UsageError, match=words):
       settings.validate(vocab_size=260)
-  with pytest.raises(UsageError, match='64 bits'):
-    sampling.check_seed(2**64)
-  assert sampling.check_seed(2**64 - 1) == 2**64 - 1
+  for seed in (2**63, 2**64, -2**63 - 1):
+    with pytest.raises(UsageError, match='signed 64-bit'):
+      sampling.check_seed(seed)
+  assert sampling.check_seed(2**63 - 1) == 2**63 - 1
 
 
 def test_every_model_has_a_context_limit():
@@ -198,3 +226,83 @@ def test_files_are_replaced_whole_and_never_written_through_a_link(tmp_path):
   with pytest.raises(UsageError, match='is a symbolic link'):
     files.write_atomic(str(link), 'written through')
   assert target.read_text() == 'mine' and link.is_symlink()
+
+
+@pytest.mark.parametrize('plant', ['link', 'fifo', 'folder'])
+def test_a_lock_file_planted_in_the_workdir_is_refused_untouched(tmp_path,
+                                                                  plant):
+  """A link at <workdir>/.lock would have its target truncated by the
+  holder's line; a FIFO would block the run."""
+  victim = tmp_path / 'victim.txt'
+  victim.write_text('the user\'s notes\n')
+  workdir = tmp_path / 'workdir'
+  workdir.mkdir()
+  planted = workdir / '.lock'
+  {'link': lambda: planted.symlink_to(victim), 'fifo': lambda: os.mkfifo(
+      planted), 'folder': planted.mkdir}[plant]()
+  with pytest.raises(UsageError, match=r'\.lock (is a symbolic link|is not '
+                     r'a regular file|cannot be opened).*another --workdir'):
+    with WorkdirLock(str(workdir)):
+      pass
+  assert victim.read_text() == 'the user\'s notes\n'
+  # A plain workdir's lock is taken, and a second holder is refused.
+  other = tmp_path / 'other'
+  other.mkdir()
+  with WorkdirLock(str(other)):
+    with pytest.raises(UsageError, match='in use by another run'):
+      with WorkdirLock(str(other)):
+        pass
+
+
+def test_an_output_inside_its_own_source_is_refused(tmp_path):
+  """compress or export into the source workdir's own folders would change
+  (or break) the workdir it reads."""
+  from lm import convert  # pylint: disable=g-import-not-at-top
+  from lm.compress import workdirs  # pylint: disable=g-import-not-at-top
+  source = tmp_path / 'source'
+  (source / 'checkpoints').mkdir(parents=True)
+  (tmp_path / 'via').symlink_to(source)
+  for output in (source / 'checkpoints' / 'int8', source / 'new',
+                 tmp_path / 'via' / 'new'):
+    with pytest.raises(UsageError, match='lies inside'):
+      workdirs.quantize_workdir(str(source), str(output), 'int8')
+    with pytest.raises(UsageError, match='lies inside'):
+      convert.export_workdir(str(source), str(output))
+  assert sorted(os.listdir(source)) == ['checkpoints']
+  assert os.listdir(source / 'checkpoints') == []
+  # Beside it is fine (as far as this check goes).
+  paths.new_directory(str(tmp_path / 'source_int8'), source=str(source))
+
+
+def test_a_folder_of_someone_s_files_does_not_become_a_workdir(tmp_path,
+                                                               tiny):
+  from lm.train import loop  # pylint: disable=g-import-not-at-top
+  folder = tmp_path / 'papers'
+  folder.mkdir()
+  (folder / 'thesis.tex').write_text('years of work')
+  (folder / 'tokenizer.model').write_text('their own tokenizer')
+  before = {p.name: p.read_text() for p in folder.iterdir()}
+  with pytest.raises(UsageError, match=r'not a workdir and not empty \(it '
+                     r'holds thesis.tex\)'):
+    loop.train_and_evaluate(tiny, str(folder))
+  assert {p.name: p.read_text() for p in folder.iterdir()} == before
+  # A folder holding only what lm writes (a first run that stopped before
+  # its config) or a config.json (a workdir) is lm's.
+  started = tmp_path / 'started'
+  (started / 'tensorboard').mkdir(parents=True)
+  (started / '.lock').write_text('')
+  assert layout.foreign_entries(str(started)) == []
+  (folder / 'config.json').write_text('{}')
+  assert layout.foreign_entries(str(folder)) == []
+
+
+def test_a_tokenizer_larger_than_the_model_is_refused_at_load(tmp_path, tiny):
+  """Its larger ids would index past the embedding table: generate once
+  wrote empty text and the server answered 500."""
+  from lm import restore  # pylint: disable=g-import-not-at-top
+  tiny.model.vocab_size = 100
+  config_file.save_config(tiny, str(tmp_path))
+  tokenizers.ByteTokenizer().save(str(tmp_path))
+  with pytest.raises(UsageError, match=r'tokenizer has 260 tokens but the '
+                     'model embeds only 100'):
+    restore.workdir(str(tmp_path))

@@ -25,6 +25,7 @@ from lm.errors import UsageError
 from lm.io import checkpoint
 from lm.io import integrity
 from lm.io import layout
+from lm.io import preemption
 from lm.train import loop
 from lm.train.trainer import Trainer
 from tests.cli_helpers import overrides
@@ -212,6 +213,48 @@ def test_a_malformed_checksum_entry_is_damage_not_a_crash(tmp_path, entry):
   with open(path, 'w') as f:
     json.dump(manifest, f)
   assert 'malformed' in integrity.problem(step_dir)
+
+
+def test_a_manifest_may_only_name_the_step_s_own_files(tmp_path):
+  """An emptied manifest checks nothing; one naming a file outside the
+  step (any size: a 1 TiB sparse file) would have lm hash it."""
+  step_dir = _sealed_step(tmp_path)
+  path = os.path.join(step_dir, integrity.MANIFEST)
+  with open(path) as f:
+    manifest = json.load(f)
+  outside = tmp_path / 'huge'
+  with open(outside, 'wb') as f:
+    f.truncate(1 << 40)  # Sparse: no disk is used.
+  os.symlink(outside, os.path.join(step_dir, 'link'))
+  for changed, words in (({}, 'lists no files'),
+                         ({str(outside): [1 << 40, 'x']}, 'not a file of'),
+                         ({'../../huge': [1 << 40, 'x']}, 'not a file of'),
+                         ({'link': [1 << 40, 'x']}, 'not a file of')):
+    with open(path, 'w') as f:
+      json.dump(changed or {}, f)
+    started = time.perf_counter()
+    assert words in integrity.problem(step_dir), changed
+    assert time.perf_counter() - started < 1
+  with open(path, 'w') as f:
+    json.dump(manifest, f)
+  assert integrity.problem(step_dir) is None
+
+
+@pytest.mark.parametrize('name', [integrity.SEALED, 'preempted.json'])
+def test_a_fifo_where_a_small_json_file_goes_does_not_block(tmp_path, name):
+  step_dir = _sealed_step(tmp_path)
+  os.remove(os.path.join(step_dir, integrity.MANIFEST))
+  if name == integrity.SEALED:
+    fifo = os.path.join(os.path.dirname(step_dir), name)
+    os.remove(fifo)
+    os.mkfifo(fifo)
+    # The list is damaged: a step without its manifest can no longer be
+    # known not to have been sealed.
+    assert 'is damaged' in integrity.problem(step_dir)
+  else:
+    os.mkfifo(tmp_path / name)
+    assert preemption.take_marker(str(tmp_path)) == {}  # Still preempted.
+    assert not os.path.lexists(tmp_path / name)
 
 
 def test_params_that_do_not_fit_the_config_are_named(tmp_path):

@@ -290,6 +290,13 @@ def test_hostile_requests_get_json_errors_and_the_server_goes_on(served):
   answers = [_raw(url, method, path, data if data is None or isinstance(
       data, bytes) else data.encode()) for method, path, data in cases]
   body = json.dumps(good).encode()
+  # A web page's requests (lm/infer/http_guard.py): a POST that needs no
+  # preflight, this address under another site's name, another site's page.
+  for headers in ((('Content-Type', 'text/plain'),),
+                  (('Host', f'evil.example:{url.rsplit(":", 1)[1]}'),),
+                  (('Origin', 'https://evil.example'),)):
+    answers.append(_raw(url, 'POST', '/v1/completions', body, KEY, headers))
+    cases.append(('POST', 'web page', headers))
   for key, headers in ((None, ()), ('wrong', ()), ('', ()),
                        (KEY[:-1], ()), (None, (('Authorization',
                                                  f'Basic {KEY}'),))):
@@ -304,17 +311,35 @@ def test_hostile_requests_get_json_errors_and_the_server_goes_on(served):
     assert set(json.loads(data)['error']) >= {'message', 'type'}, case
   statuses = [a[0] for a in answers]
   assert statuses[-1] == 413 and statuses[-6:-1] == [401] * 5
+  assert statuses[-9:-6] == [415, 403, 403]
   assert 404 in statuses and 405 in statuses
   # A 2 MiB body sent in chunks, with no length announced, is cut off.
   host, port = url.split('//')[1].split(':')
   connection = http.client.HTTPConnection(host, int(port), timeout=60)
   connection.request('POST', '/v1/completions', body=iter([b' ' * 65536] * 32),
-                     headers={'Authorization': f'Bearer {KEY}'},
+                     headers={'Authorization': f'Bearer {KEY}',
+                              'Content-Type': 'application/json'},
                      encode_chunked=True)
   assert connection.getresponse().status == 413
   connection.close()
   status, answer = _post(url + '/v1/completions', good)
   assert status == 200 and answer['usage']['completion_tokens'] >= 1
+
+
+def test_idle_connections_do_not_keep_a_client_from_being_served(served):
+  """2,000 connections that never send a byte (each a file descriptor in
+  the server) leave room for a client that asks something."""
+  host, port = served['url'].split('//')[1].split(':')
+  idle = []
+  try:
+    for _ in range(2000):
+      idle.append(socket.create_connection((host, int(port)), timeout=30))
+    status, answer = _post(served['url'] + '/v1/completions', {
+        'prompt': 'Hello', 'max_tokens': 2, 'temperature': 0})
+    assert status == 200 and answer['usage']['completion_tokens'] >= 1
+  finally:
+    for connection in idle:
+      connection.close()
 
 
 def test_many_clients_at_once_all_complete_and_a_leaver_frees_its_slot(

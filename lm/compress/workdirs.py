@@ -51,7 +51,7 @@ def _write(source: str, output: str, restored: restore.Restored,
 
 
 def _restore_float(source: str, output: str) -> restore.Restored:
-  paths.new_directory(output)
+  paths.new_directory(output, source=source)
   restored = restore.workdir(source)
   if restored.model_config.quant != 'none':
     raise UsageError(f'{source} is already quantized '

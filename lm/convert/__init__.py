@@ -127,12 +127,8 @@ def read_checkpoint(source: str, tokenizer_dir: str | None = None
       raise UsageError(f'{source}: the tokenizer\'s {role} is {token}, '
                        f'outside its {tokenizer.vocab_size} tokens; the '
                        'tokenizer is damaged')
-  if tokenizer.vocab_size > model_config.vocab_size:
-    raise UsageError(
-        f'the tokenizer has {tokenizer.vocab_size} tokens but the weights '
-        f'embed only {model_config.vocab_size}; the tokenizer is not the '
-        "one these weights were trained with (pass the model's own with "
-        '--tokenizer)')
+  tokenizers.check_fits(tokenizer, model_config.vocab_size,
+                        f"{source} (pass the model's own with --tokenizer)")
   return Imported(model_config, params, tokenizer, kind)
 
 
@@ -164,7 +160,7 @@ def import_checkpoint(source: str, workdir: str,
 
 def export_workdir(workdir: str, output: str) -> str:
   """Writes the workdir's latest params in Hugging Face layout; returns arch."""
-  paths.new_directory(output)
+  paths.new_directory(output, source=workdir)
   restored = restore.workdir(workdir)
   arch_name = hf_layouts.architecture_of(restored.model_config)
   arch = registry.get(restored.model_config.family).hf_layouts[arch_name]

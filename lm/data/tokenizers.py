@@ -243,9 +243,21 @@ def encode_sequence(tokenizer: Tokenizer, text: str) -> list[int]:
   return tokenizer.encode(text) + [tokenizer.eos_id]
 
 
+def check_fits(tokenizer: Tokenizer, vocab_size: int, source: str) -> None:
+  """Refuses a tokenizer with more tokens than the model embeds (its
+  larger ids would index past the embedding table: empty or wrong text)."""
+  if tokenizer.vocab_size > vocab_size:
+    raise UsageError(
+        f'{source}: the tokenizer has {tokenizer.vocab_size} tokens but the '
+        f'model embeds only {vocab_size}; the tokenizer is not the one the '
+        'model was trained with')
+
+
 def is_byte_marker(path: str) -> bool:
   """Whether a tokenizer.json is ByteTokenizer's {"kind": "byte"}."""
-  if os.path.getsize(path) > 1024:  # Hugging Face files are far larger.
+  # Hugging Face files are far larger; a FIFO or device is neither (and
+  # opening a FIFO would wait for a writer).
+  if not os.path.isfile(path) or os.path.getsize(path) > 1024:
     return False
   with open(path, 'rb') as f:
     try:

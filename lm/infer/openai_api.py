@@ -16,6 +16,8 @@ evaluation asks for. lm-eval's local-completions sends `max_tokens=1`;
 vLLM's shapes, so lm-eval tokenizes with the served model's own tokenizer.
 Every answer carries token usage; every refusal is an OpenAI-shaped error
 ({"error": {"message", "type", "param", "code"}}) with a 4xx status.
+Requests from other sites' pages are refused (lm/infer/http_guard.py); a
+request whose client leaves is cancelled, scoring included.
 """
 
 import asyncio
@@ -36,14 +38,14 @@ from starlette.routing import Route
 from lm.data import tokenizers
 from lm.errors import UsageError
 from lm.infer import engine as engines
+from lm.infer import http_guard
 from lm.infer import sampling
 from lm.infer.api_fields import ApiError
 from lm.infer.api_fields import error_response
 from lm.infer.api_fields import field
 from lm.infer.api_fields import number
+from lm.infer.api_fields import read_body
 
-# A request body larger than this is refused unread (413).
-MAX_BODY_BYTES = 1 << 20
 MAX_PROMPTS = 64
 MAX_STOPS = 4
 
@@ -52,10 +54,13 @@ class Server:
   """Turns HTTP requests into engine requests."""
 
   def __init__(self, engine: engines.Engine, model_name: str,
-               api_key: str | None = None):
+               api_key: str | None = None, host: str = '127.0.0.1',
+               allowed_hosts=(), cors_origins=()):
+    """`host`: the address served; `allowed_hosts`, `cors_origins`: the
+    other Host names and page origins answered (lm/infer/http_guard.py)."""
     self.engine, self.model_name, self.api_key = engine, model_name, api_key
     guarded = self._guarded
-    self.app = Starlette(routes=[
+    routes = Starlette(routes=[
         Route('/health', self.health),
         Route('/v1/models', guarded(self._models)),
         Route('/v1/completions', guarded(self._completions, body=True),
@@ -69,6 +74,9 @@ class Server:
               methods=['POST'])],
         exception_handlers={HTTPException: self._http_error},
         lifespan=self._lifespan)
+    self.app = http_guard.Guard(
+        http_guard.with_cors(routes, cors_origins), host, allowed_hosts,
+        cors_origins)
 
   @contextlib.asynccontextmanager
   async def _lifespan(self, app):
@@ -95,7 +103,16 @@ class Server:
     async def endpoint(request):
       try:
         self._authorize(request)
-        return await handler(await self._body(request) if body else None)
+        work = asyncio.ensure_future(
+            handler(await read_body(request, self.model_name) if body
+            else None))
+        left = asyncio.ensure_future(_client_leaves(request))
+        await asyncio.wait((work, left), return_when=asyncio.FIRST_COMPLETED)
+        left.cancel()
+        if not work.done():  # Nobody waits for the answer: stop making it.
+          work.cancel()
+          return error_response(400, 'the client went away')
+        return work.result()
       except ApiError as e:
         return error_response(e.status, str(e), e.param, e.code)
       except UsageError as e:
@@ -114,37 +131,6 @@ class Server:
         f'Bearer {self.api_key}'.encode()):
       raise ApiError(401, 'a valid API key is needed (Authorization: '
                      'Bearer KEY)', code='invalid_api_key')
-
-  async def _body(self, request) -> dict:
-    size = int(request.headers.get('content-length') or 0)
-    if size > MAX_BODY_BYTES:
-      raise ApiError(413, f'the body has {size:,} bytes; at most '
-                     f'{MAX_BODY_BYTES:,}')
-    chunks, size = [], 0
-    async for chunk in request.stream():
-      size += len(chunk)
-      if size > MAX_BODY_BYTES:
-        raise ApiError(413, f'the body is over {MAX_BODY_BYTES:,} bytes')
-      chunks.append(chunk)
-    try:
-      body = json.loads(b''.join(chunks).decode('utf-8'))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-      raise ApiError(400, 'the body is not JSON (UTF-8)') from None
-    if not isinstance(body, dict):
-      raise ApiError(400, 'the body must be a JSON object')
-    try:  # JSON escapes can spell lone surrogates, which are not text.
-      json.dumps(body, ensure_ascii=False).encode('utf-8')
-    except UnicodeEncodeError:
-      raise ApiError(400, 'the body holds a lone surrogate escape (such as '
-                     '\\ud800), which is not text') from None
-    model = body.get('model')
-    if model is not None and model != self.model_name:
-      raise ApiError(404, f'the model {str(model)[:100]!r} does not exist; '
-                     f'this server serves {self.model_name!r}', 'model',
-                     'model_not_found')
-    if body.get('n', 1) != 1:
-      raise ApiError(400, 'n must be 1', 'n')
-    return body
 
   async def _models(self, body):
     del body
@@ -198,12 +184,13 @@ class Server:
     settings = {
         'max_tokens': field(body, 'max_tokens', (int,), min(256, room),
                              lambda v: v >= 0, 'an integer >= 0'),
-        'temperature': number(body, 'temperature', 1.0, 0.0, 2.0),
+        'temperature': number(body, 'temperature', 1.0, 0.0, 2.0,
+                              sampling.temperature_problem),
         'top_p': number(body, 'top_p', 1.0, 1e-9, 1.0),
         'top_k': field(body, 'top_k', (int,), 0, lambda v: v >= 0,
                         'an integer >= 0'),
         'seed': field(body, 'seed', (int,), 0, sampling.valid_seed,
-                       'a 64-bit integer'),
+                       'a signed 64-bit integer'),
         'stop': tuple(stop)}
     return settings
 
@@ -404,6 +391,13 @@ class Server:
           self.engine.cancel(request)
 
     return StreamingResponse(events(), media_type='text/event-stream')
+
+
+async def _client_leaves(request) -> None:
+  """Returns when the client of `request` (its body already read) closes
+  the connection."""
+  while (await request.receive())['type'] != 'http.disconnect':
+    pass
 
 
 def _sse(value) -> str:

@@ -25,9 +25,9 @@ class SamplingConfig:
     if self.max_new_tokens <= 0:
       raise UsageError(f'max_new_tokens must be positive, got '
                        f'{self.max_new_tokens}')
-    if not (math.isfinite(self.temperature) and self.temperature >= 0):
-      raise UsageError(f'temperature must be a finite number >= 0, got '
-                       f'{self.temperature}')
+    problem = temperature_problem(self.temperature)
+    if problem:
+      raise UsageError(problem)
     if self.top_k < 0:
       raise UsageError(f'top_k must be >= 0, got {self.top_k}')
     if vocab_size is not None and self.top_k > vocab_size:
@@ -38,8 +38,25 @@ class SamplingConfig:
       raise UsageError(f'top_p must be in (0, 1], got {self.top_p}')
 
 
-# jax.random keys take seeds that fit in 64 bits.
-SEEDS = (-2**63, 2**64 - 1)
+# Below this the logits are divided by it instead (a float32 temperature
+# of 1e-38 is subnormal, which the CPU flushes to zero): such a temperature
+# would not mean what it says.
+MIN_TEMPERATURE = 1e-6
+
+
+def temperature_problem(temperature: float) -> str | None:
+  """Why `temperature` cannot be sampled at (a phrase), or None."""
+  if not (math.isfinite(temperature) and temperature >= 0):
+    return f'temperature must be a finite number >= 0, got {temperature}'
+  if 0 < temperature < MIN_TEMPERATURE:
+    return (f'temperature={temperature} is too small to sample at; give 0 '
+            f'for greedy decoding or at least {MIN_TEMPERATURE}')
+  return None
+
+
+# jax.random keys take seeds that fit in a signed 64-bit integer (2**63 and
+# above overflow its conversion).
+SEEDS = (-2**63, 2**63 - 1)
 
 
 def valid_seed(seed: int) -> bool:
@@ -50,8 +67,8 @@ def valid_seed(seed: int) -> bool:
 
 def check_seed(seed: int) -> int:
   if not valid_seed(seed):
-    raise UsageError(f'the seed {seed} does not fit in 64 bits; give one in '
-                     f'[{SEEDS[0]}, {SEEDS[1]}]')
+    raise UsageError(f'the seed {seed} does not fit in a signed 64-bit '
+                     f'integer; give one in [{SEEDS[0]}, {SEEDS[1]}]')
   return seed
 
 
@@ -74,7 +91,7 @@ def sample(logits_BV, keys_B, temperature, top_k, top_p):
     rows, vocab = logits_BV.shape
     temperature_B = jnp.broadcast_to(jnp.asarray(temperature, jnp.float32),
                                      (rows,))
-    scaled_BV = logits_BV / jnp.maximum(temperature_B, 1e-6)[:, None]
+    scaled_BV = logits_BV / jnp.maximum(temperature_B, MIN_TEMPERATURE)[:, None]
     if not static or top_k or top_p < 1:
       sorted_BV = -jnp.sort(-scaled_BV, axis=-1)
       top_k_B = jnp.broadcast_to(jnp.asarray(top_k, jnp.int32), (rows,))

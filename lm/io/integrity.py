@@ -19,6 +19,7 @@ from lm.errors import UsageError
 from lm.io import files
 from lm.io import json_files
 from lm.io import layout
+from lm.io import paths
 
 MANIFEST = layout.CHECKSUMS
 SEALED = layout.SEALED_STEPS
@@ -71,10 +72,9 @@ def _sealed_steps(step_dir: str) -> list[str] | None:
   path = os.path.join(os.path.dirname(os.path.normpath(step_dir)), SEALED)
   if not os.path.lexists(path):
     return []
-  try:
-    with open(path, 'rb') as f:
-      steps = json.loads(f.read(1 << 20))
-  except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+  try:  # (A FIFO or device there is damage, not a read that blocks.)
+    steps = json_files.load(path, 'list of sealed steps', 1 << 20)
+  except UsageError:
     return None
   if not (isinstance(steps, list) and all(isinstance(s, (str, int))
                                           for s in steps)):
@@ -116,11 +116,18 @@ def problem(step_dir: str) -> str | None:
     return f'its {MANIFEST} is unreadable ({e})'
   if not isinstance(manifest, dict):
     return f'its {MANIFEST} is not a file list'
+  if not manifest and _files(step_dir):  # An emptied one checks nothing.
+    return f'its {MANIFEST} lists no files'
   for name, expected in sorted(manifest.items()):
     if not (isinstance(expected, list) and len(expected) == 2
             and isinstance(expected[0], int) and isinstance(expected[1], str)):
-      return f'its {MANIFEST} has a malformed entry for {name}'
+      return f'its {MANIFEST} has a malformed entry for {name[:100]}'
     file = os.path.join(step_dir, name)
+    # Only the step's own files are hashed: not one outside it (through
+    # '..', an absolute path or a link), which could be any size.
+    if (os.path.isabs(name) or os.path.normpath(name) != name
+        or not paths.within(file, step_dir) or os.path.islink(file)):
+      return f'its {MANIFEST} names {name[:100]!r}, not a file of the step'
     if not os.path.isfile(file):
       return f'{name} is missing'
     size, sha = expected

@@ -10,16 +10,19 @@ from lm.io import paths
 MAX_BYTES = 256 << 20
 
 
-def load(path: str, what: str = 'JSON file'):
-  """The value `path` holds; its type is the caller's to check."""
-  paths.regular_file(path, what, MAX_BYTES)
+def load(path: str, what: str = 'JSON file', max_bytes: int = MAX_BYTES):
+  """The value `path` holds (a regular file of at most `max_bytes`: never
+  a FIFO or device, whose reading could block or never end); its type is
+  the caller's to check."""
+  paths.regular_file(path, what, max_bytes)
   try:
     with open(path, 'rb') as f:
-      return json.loads(f.read().decode('utf-8'))
+      return json.loads(f.read(max_bytes + 1).decode('utf-8'))
   except OSError as e:
     raise UsageError(f'the {what} {path} cannot be read: {e.strerror}'
                      ) from None
-  except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+  except (ValueError, RecursionError) as e:  # ValueError: bad UTF-8, bad
+    # JSON, or an integer past Python's digit limit.
     reason = ('nested too deeply' if isinstance(e, RecursionError)
               else str(e)[:200])
     raise UsageError(f'the {what} {path} is damaged (not JSON: {reason})'

@@ -13,6 +13,10 @@
   preempted.json           where a run stopped on a signal
   train_data.json          how many train examples the run read (TRAIN_DATA)
   .lock                    held by the run that trains in the workdir
+
+and, while an output is built beside its final name (lm/io/outputs.py):
+
+  <output>.partial-<pid>/.lm-partial   marks the folder as lm's to delete
 """
 
 import os
@@ -33,6 +37,25 @@ DEEP_COMPRESSION = 'deep_compression.npz'
 PREEMPTED = 'preempted.json'
 TRAIN_DATA = 'train_data.json'
 LOCK = '.lock'
+PARTIAL = '.lm-partial'
+
+
+# Everything lm writes at a workdir's top level.
+NAMES = frozenset((CONFIG, CHECKPOINTS, DAMAGED, TENSORBOARD, EVAL, PROFILE,
+                   SENTENCEPIECE_TOKENIZER, JSON_TOKENIZER,
+                   HF_TOKENIZER_CONFIG, DEEP_COMPRESSION, PREEMPTED,
+                   TRAIN_DATA, LOCK))
+
+
+def foreign_entries(workdir: str) -> list[str]:
+  """What in an existing folder keeps lm from making it a workdir: nothing
+  if it holds a config.json (it is a workdir; the config is checked
+  against the run's) or only names lm writes (a first run that stopped
+  early), else the names lm did not write."""
+  names = os.listdir(workdir)
+  if CONFIG in names:
+    return []
+  return sorted(set(names) - NAMES)
 
 
 def config_path(workdir: str) -> str:

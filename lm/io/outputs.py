@@ -12,7 +12,10 @@ from typing import Any
 
 import ml_collections
 
+from lm.errors import UsageError
 from lm.io import config_file
+from lm.io import files
+from lm.io import layout
 from lm.io import paths
 from lm.io.checkpoint import Checkpointer
 
@@ -24,11 +27,20 @@ def building(output: str):
   is checked before and again just before the rename."""
   final = paths.new_directory(output)
   staging = f'{final}.partial-{os.getpid()}'
-  shutil.rmtree(staging, ignore_errors=True)
+  marker = os.path.join(staging, layout.PARTIAL)
+  if os.path.lexists(staging):
+    # Left by an earlier run of lm that had this pid: lm's only if it holds
+    # the marker; a folder or link of the user's there is not deleted.
+    if os.path.islink(staging) or not os.path.isfile(marker):
+      raise UsageError(f'{staging} is in the way and was not made by lm; '
+                       'move it away, or give another output')
+    shutil.rmtree(staging)
   os.makedirs(staging)
+  files.write_atomic(marker, '')
   try:
     yield staging
     paths.new_directory(output)
+    os.remove(marker)
     if os.path.isdir(final):
       os.rmdir(final)  # Empty (checked); replaced in one rename.
     os.rename(staging, final)

@@ -29,10 +29,15 @@ def _named(path: str, what: str) -> str:
   return path
 
 
-def new_directory(path: str, what: str = 'output directory') -> str:
+def new_directory(path: str, what: str = 'output directory',
+                  source: str | None = None) -> str:
   """The absolute path of a directory a result may be created as: absent
-  or empty, not a symbolic link, under a writable folder."""
+  or empty, not a symbolic link, under a writable folder, and not inside
+  the `source` it is made from (whose own files it would then change)."""
   _named(path, what)
+  if source is not None and within(path, source):
+    raise UsageError(f'the {what} {path} lies inside {source}, which it is '
+                     'made from; choose a directory outside it')
   if os.path.islink(path):
     raise UsageError(f'the {what} {path} is a symbolic link; name a real '
                      'new directory (nothing was written)')
@@ -49,6 +54,13 @@ def new_directory(path: str, what: str = 'output directory') -> str:
     raise UsageError(f'cannot create the {what} {path}: {parent} is not '
                      'writable')
   return final
+
+
+def within(path: str, folder: str) -> bool:
+  """Whether `path` (which may not exist yet) is `folder` or under it,
+  links resolved."""
+  path, folder = os.path.realpath(path), os.path.realpath(folder)
+  return os.path.commonpath([path, folder]) == folder
 
 
 def existing_directory(path: str, what: str = 'workdir') -> str:

@@ -15,10 +15,14 @@ import signal
 import threading
 import time
 
+from lm.errors import UsageError
 from lm.io import files
+from lm.io import json_files
 from lm.io import layout
 
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# The marker is a line of JSON; anything larger is not lm's.
+MARKER_BYTES = 1 << 16
 
 
 class Preempted(Exception):
@@ -66,12 +70,11 @@ def write_marker(workdir: str, step: int, signal_name: str) -> None:
 def take_marker(workdir: str) -> dict | None:
   """The marker a preempted run left (removed now that it resumes)."""
   path = os.path.join(workdir, layout.PREEMPTED)
-  try:
-    with open(path) as f:
-      marker = json.load(f)
-  except FileNotFoundError:
+  if not os.path.lexists(path):
     return None
-  except (OSError, ValueError):
+  try:  # (Bounded: a FIFO or a link to /dev/zero there cannot block.)
+    marker = json_files.load(path, 'preemption marker', MARKER_BYTES)
+  except UsageError:
     marker = {}  # Unreadable: it still says the run was preempted.
   os.remove(path)
   return marker if isinstance(marker, dict) else {}

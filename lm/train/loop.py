@@ -68,6 +68,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                      'Trainer built from that config: Trainer(config)')
   if os.path.exists(workdir):
     paths.existing_directory(workdir)
+    foreign = layout.foreign_entries(workdir)
+    if foreign:  # Someone's folder: lm would write among their files.
+      raise UsageError(
+          f'{workdir} is not a workdir and not empty (it holds '
+          f'{", ".join(foreign[:3])}{", ..." if len(foreign) > 3 else ""}); '
+          'train into a new or empty folder')
   else:
     paths.new_directory(workdir, 'workdir')
   if trainer is None:
