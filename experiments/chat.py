@@ -83,8 +83,12 @@ def main(argv):
   print(f'[{_WORKDIR.value} at step {restored.step}; /system TEXT, /reset, '
         '/quit]', flush=True)
   turn = 0
-  for line in sys.stdin:
-    line = line.strip()
+  for raw in sys.stdin.buffer:
+    try:
+      line = raw.decode('utf-8').strip()
+    except UnicodeDecodeError:  # Pasted binary, or a terminal's encoding.
+      print('(that line is not UTF-8 text; type it again)', flush=True)
+      continue
     if not line:
       continue
     if line in ('/quit', '/exit'):

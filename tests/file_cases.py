@@ -231,6 +231,11 @@ def gguf_cases(data: bytes) -> dict[str, bytes]:
     for offset in (len(data), *HUGE[1:]):
       cases[f'{name}: data offset {offset}'] = _put(data, entry['offset'],
                                                     'Q', offset)
+  # Two tensors of the same type and size reading the same bytes.
+  first, second = 'blk.0.attn_q.weight', 'blk.1.attn_q.weight'
+  shared = struct.unpack_from('<Q', data, layout.tensors[first]['offset'])[0]
+  cases[f'{second}: the data of {first}'] = _put(
+      data, layout.tensors[second]['offset'], 'Q', shared)
   # Weights that are not numbers: a float32 norm, a Q8_0 and a Q4_1
   # block's float16 scale (0x7e00 is NaN, 0x7c00 infinity).
   norm = layout.tensor_data_at('output_norm.weight')

@@ -105,6 +105,13 @@ def test_a_pipe_is_not_read_as_a_source(tmp_path):
     ('{% for i in range(100000) %}{% for j in range(100000) %}'
      '{% endfor %}{% endfor %}', 'longer than'),
     ('{{ nothing.here }}', 'UndefinedError'),
+    # Inside Jinja's built-ins, and in its compiler.
+    ("{{ ('x' * 999999) | replace('x', 'y' * 999) }}", 'more than 1,000,000'),
+    ("{{ 'x' | center(10 ** 9) }}", 'more than 1,000,000'),
+    ("{{ ('x\n' * 400000) | indent(1000) }}", 'more than 1,000,000'),
+    ('{{ lipsum(1000000) }}', "'lipsum' is undefined"),
+    ('x' * 200_000, 'at most 100,000'),
+    ('{% if true %}' * 3000 + '{% endif %}' * 3000, 'does not parse'),
 ])
 def test_chat_templates_render_under_limits(template, words):
   start = time.monotonic()
@@ -306,3 +313,17 @@ def test_a_tokenizer_larger_than_the_model_is_refused_at_load(tmp_path, tiny):
   with pytest.raises(UsageError, match=r'tokenizer has 260 tokens but the '
                      'model embeds only 100'):
     restore.workdir(str(tmp_path))
+
+
+def test_a_step_folder_no_run_could_write_is_named(tmp_path, tiny):
+  """A folder named 99999999999999999999 in checkpoints/ was taken as the
+  latest step, and the run then stuck on it."""
+  from lm.io import checkpoint  # pylint: disable=g-import-not-at-top
+  from lm.train import config as train_config  # pylint: disable=g-import-not-at-top
+  (tmp_path / 'checkpoints' / '99999999999999999999').mkdir(parents=True)
+  with pytest.raises(UsageError, match='99999999999999999999 is not a '
+                     'checkpoint lm wrote'):
+    checkpoint.Checkpointer(str(tmp_path), read_only=True).latest_step()
+  tiny.train.num_steps = layout.MAX_STEP + 1
+  with pytest.raises(UsageError, match='more than the 1,000,000,000,000'):
+    train_config.validate(tiny)

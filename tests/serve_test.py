@@ -426,19 +426,20 @@ def test_lm_eval_scores_the_served_model_as_transformers_scores_the_gguf(
 
 
 def test_the_chat_keeps_history_and_drops_the_oldest_turns(served):
-  lines = ['Hello there, who are you?', '/system Answer in one word.',
-           'Name a colour of the sky on a clear day.',
-           'Name a fruit that is long and yellow.',
-           'Name an animal that barks at night.', '/reset', 'Bye!']
+  lines = [b'Hello there, who are you?', b'/system Answer in one word.',
+           b'Name a colour of the sky on a clear day.', b'\xff\xfe\x00 ?',
+           b'Name a fruit that is long and yellow.',
+           b'Name an animal that barks at night.', b'/reset', b'Bye!']
   result = subprocess.run(
       [sys.executable, '-m', 'experiments.chat',
        f'--workdir={served["workdir"]}', '--context=110',
        '--max_new_tokens=8', '--temperature=0'], cwd=ROOT,
-      env=dict(os.environ, PYTHONPATH=ROOT), input='\n'.join(lines),
-      capture_output=True, text=True, timeout=300)
+      env=dict(os.environ, PYTHONPATH=ROOT), input=b'\n'.join(lines),
+      capture_output=True, timeout=300)
   assert result.returncode == 0, result.stderr[-2000:]
-  out = result.stdout
+  out = result.stdout.decode()
   assert '(new system message' in out and '(the conversation is forgotten)' in out
+  assert '(that line is not UTF-8 text' in out
   assert 'oldest exchange' in out, out
 
 

@@ -264,8 +264,10 @@ class _Truncated(Exception):
 
 def _check_tensor_extents(reader: gguf.GGUFReader, path: str) -> None:
   """Each tensor's data lies inside the file, at an aligned offset (the
-  reader wraps offsets past 2**64 around instead of refusing them)."""
+  reader wraps offsets past 2**64 around instead of refusing them), and no
+  two tensors share bytes (one would be read as the other)."""
   size = os.path.getsize(path)
+  extents = []
   for t in reader.tensors:
     offset = int(t.field.parts[-1][0])
     if (offset % reader.alignment or offset > size
@@ -274,6 +276,12 @@ def _check_tensor_extents(reader: gguf.GGUFReader, path: str) -> None:
                        f'{offset}, {int(t.n_bytes)} bytes) does not lie '
                        f'inside the file\'s {size} bytes; the file is '
                        'damaged or cut short')
+    extents.append((offset, offset + int(t.n_bytes), t.name))
+  extents.sort()
+  for (_, end, name), (start, _, other) in zip(extents, extents[1:]):
+    if start < end:
+      raise UsageError(f'{path}: the tensors {name} and {other} overlap in '
+                       'the file; it is damaged or not a real GGUF file')
 
 
 def _read_llama(path: str):

@@ -2,11 +2,14 @@
 under limits: a template is content from a file, so a malformed or hostile
 one gets one UsageError, not a traceback, an endless render or all memory.
 
-Templates run in Jinja's immutable sandbox (no attribute tricks, no
-mutation, ranges of at most 100,000), for at most SECONDS seconds, with
-at most CHARS characters of output and no string or list built larger by
-`*` or `**`. `raise_exception(message)`, which Hugging Face templates call
-to refuse a conversation, is a UsageError too.
+Templates of at most SOURCE_CHARS characters run in Jinja's immutable
+sandbox (no attribute tricks, no mutation, ranges of at most 100,000), for
+at most SECONDS seconds, with at most CHARS characters of output and no
+string or list built larger by `*`, `**` or the filters that multiply text
+(`replace`, `center`, `indent`). Jinja's compile-time constant folding is
+off, so that no filter runs outside the render's limits, and `lipsum` (text
+by the megabyte) is gone. `raise_exception(message)`, which Hugging Face
+templates call to refuse a conversation, is a UsageError too.
 """
 
 import sys
@@ -19,6 +22,9 @@ from lm.errors import UsageError
 
 SECONDS = 2.0
 CHARS = 1_000_000
+# Real chat templates are a few thousand characters; Jinja's compiler is
+# not bounded in time or depth on larger ones.
+SOURCE_CHARS = 100_000
 
 
 class _TooLong(Exception):
@@ -40,17 +46,57 @@ class _Environment(jinja2.sandbox.ImmutableSandboxedEnvironment):
     return super().call_binop(context, operator, left, right)
 
 
+def _too_large(size: int) -> None:
+  if size > CHARS:
+    raise UsageError(f'the chat template builds a value of more than '
+                     f'{CHARS:,} items')
+
+
+def _bounded_filters(filters: dict) -> dict:
+  """Jinja's filters whose output can be far larger than their input,
+  checked before they run."""
+  replace, center, indent = (filters[n] for n in ('replace', 'center',
+                                                  'indent'))
+
+  def bounded_replace(context, text, old, new, count=None):
+    text, old, new = str(text), str(old), str(new)
+    hits = text.count(old) if old else len(text) + 1
+    _too_large(len(text) + hits * len(new))
+    return replace(context, text, old, new, count)
+
+  def bounded_center(text, width=80):
+    _too_large(width if isinstance(width, int) else 0)
+    return center(text, width)
+
+  def bounded_indent(text, width=4, *args, **kwargs):
+    lines = str(text).count('\n') + 1
+    _too_large(len(str(text)) + lines * (
+        width if isinstance(width, int) else len(str(width))))
+    return indent(text, width, *args, **kwargs)
+
+  bounded_replace.jinja_pass_arg = replace.jinja_pass_arg
+  return {**filters, 'replace': bounded_replace, 'center': bounded_center,
+          'indent': bounded_indent}
+
+
 def _raise_exception(message):
   raise UsageError(f'the chat template refuses these messages: {message}')
 
 
 def render(source: str, **values) -> str:
   """The template `source` rendered with `values`."""
-  environment = _Environment(trim_blocks=True, lstrip_blocks=True)
+  if len(source) > SOURCE_CHARS:
+    raise UsageError(f'the chat template has {len(source):,} characters; '
+                     f'chat templates have at most {SOURCE_CHARS:,}')
+  environment = _Environment(trim_blocks=True, lstrip_blocks=True,
+                             optimized=False)
+  environment.globals.pop('lipsum', None)
+  environment.filters = _bounded_filters(environment.filters)
   try:
     template = environment.from_string(source)
-  except jinja2.TemplateError as e:
-    raise UsageError(f'the chat template does not parse: {e}') from e
+  except (jinja2.TemplateError, RecursionError) as e:
+    raise UsageError(f'the chat template does not parse: '
+                     f'{type(e).__name__}: {str(e)[:200]}') from e
   deadline = time.monotonic() + SECONDS
 
   def trace(frame, event, arg):

@@ -303,7 +303,10 @@ class Server:
     if not tokenizers.chat_template(self.engine.tokenizer):
       raise ApiError(400, 'this model has no chat template; use '
                      '/v1/completions')
-    text = self.engine.tokenizer.apply_chat_template(
+    # Off the event loop: a slow template (bounded to seconds) delays its
+    # own request, not every other one.
+    text = await asyncio.to_thread(
+        self.engine.tokenizer.apply_chat_template,
         [{'role': m['role'], 'content': m['content']} for m in messages])
     prompt = self.engine.tokenizer.encode(text)
     if len(prompt) >= self.engine.context:

@@ -66,7 +66,12 @@ class Checkpointer:
         self._directory, item_names=_ITEMS, options=options)
 
   def latest_step(self) -> int | None:
-    return self._manager.latest_step()
+    step = self._manager.latest_step()
+    if step is not None and step > layout.MAX_STEP:  # A folder lm did not write.
+      raise UsageError(f'{self.step_dir(step)} is not a checkpoint lm wrote '
+                       f'(steps are at most {layout.MAX_STEP:,}); move it out of '
+                       f'{self._directory}')
+    return step
 
   def step_dir(self, step: int) -> str:
     return os.path.join(self._directory, str(step))

@@ -37,6 +37,9 @@ DEEP_COMPRESSION = 'deep_compression.npz'
 PREEMPTED = 'preempted.json'
 TRAIN_DATA = 'train_data.json'
 LOCK = '.lock'
+# Step folders are named by their step; a larger number is no run's step
+# (a folder named 99999999999999999999 would otherwise be the latest).
+MAX_STEP = 10**12
 PARTIAL = '.lm-partial'
 
 

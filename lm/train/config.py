@@ -28,6 +28,7 @@ from lm.compress import prune
 from lm.errors import UsageError
 from lm.evaluate import evaluator
 from lm.evaluate import eval_config
+from lm.io import layout
 from lm.model.config import ModelConfig
 from lm.perf import bench_config
 from lm.train import optim
@@ -62,6 +63,9 @@ class TrainConfig(sections.Section):
     self.require(('num_steps', 'log_every', 'eval_every', 'checkpoint_every',
                   'keep_checkpoints', 'max_nonfinite_steps',
                   'grad_accum_steps'), 1)
+    if self.num_steps > layout.MAX_STEP:
+      raise UsageError(f'train.num_steps={self.num_steps} is more than the '
+                       f'{layout.MAX_STEP:,} steps a workdir can hold')
     self.require(('profile_steps',), 0, 'no profile')
     self.require(('eval_steps',), 0, 'the whole split')
 
