@@ -31,25 +31,25 @@ class _TooLong(Exception):
   pass
 
 
+def _too_large(size: int) -> None:
+  """Refuses a value of `size` items (characters) before it is built."""
+  if size > CHARS:
+    raise UsageError(f'the chat template builds a value of more than '
+                     f'{CHARS:,} items')
+
+
 class _Environment(jinja2.sandbox.ImmutableSandboxedEnvironment):
   intercepted_binops = frozenset({'*', '**'})
 
   def call_binop(self, context, operator, left, right):
     for value, count in ((left, right), (right, left)):
       if (operator == '*' and isinstance(value, (str, list, tuple))
-          and isinstance(count, int) and len(value) * count > CHARS):
-        raise UsageError(f'the chat template builds a value of more than '
-                         f'{CHARS:,} items')
+          and isinstance(count, int)):
+        _too_large(len(value) * count)
     if (operator == '**' and isinstance(right, int) and right > 64
         and isinstance(left, int) and abs(left) > 1):
       raise UsageError('the chat template computes a number too large')
     return super().call_binop(context, operator, left, right)
-
-
-def _too_large(size: int) -> None:
-  if size > CHARS:
-    raise UsageError(f'the chat template builds a value of more than '
-                     f'{CHARS:,} items')
 
 
 def _bounded_filters(filters: dict) -> dict:

@@ -20,8 +20,10 @@ MAX_BODY_BYTES = 1 << 20
 BODY_SECONDS = 30
 # Fields that would change what a request means, which lm does not do: a
 # request that sets them is refused rather than answered as if it had not.
-UNSUPPORTED = ('response_format', 'tools', 'tool_choice', 'functions',
-               'function_call', 'logit_bias', 'suffix', 'best_of')
+# Each may be absent, empty, or its one value that changes nothing.
+UNSUPPORTED = {'response_format': {'type': 'text'}, 'tools': None,
+               'tool_choice': None, 'functions': None, 'function_call': None,
+               'logit_bias': None, 'suffix': None, 'best_of': 1}
 
 
 class ApiError(Exception):
@@ -109,8 +111,8 @@ async def read_body(request, model_name: str) -> dict:
                    'model_not_found')
   if body.get('n', 1) != 1:
     raise ApiError(400, 'n must be 1', 'n')
-  for name in UNSUPPORTED:
-    if body.get(name) not in (None, [], {}, {'type': 'text'}, 1, ''):
+  for name, neutral in UNSUPPORTED.items():
+    if body.get(name) not in (None, [], {}, '', neutral):
       raise ApiError(400, f'{name} is not supported by this server; '
                      'send the request without it', name)
   return body

@@ -12,7 +12,7 @@ So, as Jupyter guards its local server:
   reached by and checks Host only where `allowed_hosts` is given;
 - a request that carries an Origin (browsers send it with every POST and
   every cross-site request) must come from the server's own origin or one
-  of `cors_origins`, which `with_cors` also answers preflights for;
+  of `cors_origins`, whose preflights starlette's CORSMiddleware answers;
 - a body must be declared `application/json` (lm/infer/openai_api.py), so
   that a page cannot send one without a preflight.
 
@@ -44,11 +44,14 @@ def host_name(value: str) -> str | None:
 
 class Guard:
   """ASGI middleware: refuses requests whose Host or Origin the server does
-  not answer to (see the module's docstring)."""
+  not answer to (see the module's docstring), and serves `cors_origins`'
+  preflights."""
 
   def __init__(self, app, bound_host: str, allowed_hosts=(),
                cors_origins=()):
-    self.app = app
+    self.app = app if not cors_origins else CORSMiddleware(
+        app, allow_origins=list(cors_origins), allow_methods=['GET', 'POST'],
+        allow_headers=['Authorization', 'Content-Type'])
     self.bound_host = (host_name(bound_host) or bound_host).lower()
     self.allowed_hosts = {h.lower() for h in allowed_hosts}
     self.cors_origins = set(cors_origins)
@@ -98,12 +101,3 @@ class Guard:
     return (parsed.scheme in ('http', 'https')
             and parsed.netloc.lower() == host.strip().lower())
 
-
-def with_cors(app, cors_origins=()):
-  """`app` answering the preflights (and adding the headers) browsers need
-  for cross-origin calls from `cors_origins`; `app` itself if none."""
-  if not cors_origins:
-    return app
-  return CORSMiddleware(app, allow_origins=list(cors_origins),
-                        allow_methods=['GET', 'POST'],
-                        allow_headers=['Authorization', 'Content-Type'])

@@ -74,9 +74,7 @@ class Server:
               methods=['POST'])],
         exception_handlers={HTTPException: self._http_error},
         lifespan=self._lifespan)
-    self.app = http_guard.Guard(
-        http_guard.with_cors(routes, cors_origins), host, allowed_hosts,
-        cors_origins)
+    self.app = http_guard.Guard(routes, host, allowed_hosts, cors_origins)
 
   @contextlib.asynccontextmanager
   async def _lifespan(self, app):

@@ -67,10 +67,10 @@ class Checkpointer:
 
   def latest_step(self) -> int | None:
     step = self._manager.latest_step()
-    if step is not None and step > layout.MAX_STEP:  # A folder lm did not write.
+    if step is not None and step > layout.MAX_STEP:  # Not lm's folder.
       raise UsageError(f'{self.step_dir(step)} is not a checkpoint lm wrote '
-                       f'(steps are at most {layout.MAX_STEP:,}); move it out of '
-                       f'{self._directory}')
+                       f'(steps are at most {layout.MAX_STEP:,}); move it '
+                       f'out of {self._directory}')
     return step
 
   def step_dir(self, step: int) -> str:

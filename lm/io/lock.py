@@ -27,20 +27,20 @@ class WorkdirLock:
   def __enter__(self) -> 'WorkdirLock':
     # Never through a link planted at the name (whose target the holder's
     # line would overwrite), never a FIFO or device (which could block).
+    problem = None
     try:
       fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW |
                    os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
     except OSError as e:
       problem = ('is a symbolic link' if os.path.islink(self.path)
                  else f'cannot be opened ({e.strerror})')
+    else:
+      if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        problem = 'is not a regular file'
+    if problem:
       raise UsageError(f"{self.path} {problem}, so it cannot be the run's "
-                       'lock file; remove it, or use another --workdir'
-                       ) from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-      os.close(fd)
-      raise UsageError(f"{self.path} is not a regular file, so it cannot be "
-                       "the run's lock file; remove it, or use another "
-                       '--workdir')
+                       'lock file; remove it, or use another --workdir')
     handle = os.fdopen(fd, 'r+', encoding='utf-8')
     try:
       fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
