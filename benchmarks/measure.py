@@ -68,7 +68,7 @@ def measure_train(config: ml_collections.ConfigDict,
 
   def one_step():
     carry['state'], carry['metrics'] = step(carry['state'], batch,
-                                            *trainer.teacher_args)
+                                            *trainer.step_args)
     jax.block_until_ready(carry['metrics']['loss'])
 
   step_s = timing.median_seconds(one_step, config.bench.steps,

@@ -54,10 +54,13 @@ def lowered_train_step(on: str, attention: str, mesh=None) -> str:
   config = llama_config(attention)
   model_config = ModelConfig.from_config(config.model)
   model = registry.build_model(model_config)
-  schedule = optim.make_schedule(config.optim, config.train.num_steps)
   boxed_params = model_params.logical_abstract_params(model)
-  optimizer = optim.make_optimizer(config, model_config, schedule,
-                                   model_params.describe(boxed_params))
+  optimizer_for = functools.partial(
+      optim.make_optimizer, config, model_config,
+      described=model_params.describe(boxed_params))
+  schedule_values = optim.schedule_values(config.optim,
+                                          config.train.num_steps)
+  optimizer = optimizer_for(optim.warmup_cosine(schedule_values))
   boxed = jax.eval_shape(lambda params: steps.TrainState(
       step=jnp.int32(0), params=params, opt_state=optimizer.init(params),
       rng=jax.random.PRNGKey(0)), boxed_params)
@@ -65,20 +68,21 @@ def lowered_train_step(on: str, attention: str, mesh=None) -> str:
                        nn.unbox(boxed))
   batch = {key: jax.ShapeDtypeStruct((8, SEQ_LEN), dtype) for key, dtype in (
       ('inputs', jnp.int32), ('targets', jnp.int32), ('weights', jnp.float32))}
-  step = functools.partial(steps.train_step, model=model, optimizer=optimizer,
-                           schedule=schedule)
+  step = functools.partial(steps.train_step, model=model,
+                           optimizer_for=optimizer_for)
   if mesh is None:
     jitted = jax.jit(step)
     with platform.lowering_for(on):
-      lowered = jitted.trace(state, batch).lower(
+      lowered = jitted.trace(state, batch, schedule_values).lower(
           lowering_platforms=(JAX_NAMES[on],))
     return lowered.as_text()
   state_shardings = sharding.logical_shardings(boxed, mesh)
   jitted = jax.jit(step, in_shardings=(state_shardings,
-                                       sharding.batch_sharding(mesh)),
+                                       sharding.batch_sharding(mesh),
+                                       NamedSharding(mesh, P())),
                    out_shardings=(state_shardings, NamedSharding(mesh, P())))
   with platform.lowering_for(on), sharding.activation_rules(mesh):
-    lowered = jitted.trace(state, batch).lower(
+    lowered = jitted.trace(state, batch, schedule_values).lower(
         lowering_platforms=(JAX_NAMES[on],))
   return lowered.as_text()
 

@@ -157,11 +157,11 @@ def test_new_prompt_lengths_compile_nothing_after_warm_up(tiny):
 def test_warm_up_compiles_what_traffic_then_needs(tiny):
   model, params, _ = tiny
   # A context and slot count no other test uses: nothing is compiled yet.
-  engine = engines.Engine(model.config, params, _Letters(), slots=5,
+  engine = engines.Engine(model.config, params, _Letters(), slots=3,
                           context=48)
   try:
     programs = (engines._prefill_into_slot, engines._decode_steps)  # pylint: disable=protected-access
-    assert engine.warm_up(48) == 3 * (2 + 4)  # 3 buckets; widths 1, 2, 4, 5
+    assert engine.warm_up(48) == 3 * (2 + 3)  # 3 buckets; widths 1, 2, 3
     warm = [p._cache_size() for p in programs]  # pylint: disable=protected-access
     _traffic(engine, (2, 25, 39), first=3)
     assert [p._cache_size() for p in programs] == warm  # pylint: disable=protected-access

@@ -27,6 +27,40 @@ def _by_name(params):
           jax.tree_util.tree_flatten_with_path(params)[0]}
 
 
+@pytest.mark.parametrize('warmup, total, ratio', [(2, 20, 0.1), (0, 7, 0.5),
+                                                  (5, 6, 0.0)])
+def test_the_schedule_is_warmup_then_cosine(tiny, warmup, total, ratio):
+  tiny.optim.update(warmup_steps=warmup, min_lr_ratio=ratio)
+  ours = optim.make_schedule(tiny.optim, total)
+  theirs = optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=tiny.optim.learning_rate,
+      warmup_steps=warmup, decay_steps=total,
+      end_value=tiny.optim.learning_rate * ratio)
+  for step in range(total + 3):
+    np.testing.assert_allclose(ours(step), theirs(step), rtol=1e-6,
+                               atol=1e-9, err_msg=str(step))
+
+
+def test_runs_of_other_lengths_and_rates_share_one_program(tiny):
+  """The schedule's numbers are an argument of the train step, not
+  constants: a longer run, another warmup or peak rate compile nothing
+  new (nor miss the persistent cache)."""
+  trainer = Trainer(tiny, with_data=False)
+  state = trainer.abstract_state()
+  batch = {key: jax.ShapeDtypeStruct((8, 32), dtype,
+                                     sharding=trainer.batch_sharding)
+           for key, dtype in (('inputs', np.int32), ('targets', np.int32),
+                              ('weights', np.float32))}
+  texts = []
+  for steps, warmup, rate in ((20, 2, 1e-2), (300, 30, 3e-4)):
+    tiny.train.num_steps = steps
+    tiny.optim.update(warmup_steps=warmup, learning_rate=rate)
+    trainer = Trainer(tiny, with_data=False)
+    step = trainer._train_step_jit  # pylint: disable=protected-access
+    texts.append(step.lower(state, batch, *trainer.step_args).as_text())
+  assert texts[0] == texts[1]
+
+
 def test_frozen_parameters_stay_exactly_and_keep_no_optimizer_state(tiny):
   tiny.optim.update(warmup_steps=0,
                     freeze=('embed/embedding', r'block_0/.*'))

@@ -37,6 +37,7 @@ import dataclasses
 import math
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
@@ -111,13 +112,37 @@ def validate(config: ml_collections.ConfigDict) -> None:
                      f'[0, train.num_steps={config.train.num_steps})')
 
 
-def make_schedule(optim_config, num_steps: int) -> optax.Schedule:
-  """Linear warmup to `learning_rate`, cosine decay to `min_lr_ratio` of it."""
+def schedule_values(optim_config, num_steps: int) -> np.ndarray:
+  """The schedule's numbers: peak rate, warmup steps, total steps, final
+  rate. The train step takes them as an argument, not as constants of its
+  program, so runs that differ only in length or rate share one compile
+  (and the persistent cache's entry)."""
   settings = optim_config
-  return optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=settings.learning_rate,
-      warmup_steps=settings.warmup_steps, decay_steps=num_steps,
-      end_value=settings.learning_rate * settings.min_lr_ratio)
+  return np.array([settings.learning_rate, settings.warmup_steps, num_steps,
+                   settings.learning_rate * settings.min_lr_ratio],
+                  np.float32)
+
+
+def warmup_cosine(values) -> optax.Schedule:
+  """Linear warmup from 0 to the peak rate, then cosine decay to the final
+  rate at the last step (optax.warmup_cosine_decay_schedule's curve), of
+  `values` from schedule_values: numbers or traced arrays."""
+  peak, warmup, total, final = (values[i] for i in range(4))
+
+  def schedule(count):
+    count = jnp.asarray(count, jnp.float32)
+    rising = peak * count / jnp.maximum(warmup, 1.0)
+    span = jnp.maximum(total - warmup, 1.0)
+    done = jnp.clip(count - warmup, 0.0, span) / span
+    falling = final + (peak - final) * 0.5 * (1.0 + jnp.cos(jnp.pi * done))
+    return jnp.where(count < warmup, rising, falling)
+
+  return schedule
+
+
+def make_schedule(optim_config, num_steps: int) -> optax.Schedule:
+  """The run's schedule (warmup_cosine), for the host: logs and tests."""
+  return warmup_cosine(schedule_values(optim_config, num_steps))
 
 
 def decay_mask(params):

@@ -17,6 +17,7 @@ import optax
 
 from lm.compress import distill as distillation
 from lm.evaluate import batch_metrics
+from lm.train import optim
 from lm.train import privacy
 
 
@@ -34,8 +35,9 @@ class TrainState:
                          'rng': self.rng}
 
 
-def train_step(state: TrainState, batch, teacher_params=None, *, model,
-               optimizer, schedule, dp_clip: float = 0.0,
+def train_step(state: TrainState, batch, schedule_values,
+               teacher_params=None, *, model, optimizer_for,
+               dp_clip: float = 0.0,
                dp_microbatch: int = 0, accum_steps: int = 1,
                distill: distillation.Distill | None = None,
                trainable: tuple[bool, ...] | None = None):
@@ -52,8 +54,13 @@ def train_step(state: TrainState, batch, teacher_params=None, *, model,
   `teacher_params`) gives soft targets (lm/compress/distill.py).
   `trainable` (a flag per parameter leaf, lm/train/optim.py) differentiates
   only the flagged parameters: frozen ones get zeros, and their weight
-  gradients are never computed.
+  gradients are never computed. The learning-rate schedule is
+  `schedule_values` (lm/train/optim.py schedule_values), an argument rather
+  than constants of the program, and `optimizer_for(schedule)` the run's
+  optimizer with it.
   """
+  schedule = optim.warmup_cosine(schedule_values)
+  optimizer = optimizer_for(schedule)
   dropout_rng = jax.random.fold_in(state.rng, state.step)
 
   def loss_fn(params, batch, rng, num_targets, aux_share):

@@ -46,30 +46,35 @@ class Trainer:
     self.evaluator = None
     if with_data:
       self.load_data()
-    self.schedule = optim.make_schedule(config.optim, config.train.num_steps)
     # Traced once: the optimizer reads what the model says of its
     # parameters; the shardings and restoring read the state's boxes.
     boxed_params = model_params.logical_abstract_params(self.model)
-    self.optimizer = optim.make_optimizer(
-        config, self.model_config, self.schedule,
-        model_params.describe(boxed_params))
+    optimizer_for = functools.partial(
+        optim.make_optimizer, config, self.model_config,
+        described=model_params.describe(boxed_params))
+    self.schedule = optim.make_schedule(config.optim, config.train.num_steps)
+    self.optimizer = optimizer_for(self.schedule)
     self._boxed_state = self._abstract_boxed_state(boxed_params)
     self.state_shardings = sharding.logical_shardings(self._boxed_state,
                                                       self.mesh)
     self.batch_sharding = sharding.batch_sharding(self.mesh)
-    # A teacher's params are a third argument of the step, laid out on the
-    # mesh as its own training would (not constants baked into the program).
-    distill, self._teacher_args, teacher_shardings = None, (), ()
+    # The schedule's numbers are the step's third argument (so a run's
+    # length and rate are not compiled in); a teacher's params the fourth,
+    # laid out on the mesh as its own training would.
+    replicated = sharding.replicated(self.mesh)
+    self._step_args = (optim.schedule_values(config.optim,
+                                             config.train.num_steps),)
+    distill, teacher_shardings = None, ()
     if config.distill.teacher:
       distill, teacher_params = distillation.load_teacher(config.distill,
                                                           self.model_config)
       teacher_shardings = (sharding.logical_shardings(
           model_params.logical_abstract_params(distill.teacher), self.mesh),)
-      self._teacher_args = (jax.device_put(teacher_params,
-                                           teacher_shardings[0]),)
+      self._step_args += (jax.device_put(teacher_params,
+                                         teacher_shardings[0]),)
     self._train_step_jit = jax.jit(
         functools.partial(steps.train_step, model=self.model,
-                          optimizer=self.optimizer, schedule=self.schedule,
+                          optimizer_for=optimizer_for,
                           dp_clip=(config.privacy.l2_clip
                                    if config.privacy.dp_sgd else 0.0),
                           dp_microbatch=config.privacy.microbatch,
@@ -78,10 +83,9 @@ class Trainer:
                           trainable=optim.trainable_leaves(
                               config, self.model_config,
                               nn.unbox(self._boxed_state.params))),
-        in_shardings=(self.state_shardings, self.batch_sharding) +
-        teacher_shardings,
-        out_shardings=(self.state_shardings,
-                       sharding.replicated(self.mesh)),
+        in_shardings=(self.state_shardings, self.batch_sharding,
+                      replicated) + teacher_shardings,
+        out_shardings=(self.state_shardings, replicated),
         donate_argnums=0)
     self._train_step = sharding.with_rules(self._train_step_jit, self.mesh)
 
@@ -136,7 +140,7 @@ class Trainer:
 
   def train_step(self, state: steps.TrainState, batch):
     """One update on a batch of this process's rows (host arrays)."""
-    return self._train_step(state, self.put_batch(batch), *self._teacher_args)
+    return self._train_step(state, self.put_batch(batch), *self._step_args)
 
   def step_memory(self) -> dict[str, int]:
     """Bytes of the compiled train step (see memory_sizes) for the data's
@@ -168,17 +172,17 @@ class Trainer:
 
   def compile_train_step(self, state, batch):
     """The train step compiled ahead of time for global `state` and `batch`
-    (arrays or their shapes): call it as `compiled(state, batch, *teacher)`
-    with `teacher_args`."""
+    (arrays or their shapes): call it as
+    `compiled(state, batch, *trainer.step_args)`."""
     with sharding.activation_rules(self.mesh):
       return self._train_step_jit.lower(state, batch,
-                                        *self._teacher_args).compile()
+                                        *self._step_args).compile()
 
   @property
-  def teacher_args(self) -> tuple:
-    """The train step's arguments after the batch (a distillation teacher's
-    params, or none)."""
-    return self._teacher_args
+  def step_args(self) -> tuple:
+    """The train step's arguments after the batch: the schedule's numbers,
+    then a distillation teacher's params if any."""
+    return self._step_args
 
   def init_state(self, params=None) -> steps.TrainState:
     """Step 0: fresh parameters, or `params` (e.g. from init_from)."""
