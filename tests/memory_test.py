@@ -92,7 +92,7 @@ def test_remat_gives_the_same_gradients(remat):
 
 @pytest.mark.slow
 def test_scan_and_full_remat_lower_the_compiled_peak_memory(tiny):
-  tiny.model.update(num_layers=12, d_model=64, d_ff=256)
+  tiny.model.update(num_layers=4, d_model=64, d_ff=256)
   tiny.data.update(seq_len=64, batch_size=16)
   without = Trainer(tiny).step_memory()
   tiny.model.update(scan_layers=True, remat='full')

@@ -219,15 +219,15 @@ def test_beam_summaries_are_never_empty_and_score_at_least_greedy(
       workdir, model_params.abstract_params(trainer.model))
   sources, references = zip(*trainer.data.pairs('test'))
   written = {}
-  for beam_size in (1, 4):
+  for beam_size in (1, 2):  # (2: the workdir's own, scored below.)
     eval_config = trainer.config.evaluate.copy_and_resolve_references()
     eval_config.beam_size = beam_size
     written[beam_size] = score.generate_texts(trainer, params, list(sources),
                                               eval_config)
-  assert all(written[4][i] for i, text in enumerate(written[1]) if text)
+  assert all(written[2][i] for i, text in enumerate(written[1]) if text)
   rouge_l = {k: text_metrics.rouge(v, list(references))['rougeL']
              for k, v in written.items()}
-  assert rouge_l[1] > 0 and rouge_l[4] >= rouge_l[1], rouge_l
+  assert rouge_l[1] > 0 and rouge_l[2] >= rouge_l[1], rouge_l
   # The workdir's own scoring writes beam search's text.
   result = score.evaluate_workdir(workdir, 'test', {})
   assert result['generation']['decoding'].startswith('beam 2')
