@@ -6,6 +6,7 @@ import os
 import struct
 import time
 
+import jax
 import numpy as np
 import pytest
 
@@ -26,6 +27,7 @@ from lm.io import paths
 from lm.io import train_data_file
 from lm.model import registry
 from lm.model.config import ModelConfig
+from lm.train import config as run_config
 
 
 def test_empty_paths_never_mean_the_current_directory(tmp_path, monkeypatch):
@@ -179,10 +181,25 @@ def test_sampling_settings_out_of_range_are_refused():
       (sampling.SamplingConfig(top_k=300), 'exceeds the vocabulary')):
     with pytest.raises(UsageError, match=words):
       settings.validate(vocab_size=260)
-  for seed in (2**63, 2**64, -2**63 - 1):
-    with pytest.raises(UsageError, match='signed 64-bit'):
+  # A key holds 32 bits of a seed: 2**32 and -1 would repeat seeds 0 and
+  # 2**32 - 1, so they are refused, and every seed taken has its own key.
+  assert np.array_equal(jax.random.key_data(jax.random.PRNGKey(2**32)),
+                        jax.random.key_data(jax.random.PRNGKey(0)))
+  for seed in (2**32, 2**63, 2**64, -1, -2**63 - 1):
+    with pytest.raises(UsageError, match=r'not in \[0, 4294967295\]'):
       sampling.check_seed(seed)
-  assert sampling.check_seed(2**63 - 1) == 2**63 - 1
+  assert sampling.check_seed(2**32 - 1) == 2**32 - 1
+  keys = {tuple(np.asarray(jax.random.key_data(jax.random.PRNGKey(seed))))
+          for seed in (0, 1, 2**31, 2**32 - 1)}
+  assert len(keys) == 4
+
+
+def test_config_seeds_are_the_sampler_s_range(tiny):
+  for section in ('train', 'sample'):
+    config = tiny.copy_and_resolve_references()
+    config[section].seed = 2**32
+    with pytest.raises(UsageError, match=f'{section}.seed 4294967296 is not'):
+      run_config.validate(config)
 
 
 def test_every_model_has_a_context_limit():

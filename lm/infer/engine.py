@@ -275,8 +275,7 @@ class Engine:
                       dtype)
     return (column('temperature', np.float32, 0.0),
             column('top_k', np.int32, 0), column('top_p', np.float32, 1.0),
-            np.array([(r.seed if r else 0) % 2**32 for r in requests],
-                     np.uint32))
+            column('seed', np.uint32, 0))
 
   def _accept(self, slot: int, request: Request, token: int,
               logprob: float):

@@ -188,7 +188,8 @@ class Server:
         'top_k': field(body, 'top_k', (int,), 0, lambda v: v >= 0,
                         'an integer >= 0'),
         'seed': field(body, 'seed', (int,), 0, sampling.valid_seed,
-                       'a signed 64-bit integer'),
+                       f'an integer in [{sampling.SEEDS[0]}, '
+                       f'{sampling.SEEDS[1]}]'),
         'stop': tuple(stop)}
     return settings
 

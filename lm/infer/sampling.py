@@ -54,21 +54,24 @@ def temperature_problem(temperature: float) -> str | None:
   return None
 
 
-# jax.random keys take seeds that fit in a signed 64-bit integer (2**63 and
-# above overflow its conversion).
-SEEDS = (-2**63, 2**63 - 1)
+# A jax.random key holds 32 bits of a seed (without 64-bit mode, larger
+# and negative seeds wrap: 2**32 would repeat seed 0's samples), so the
+# seeds lm takes are those 32 bits, every one a stream of its own.
+SEEDS = (0, 2**32 - 1)
 
 
 def valid_seed(seed: int) -> bool:
-  """Whether `seed` fits a jax.random key (the API's and the scripts'
-  checks both ask this)."""
+  """Whether `seed` makes a key of its own (the API's, the scripts' and
+  the config's checks all ask this)."""
   return SEEDS[0] <= seed <= SEEDS[1]
 
 
-def check_seed(seed: int) -> int:
+def check_seed(seed: int, name: str = 'the seed') -> int:
   if not valid_seed(seed):
-    raise UsageError(f'the seed {seed} does not fit in a signed 64-bit '
-                     f'integer; give one in [{SEEDS[0]}, {SEEDS[1]}]')
+    raise UsageError(f'{name} {seed} is not in [{SEEDS[0]}, {SEEDS[1]}]: a '
+                     'random key holds 32 bits of a seed, and others would '
+                     "repeat another seed's random numbers; give one in "
+                     'that range')
   return seed
 
 

@@ -28,6 +28,7 @@ from lm.compress import prune
 from lm.errors import UsageError
 from lm.evaluate import evaluator
 from lm.evaluate import eval_config
+from lm.infer import sampling
 from lm.io import layout
 from lm.model.config import ModelConfig
 from lm.perf import bench_config
@@ -66,6 +67,7 @@ class TrainConfig(sections.Section):
     if self.num_steps > layout.MAX_STEP:
       raise UsageError(f'train.num_steps={self.num_steps} is more than the '
                        f'{layout.MAX_STEP:,} steps a workdir can hold')
+    sampling.check_seed(self.seed, 'train.seed')
     self.require(('profile_steps',), 0, 'no profile')
     self.require(('eval_steps',), 0, 'the whole split')
 

@@ -47,9 +47,9 @@ class SampleConfig(sections.Section):
   def validate(self) -> None:
     try:
       self.settings().validate()
-      sampling.check_seed(self.seed)
     except UsageError as e:
       raise UsageError(f'sample.{e}') from None
+    sampling.check_seed(self.seed, 'sample.seed')
 
   def settings(self) -> sampling.SamplingConfig:
     return sampling.SamplingConfig(
