@@ -31,7 +31,7 @@ def _by_name(params):
                                                   (5, 6, 0.0)])
 def test_the_schedule_is_warmup_then_cosine(tiny, warmup, total, ratio):
   tiny.optim.update(warmup_steps=warmup, min_lr_ratio=ratio)
-  ours = optim.make_schedule(tiny.optim, total)
+  ours = optim.warmup_cosine(optim.schedule_values(tiny.optim, total))
   theirs = optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=tiny.optim.learning_rate,
       warmup_steps=warmup, decay_steps=total,

@@ -141,11 +141,6 @@ def warmup_cosine(values) -> optax.Schedule:
   return schedule
 
 
-def make_schedule(optim_config, num_steps: int) -> optax.Schedule:
-  """The run's schedule (warmup_cosine), for the host: logs and tests."""
-  return warmup_cosine(schedule_values(optim_config, num_steps))
-
-
 def decay_mask(params):
   """True for parameters that get weight decay: those with 2+ dimensions."""
   return jax.tree.map(lambda p: p.ndim >= 2, params)

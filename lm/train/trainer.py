@@ -52,8 +52,9 @@ class Trainer:
     optimizer_for = functools.partial(
         optim.make_optimizer, config, self.model_config,
         described=model_params.describe(boxed_params))
-    self.schedule = optim.make_schedule(config.optim, config.train.num_steps)
-    self.optimizer = optimizer_for(self.schedule)
+    schedule_values = optim.schedule_values(config.optim,
+                                            config.train.num_steps)
+    self.optimizer = optimizer_for(optim.warmup_cosine(schedule_values))
     self._boxed_state = self._abstract_boxed_state(boxed_params)
     self.state_shardings = sharding.logical_shardings(self._boxed_state,
                                                       self.mesh)
@@ -62,8 +63,7 @@ class Trainer:
     # length and rate are not compiled in); a teacher's params the fourth,
     # laid out on the mesh as its own training would.
     replicated = sharding.replicated(self.mesh)
-    self._step_args = (optim.schedule_values(config.optim,
-                                             config.train.num_steps),)
+    self._step_args = (schedule_values,)
     distill, teacher_shardings = None, ()
     if config.distill.teacher:
       distill, teacher_params = distillation.load_teacher(config.distill,
